@@ -99,9 +99,10 @@ PRESETS: dict[str, dict] = {
                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                        head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
                        rope_theta=1000000.0, tie_word_embeddings=True),
-    # Small enough for CI, same structure: GQA 2, head_dim != hidden/heads, tied.
+    # Small enough for CI, same structure: GQA 2, head_dim != hidden/heads, tied; 4 KV heads so
+    # head-wise parallelism runs at P = 1, 2 and 4 like the real model's matrix.
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=16,
                  max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=1000000.0,
                  tie_word_embeddings=True),
 }

@@ -1,0 +1,167 @@
+"""Qwen3 forward (prefill and KV-cache decode), SPMD: every rank runs this same code.
+
+Sharding and communication come from a Strategy object; the block itself is the math:
+    h  = x + o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v))      # attn input rms(x)
+    x' = h + down(silu(gate(n)) * up(n)),  n = rms(h)
+All buffers are allocated once here; decode steps only take views of them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ext import attention as attention_kernels
+from ext import mlp as mlp_kernels
+from ext import ops
+from pipeline.comm import Comm
+from pipeline.strategies import ALGORITHMS, STRATEGIES
+from pipeline.weights import Export
+
+
+def linear(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    """out (T, N) = x (T, K) @ w.T for w (N, K); one token goes through GEMV."""
+    if x.shape[0] == 1:
+        np.matmul(w, x[0], out=out[0])
+    else:
+        np.matmul(x, w.T, out=out)
+
+
+def linear_t(x: np.ndarray, w_t: np.ndarray, out: np.ndarray) -> None:
+    """out (T, N) = x (T, K) @ w_t for w_t (K, N), a transposed (row-sharded) weight."""
+    if x.shape[0] == 1:
+        np.matmul(x[0], w_t, out=out[0])
+    else:
+        np.matmul(x, w_t, out=out)
+
+
+def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len: int,
+              gen_len: int) -> None:
+    """Every reason the job cannot run, raised as ValueError before any heavy work."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown parallel strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown attention algorithm {algo!r}; choose from {list(ALGORITHMS)}")
+    cfg = export.cfg
+    if prompt_len < 1:
+        raise ValueError("the prompt is empty")
+    if prompt_len + gen_len > cfg.max_position_embeddings:
+        raise ValueError(f"prompt ({prompt_len}) + generation ({gen_len}) tokens exceed "
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
+    STRATEGIES[strategy].check(cfg, nranks, prompt_len)
+
+
+class Qwen3Engine:
+    def __init__(self, export: Export, strategy: str, algo: str, comm: Comm, threads: int,
+                 max_seq: int, block: int = 64) -> None:
+        cfg = self.cfg = export.cfg
+        self.comm, self.threads, self.max_seq = comm, threads, max_seq
+        attend = functools.partial(self._attend, algo=algo, block=block,
+                                   scale=float(cfg.head_dim) ** -0.5)
+        self.strategy = STRATEGIES[strategy](comm, cfg, attend, max_seq)
+        self.layers = [self.strategy.layer_weights(export, i) for i in range(cfg.num_hidden_layers)]
+        self.embed = export.tensor("embed")
+        self.final_norm = export.tensor("final_norm")
+        self.lm_head = export.lm_head()[self.strategy.vocab_rows]  # (V_r, d) rows of this rank
+        self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
+        self._allocate(max_seq)
+        self.pos = 0  # tokens in the cache
+
+    def _allocate(self, T: int) -> None:
+        cfg, w = self.cfg, self.layers[0]
+        d, D = cfg.hidden_size, cfg.head_dim
+        H_r, Hkv_r, I_r = w.wq.shape[0] // D, w.wk.shape[0] // D, w.w_gate.shape[0]
+        self.x = np.zeros((T, d), np.float32)  # (T, d) residual stream
+        self.n = np.zeros((T, d), np.float32)  # (T, d) normed input of a sub-block
+        self.o = np.zeros((T, d), np.float32)  # (T, d) sub-block output (partial under TP)
+        self.q = np.zeros((T, H_r, D), np.float32)  # (T, H_r, D)
+        self.k = np.zeros((T, Hkv_r, D), np.float32)  # (T, Hkv_r, D)
+        self.v = np.zeros((T, Hkv_r, D), np.float32)  # (T, Hkv_r, D)
+        self.att = np.zeros((T, H_r, D), np.float32)  # (T, H_r, D) attention output
+        self.mlp_ws = mlp_kernels.MLPWorkspace(T, I_r)
+        self.h_last = np.zeros((1, d), np.float32)  # (1, d) final-normed last position
+        self.logits_r = np.zeros(self.lm_head.shape[0], np.float32)  # (V_r,)
+        self.logits = np.zeros(cfg.vocab_size, np.float32)  # (V,) on every rank
+
+    def _attend(self, q, k, v, out, q_start, k_start, m=None, l=None, *, algo, block, scale):
+        attention_kernels.attention(q, k, v, out, q_start, k_start, scale, algo, block, m, l,
+                                    self.threads)
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.strategy.reset()
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        """Run the prompt into an empty cache; returns the last position's logits (V,)."""
+        if self.pos:
+            raise RuntimeError("prefill needs an empty cache: call reset() first")
+        T = len(ids)
+        start, stop = self.strategy.plan_prefill(T)
+        x = self.x[: stop - start]
+        np.take(self.embed, ids[start:stop], axis=0, out=x)
+        self._forward(x, start, prefill=True)
+        self.pos = T
+        owner = self.strategy.last_token_owner(T)
+        mine = owner is None or owner == self.comm.rank
+        return self._logits(x[-1:] if mine else None, owner)
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token at position self.pos; returns its logits (V,)."""
+        if self.pos >= self.max_seq:
+            raise RuntimeError(f"KV cache full ({self.max_seq} positions)")
+        x = self.x[:1]
+        x[0] = self.embed[token]
+        self._forward(x, self.pos, prefill=False)
+        self.pos += 1
+        return self._logits(x, None)  # every rank holds the new token
+
+    def _forward(self, x: np.ndarray, pos: int, prefill: bool) -> None:
+        for i in range(self.cfg.num_hidden_layers):
+            self._block(i, x, pos, prefill)
+
+    def _block(self, i: int, x: np.ndarray, pos: int, prefill: bool) -> None:
+        w, T, eps, nt = self.layers[i], x.shape[0], self.cfg.rms_norm_eps, self.threads
+        n, o, q, k, v, att = (b[:T] for b in (self.n, self.o, self.q, self.k, self.v, self.att))
+        ops.rmsnorm(x, w.attn_norm, eps, n, nt)
+        linear(n, w.wq, q.reshape(T, -1))
+        linear(n, w.wk, k.reshape(T, -1))
+        linear(n, w.wv, v.reshape(T, -1))
+        ops.qk_norm_rope(q, w.q_norm, eps, self.cos, self.sin, pos, nt)
+        ops.qk_norm_rope(k, w.k_norm, eps, self.cos, self.sin, pos, nt)
+        self.strategy.attend(i, q, k, v, att, pos, prefill)
+        linear_t(att.reshape(T, -1), w.wo_t, o)
+        self.strategy.reduce(o)  # o_proj is row-sharded under headwise
+        ops.add_rmsnorm(x, o, w.mlp_norm, eps, n, nt)  # x = h; n = rms(h)
+        mlp_kernels.mlp(n, w.w_gate, w.w_up, w.w_down_t, o, self.mlp_ws, nt)
+        self.strategy.reduce(o)  # down_proj is row-sharded under headwise
+        np.add(x, o, out=x)
+
+    def _logits(self, x_last: np.ndarray | None, owner: int | None) -> np.ndarray:
+        """Vocabulary-parallel lm_head on the final-normed last position; full logits on every rank.
+
+        `owner` is the rank holding the last position, or None when every rank holds it.
+        """
+        if x_last is not None:
+            ops.rmsnorm(x_last, self.final_norm, self.cfg.rms_norm_eps, self.h_last, self.threads)
+        if owner is not None:
+            self.comm.bcast(self.h_last, owner)
+        np.matmul(self.lm_head, self.h_last[0], out=self.logits_r)
+        s = self.strategy
+        self.comm.allgatherv(self.logits_r, self.logits, s.vocab_counts, s.vocab_displs)
+        return self.logits
+
+    def generate(self, prompt_ids: np.ndarray, max_new_tokens: int,
+                 keep_logits: bool = False) -> tuple[list[int], np.ndarray | None]:
+        """Greedy generation: tokens[i] = argmax(logits[i]); logits[0] comes from the prefill."""
+        self.reset()
+        all_logits = np.zeros((max_new_tokens, self.cfg.vocab_size), np.float32) if keep_logits else None
+        tokens: list[int] = []
+        logits = self.prefill(prompt_ids)
+        for step in range(max_new_tokens):
+            if step:
+                logits = self.decode(tokens[-1])
+            if keep_logits:
+                all_logits[step] = logits
+            tokens.append(int(np.argmax(logits)))
+        return tokens, all_logits

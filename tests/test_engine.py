@@ -1,0 +1,144 @@
+"""Every strategy x attention algorithm x rank count against independent references.
+
+Each cell runs the real command line under `mpiexec -n P` and is held against the NumPy float64
+reference model (all steps' logits, greedy tokens) and, for one config, Hugging Face's
+Qwen3ForCausalLM on the same random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import numpy as np
+import pytest
+
+from pipeline.reference import ReferenceModel
+from pipeline.weights import open_export
+from tests.conftest import TINY_BASE
+from tests.mpi_run import REPO, run_mpi
+
+# float32 engine vs float64 reference: per-op rounding ~1e-7 relative, a few layers deep on
+# logits of order 1, so 1e-4 absolute leaves two orders of margin and still catches any bug.
+ATOL = 1e-4
+# GQA ratio 2 with 4 KV heads, so head-wise runs at P = 1, 2 and 4; head_dim 16 != 64 / 8.
+ENGINE_CONFIGS = {
+    "tied": dict(TINY_BASE, num_attention_heads=8, num_key_value_heads=4, head_dim=16,
+                 tie_word_embeddings=True),
+    "untied": dict(TINY_BASE, num_attention_heads=8, num_key_value_heads=4, head_dim=16,
+                   num_hidden_layers=3, tie_word_embeddings=False),
+}
+PROMPT = [3, 141, 59, 26, 53, 58, 97, 93, 23, 84, 62]  # 11 tokens: 2 and 4 do not divide it
+NEW_TOKENS = 9  # the prefill's token, then 8 decode steps
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_export):
+    """Per config: export path, reference greedy tokens and logits (float64)."""
+    out = {}
+    for name, overrides in ENGINE_CONFIGS.items():
+        path = tiny_export(overrides)
+        tokens, logits = ReferenceModel(open_export(path)).generate(PROMPT, NEW_TOKENS)
+        out[name] = (path, tokens, logits)
+    return out
+
+
+def generate_cell(export, strategy, algo, nranks, tmp_path):
+    logits_file = tmp_path / f"{strategy}_{algo}_{nranks}.npy"
+    proc = run_mpi(nranks, ["-m", "pipeline.generate", "--export", str(export),
+                            "--parallel-strategy", strategy, "--attention-algo", algo,
+                            "--prompt-ids", ",".join(map(str, PROMPT)),
+                            "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("generated ids:"))
+    tokens = [int(t) for t in line.split(":", 1)[1].split(",")]
+    return tokens, np.load(logits_file)
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+@pytest.mark.parametrize("algo", ["standard", "online_softmax"])
+@pytest.mark.parametrize("strategy", ["headwise", "sequence"])
+@pytest.mark.parametrize("config", sorted(ENGINE_CONFIGS))
+def test_cell_matches_reference(reference, config, strategy, algo, nranks, tmp_path):
+    export, ref_tokens, ref_logits = reference[config]
+    tokens, logits = generate_cell(export, strategy, algo, nranks, tmp_path)
+    assert logits.shape == ref_logits.shape and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
+    assert tokens == ref_tokens
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+@pytest.mark.parametrize("strategy", ["headwise", "sequence"])
+def test_cell_matches_hugging_face(tiny_checkpoint, tiny_export, strategy, nranks, tmp_path):
+    import torch
+
+    overrides = ENGINE_CONFIGS["untied"]
+    tokens, logits = generate_cell(tiny_export(overrides), strategy, "online_softmax", nranks, tmp_path)
+    model = tiny_checkpoint(overrides).model
+    with torch.no_grad():
+        seq = torch.tensor([PROMPT + tokens[:-1]])
+        hf = model(seq).logits[0, len(PROMPT) - 1:].numpy()  # the logits of each generated token
+    np.testing.assert_allclose(logits, hf, rtol=0, atol=ATOL)
+    assert tokens == [int(t) for t in hf.argmax(-1)]
+
+
+def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
+    out = tmp_path / "cell.json"
+    proc = run_mpi(2, ["-m", "pipeline.bench", "--export", str(synthetic_tiny_export),
+                       "--parallel-strategy", "sequence", "--attention-algo", "standard",
+                       "--prompt-len", "13", "--gen-len", "4", "--iters", "2", "--warmup", "1",
+                       "--threads", "2", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    schema = json.loads((REPO / "pipeline" / "schemas" / "bench.schema.json").read_text())
+    jsonschema.validate(result, schema)
+    assert result["cell"]["nranks"] == 2 and len(result["prefill"]["seconds"]) == 2
+    assert len(result["output"]["greedy_tokens"]) == 5
+    ref_tokens, ref_logits = ReferenceModel(open_export(synthetic_tiny_export)).generate(
+        result["output"]["prompt_ids"], 5)
+    assert result["output"]["greedy_tokens"] == ref_tokens
+    np.testing.assert_allclose(result["output"]["final_logits"]["first8"], ref_logits[-1, :8], atol=ATOL)
+
+
+def bad_generate(export, nranks, *extra, strategy="headwise", algo="standard", prompt="1,2,3,4,5,6"):
+    args = ["-m", "pipeline.generate", "--export", str(export), "--parallel-strategy", strategy,
+            "--attention-algo", algo, "--prompt-ids", prompt, "--max-new-tokens", "4", *extra]
+    return run_mpi(nranks, args, timeout=60)
+
+
+@pytest.mark.parametrize("case, nranks, kwargs, message", [
+    ("strategy", 2, dict(strategy="pipeline"), "unknown parallel strategy 'pipeline'"),
+    ("algo", 2, dict(algo="flash"), "unknown attention algorithm 'flash'"),
+    ("ranks", 3, {}, "use P in [1, 2, 4]"),
+    ("short prompt", 4, dict(strategy="sequence", prompt="1,2,3"), "fewer than the 4 ranks"),
+    ("vocab", 2, dict(prompt="1,2,99999"), "outside the vocabulary"),
+    ("not ints", 1, dict(prompt="1,x"), "comma-separated integers"),
+])
+def test_bad_input_fails_fast_with_one_message(synthetic_tiny_export, case, nranks, kwargs, message):
+    proc = bad_generate(synthetic_tiny_export, nranks, **kwargs)
+    assert proc.returncode != 0
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+
+
+def test_too_long_generation_is_refused(synthetic_tiny_export):
+    proc = run_mpi(2, ["-m", "pipeline.generate", "--export", str(synthetic_tiny_export),
+                       "--prompt-ids", "1,2,3", "--max-new-tokens", "100000"], timeout=60)
+    assert proc.returncode != 0 and "max_position_embeddings" in proc.stderr
+
+
+def test_corrupt_export_is_refused(synthetic_tiny_export, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(synthetic_tiny_export, broken)
+    victim = broken / "layer001.mlp.bin"
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated
+    proc = bad_generate(broken, 2)
+    assert proc.returncode != 0 and "layer001.mlp.bin" in proc.stderr
+
+
+def test_one_rank_raising_ends_the_whole_job(synthetic_tiny_export):
+    proc = run_mpi(2, [str(REPO / "tests" / "mpi_crash.py"), str(synthetic_tiny_export), "headwise"],
+                   timeout=60)
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr
