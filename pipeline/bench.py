@@ -211,7 +211,8 @@ def num_parameters(manifest: dict) -> int:
 
 def print_summary(result: dict) -> None:
     c, p, d = result["cell"], result["prefill"], result["decode"]
-    print(f"{c['parallel_strategy']}/{c['attention_algo']} P={c['nranks']} x {c['threads_per_rank']} threads, "
+    print(f"{c['parallel_strategy']}/{c['attention_algo']} P={c['nranks']} "
+          f"x {c['threads_per_rank']} threads, "
           f"prompt {c['prompt_len']}, gen {c['gen_len']}: "
           f"prefill {p['tokens_per_s']:.1f} tok/s ({1e3 * p['median_s']:.1f} ms), "
           f"decode {d['tokens_per_s']:.2f} tok/s ({d['ms_per_token']:.1f} ms/token), "

@@ -1,0 +1,410 @@
+"""Causal grouped-query attention, `standard` and `online_softmax`, and the merge of partials.
+
+Work is split over (KV head g, query block): the G = H // Hkv query heads that share KV head g
+and BQ consecutive queries form the R = BQ * G rows of one work item, so every K and V row
+loaded from memory is reused for R rows. Scores are kept key-major, St[c, r], so that the
+Q.K products vectorise over rows without horizontal sums (Q is stored transposed, Qt[D, Rp]).
+The SIMD inner loops are small C helpers (GCC vector extensions): Cython cannot express a
+vector register tile, and plain loops with float reductions do not vectorise without -ffast-math.
+"""
+
+import numpy as np
+
+from cython.parallel cimport parallel, prange
+from libc.math cimport INFINITY, expf
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+from ext.simd cimport silu_mul_f32  # (unused: brings the vector helpers' C code along)
+
+cdef extern from * nogil:
+    """
+    /* St[c*lds + r] = Q[r] . K[c] for r < R, c < nk; Q row-major (R, D). Few rows (decode). */
+    static void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,
+                        float *St, int lds) {
+        for (int c = 0; c < nk; c++) {
+            const float *k = K + c * ldk;
+            for (int r = 0; r < R; r++) {
+                const float *q = Q + (Py_ssize_t)r * D;
+                float s;
+                int i = 0;
+                if (D % 16 == 0) {
+                    f32x16 a = {0}, b = {0};
+                    for (; i + 32 <= D; i += 32) {
+                        a += ld16(q + i) * ld16(k + i);
+                        b += ld16(q + i + 16) * ld16(k + i + 16);
+                    }
+                    for (; i < D; i += 16) a += ld16(q + i) * ld16(k + i);
+                    s = hsum16(a + b);
+                } else {
+                    s = 0.f;
+                    for (; i < D; i++) s += q[i] * k[i];
+                }
+                St[(Py_ssize_t)c * lds + r] = s;
+            }
+        }
+    }
+
+    /* St[c*Rp + r] = sum_i Qt[i*Rp + r] K[c, i] for r < Rp (multiple of 32), c < nk.
+       Register tile: 32 rows (2 vectors) x 4 keys = 8 accumulators, no horizontal sums. */
+    static void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk,
+                        float *St) {
+        for (int r0 = 0; r0 < Rp; r0 += 32) {
+            int c = 0;
+            for (; c + 4 <= nk; c += 4) {
+                const float *k0 = K + c * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+                f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+                for (int i = 0; i < D; i++) {
+                    f32x16 qa = ld16(Qt + (Py_ssize_t)i * Rp + r0), qb = ld16(Qt + (Py_ssize_t)i * Rp + r0 + 16);
+                    float x0 = k0[i], x1 = k1[i], x2 = k2[i], x3 = k3[i];
+                    a0 += qa * x0; b0 += qb * x0;
+                    a1 += qa * x1; b1 += qb * x1;
+                    a2 += qa * x2; b2 += qb * x2;
+                    a3 += qa * x3; b3 += qb * x3;
+                }
+                float *s = St + (Py_ssize_t)c * Rp + r0;
+                st16(s, a0); st16(s + 16, b0);
+                st16(s + Rp, a1); st16(s + Rp + 16, b1);
+                st16(s + 2 * Rp, a2); st16(s + 2 * Rp + 16, b2);
+                st16(s + 3 * Rp, a3); st16(s + 3 * Rp + 16, b3);
+            }
+            for (; c < nk; c++) {
+                const float *k0 = K + c * ldk;
+                f32x16 a0 = {0}, b0 = {0};
+                for (int i = 0; i < D; i++) {
+                    a0 += ld16(Qt + (Py_ssize_t)i * Rp + r0) * k0[i];
+                    b0 += ld16(Qt + (Py_ssize_t)i * Rp + r0 + 16) * k0[i];
+                }
+                float *s = St + (Py_ssize_t)c * Rp + r0;
+                st16(s, a0); st16(s + 16, b0);
+            }
+        }
+    }
+
+    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for rows r0, r0+1 and columns i0 .. i0 + 16*NV:
+       the 2 x 16*NV block of O stays in registers over the key loop and each V row is read once,
+       contiguously (V rows are Hkv*D floats apart, so column-chunked passes would thrash L1 sets). */
+    static inline __attribute__((always_inline)) void pv_tile(
+            const float *St, int lds, int r0, int nrow, const float *V, Py_ssize_t ldv, int nk,
+            float *O, int D, int i0, const int NV) {
+        f32x16 a[8], b[8];
+        float *o0 = O + (Py_ssize_t)r0 * D + i0, *o1 = o0 + D;
+        for (int j = 0; j < NV; j++) { a[j] = ld16(o0 + 16 * j); b[j] = nrow > 1 ? ld16(o1 + 16 * j) : a[j]; }
+        for (int c = 0; c < nk; c++) {
+            const float *v = V + c * ldv + i0;
+            float p0 = St[(Py_ssize_t)c * lds + r0], p1 = St[(Py_ssize_t)c * lds + r0 + (nrow > 1)];
+            for (int j = 0; j < NV; j++) {
+                f32x16 x = ld16(v + 16 * j);
+                a[j] += x * p0;
+                b[j] += x * p1;
+            }
+        }
+        for (int j = 0; j < NV; j++) { st16(o0 + 16 * j, a[j]); if (nrow > 1) st16(o1 + 16 * j, b[j]); }
+    }
+
+    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for r < R, c < nk; O row-major (R, D). */
+    static void pv_rows(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
+                        float *O, int D) {
+        if (D % 16) {
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < nk; c++) {
+                    float p = St[(Py_ssize_t)c * lds + r];
+                    const float *v = V + c * ldv;
+                    float *o = O + (Py_ssize_t)r * D;
+                    for (int i = 0; i < D; i++) o[i] += p * v[i];
+                }
+            return;
+        }
+        for (int i0 = 0; i0 < D; i0 += 128) {
+            int nv = (D - i0 >= 128 ? 128 : D - i0) / 16;
+            for (int r = 0; r < R; r += 2) {
+                int nrow = R - r >= 2 ? 2 : 1;
+                switch (nv) {   /* constant NV: the tile is unrolled and kept in registers */
+                    case 8: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 8); break;
+                    case 4: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 4); break;
+                    case 2: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 2); break;
+                    case 1: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 1); break;
+                    default:
+                        for (int k = 0; k < nv; k++)
+                            pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + 16 * k, 1);
+                }
+            }
+        }
+    }
+
+    /* Online-softmax step for rows r < Rp (a multiple of 16) over key columns c < nk, keys
+       c0 + c, visible to row r iff c0 + c < nvis[r]:
+       m' = max(m, max_c St), alpha = e^(m - m'), St <- e^(St - m') (0 if masked),
+       l <- l alpha + sum_c St, m <- m'. Vectorised over rows (St is key-major). */
+    static void softmax_cols(float *St, int Rp, int nk, int c0, const int *nvis,
+                             float *m, float *l, float *alpha) {
+        const f32x16 ninf = (f32x16){0} - __builtin_inff(), zero = {0};
+        for (int r0 = 0; r0 < Rp; r0 += 16) {
+            i32x16 lim = ldi16(nvis + r0) - c0;
+            f32x16 bm = ninf;
+            for (int c = 0; c < nk; c++) {
+                i32x16 vis = ((i32x16){0} + c) < lim;
+                bm = max16(bm, sel16(vis, ld16(St + (Py_ssize_t)c * Rp + r0), ninf));
+            }
+            f32x16 mold = ld16(m + r0), mnew = max16(mold, bm);
+            f32x16 shift = sel16(mnew > ninf, mnew, zero);   /* no key yet: avoid -inf - -inf */
+            f32x16 sum = zero;
+            for (int c = 0; c < nk; c++) {
+                i32x16 vis = ((i32x16){0} + c) < lim;
+                float *s = St + (Py_ssize_t)c * Rp + r0;
+                f32x16 p = sel16(vis, exp16(ld16(s) - shift), zero);
+                st16(s, p);
+                sum += p;
+            }
+            f32x16 a = exp16(mold - shift);
+            st16(alpha + r0, a);
+            st16(l + r0, ld16(l + r0) * a + sum);
+            st16(m + r0, mnew);
+        }
+    }
+    """
+    void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,
+                 float *St, int lds)
+    void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk, float *St)
+    void pv_rows(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
+                 float *O, int D)
+    void softmax_cols(float *St, int Rp, int nk, int c0, const int *nvis, float *m, float *l,
+                      float *alpha)
+
+cdef enum:
+    # Rows of one work item (query block x group heads): 32 fills the 2-vector register tile.
+    ROWS = 32
+    # Below this many rows the transposed (row-vectorised) tile wastes more than it saves: decode.
+    MIN_COLS_ROWS = 16
+
+
+cdef inline Py_ssize_t _visible(Py_ssize_t t, Py_ssize_t q_start, Py_ssize_t k_start,
+                                Py_ssize_t S) noexcept nogil:
+    """Number of keys query t sees: clamp(q_start + t - k_start + 1, 0, S)."""
+    cdef Py_ssize_t n = q_start + t - k_start + 1
+    return 0 if n < 0 else (S if n > S else n)
+
+
+cdef void _attend_item(const float *q, const float *k, const float *v, float *out,
+                       float *m_out, float *l_out,
+                       Py_ssize_t T, Py_ssize_t S, int H, int Hkv, int D,
+                       Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
+                       int BQ, Py_ssize_t item, float *qs, float *acc, float *St, float *mrow,
+                       float *lrow, float *alpha, int *nvis) noexcept nogil:
+    """One (KV head g, query block) of attention; rows r = (t - t0) * G + j are query heads g*G + j."""
+    cdef int G = H // Hkv
+    cdef Py_ssize_t nqb = (T + BQ - 1) // BQ
+    cdef int g = <int>(item // nqb)
+    cdef Py_ssize_t t0 = (item % nqb) * BQ
+    cdef Py_ssize_t t1 = t0 + BQ if t0 + BQ < T else T
+    cdef int R = <int>(t1 - t0) * G
+    cdef bint cols = R >= MIN_COLS_ROWS
+    # Rows padded to whole vectors; pad rows see no key, so they stay 0 and are never written.
+    cdef int Rp = ((R + ROWS - 1) // ROWS) * ROWS if cols else ((R + 15) // 16) * 16
+    cdef Py_ssize_t kend = _visible(t1 - 1, q_start, k_start, S)
+    cdef Py_ssize_t ldk = <Py_ssize_t>Hkv * D
+    cdef Py_ssize_t c0
+    cdef int r, i, nk
+    cdef const float *qrow
+    cdef float *orow
+    cdef float inv
+
+    # Q block scaled once, row-major for few rows, transposed (D, Rp) with zero pad rows otherwise.
+    if cols:
+        memset(qs, 0, <size_t>D * Rp * sizeof(float))
+    for r in range(R):
+        qrow = q + ((t0 + r // G) * H + g * G + r % G) * D
+        if cols:
+            for i in range(D):
+                qs[i * Rp + r] = qrow[i] * scale
+        else:
+            for i in range(D):
+                qs[r * D + i] = qrow[i] * scale
+    memset(acc, 0, <size_t>R * D * sizeof(float))
+    for r in range(Rp):
+        mrow[r] = -INFINITY
+        lrow[r] = 0.0
+        nvis[r] = <int>_visible(t0 + r // G, q_start, k_start, S) if r < R else 0
+
+    # online: stream over key blocks, the (block, Rp) score tile is all the extra memory.
+    # standard: one "block" holding every visible key's score (kend, Rp): materialise, mask, softmax.
+    if not online:
+        block = <int>kend
+    c0 = 0
+    while c0 < kend:
+        nk = <int>(block if c0 + block <= kend else kend - c0)
+        if cols:
+            qk_cols(qs, Rp, D, k + (c0 * Hkv + g) * D, ldk, nk, St)
+        else:
+            qk_rows(qs, R, D, k + (c0 * Hkv + g) * D, ldk, nk, St, Rp)
+        softmax_cols(St, Rp, nk, <int>c0, nvis, mrow, lrow, alpha)
+        for r in range(R):
+            if alpha[r] != 1.0:
+                for i in range(D):
+                    acc[r * D + i] *= alpha[r]
+        pv_rows(St, Rp, R, v + (c0 * Hkv + g) * D, ldk, nk, acc, D)
+        c0 += block
+
+    for r in range(R):
+        orow = out + ((t0 + r // G) * H + g * G + r % G) * D
+        inv = 1.0 / lrow[r] if lrow[r] > 0.0 else 0.0
+        for i in range(D):
+            orow[i] = acc[r * D + i] * inv
+        if m_out != NULL:
+            m_out[(t0 + r // G) * H + g * G + r % G] = mrow[r]
+            l_out[(t0 + r // G) * H + g * G + r % G] = lrow[r]
+
+
+cdef void _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
+                     float[:, :, ::1] out, float *m_out, float *l_out,
+                     Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
+                     int n) noexcept nogil:
+    """out[t,h] = softmax_s(q[t,h].k[s,h//G] * scale, s: k_start+s <= q_start+t) @ v[:, h//G]."""
+    cdef Py_ssize_t T = q.shape[0], S = k.shape[0]
+    cdef int H = <int>q.shape[1], Hkv = <int>k.shape[1], D = <int>q.shape[2]
+    cdef int G = H // Hkv
+    cdef int BQ = ROWS // G if G < ROWS else 1
+    cdef int Rp = ((BQ * G + ROWS - 1) // ROWS) * ROWS
+    cdef Py_ssize_t nitems = Hkv * ((T + BQ - 1) // BQ)
+    cdef Py_ssize_t ncols = block if online and block < S else S
+    cdef Py_ssize_t item
+    cdef float *qs = NULL
+    cdef float *acc = NULL
+    cdef float *St = NULL
+    cdef float *mrow = NULL
+    cdef int *nvis = NULL
+    with nogil, parallel(num_threads=n):
+        # Thread-local scratch: Q tile, output accumulator, score tile, row max / sum / rescale,
+        # visible key count per row.
+        qs = <float *>malloc(<size_t>Rp * D * sizeof(float))
+        acc = <float *>malloc(<size_t>Rp * D * sizeof(float))
+        St = <float *>malloc(<size_t>ncols * Rp * sizeof(float))
+        mrow = <float *>malloc(<size_t>3 * Rp * sizeof(float))
+        nvis = <int *>malloc(<size_t>Rp * sizeof(int))
+        # chunksize 1 interleaves cheap (early) and expensive (late) causal query blocks.
+        for item in prange(nitems, schedule="static", chunksize=1):
+            _attend_item(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], m_out, l_out,
+                         T, S, H, Hkv, D, q_start, k_start, scale, online, block, BQ, item,
+                         qs, acc, St, mrow, mrow + Rp, mrow + 2 * Rp, nvis)
+        free(qs)
+        free(acc)
+        free(St)
+        free(mrow)
+        free(nvis)
+
+
+def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
+              float[:, :, ::1] out, Py_ssize_t q_start, Py_ssize_t k_start, float scale,
+              algo="online_softmax", int block=64, float[:, ::1] m=None, float[:, ::1] l=None,
+              int num_threads=1):
+    """out = softmax(q k^T * scale + causal mask) v, per query head h against KV head h // (H // Hkv).
+
+    q (T, H, D), k/v (S, Hkv, D), out (T, H, D); query t sits at absolute position q_start + t and
+    sees key s iff k_start + s <= q_start + t. m, l (T, H), if given, receive the row max of the
+    scaled scores and the row sum of exp(score - m); a row with no visible key gets out 0, m -inf, l 0.
+    """
+    cdef bint online
+    cdef float *mp = NULL
+    cdef float *lp = NULL
+    if algo == "online_softmax":
+        online = True
+    elif algo == "standard":
+        online = False
+    else:
+        raise ValueError(f"unknown attention algo {algo!r}; expected 'standard' or 'online_softmax'")
+    T, H, D = q.shape[0], q.shape[1], q.shape[2]
+    S, Hkv = k.shape[0], k.shape[1]
+    if k.shape[2] != D or (v.shape[0], v.shape[1], v.shape[2]) != (S, Hkv, D) or (out.shape[0], out.shape[1], out.shape[2]) != (T, H, D):
+        raise ValueError(f"attention shapes: q {(q.shape[0], q.shape[1], q.shape[2])}, k {(k.shape[0], k.shape[1], k.shape[2])}, "
+                         f"v {(v.shape[0], v.shape[1], v.shape[2])}, out {(out.shape[0], out.shape[1], out.shape[2])}")
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"query heads {H} must be a multiple of KV heads {Hkv}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if (m is None) != (l is None):
+        raise ValueError("pass both m and l, or neither")
+    if m is not None:
+        if (m.shape[0], m.shape[1]) != (T, H) or (l.shape[0], l.shape[1]) != (T, H):
+            raise ValueError(f"m and l must have shape {(T, H)}")
+        if T > 0:
+            mp = &m[0, 0]
+            lp = &l[0, 0]
+    if T == 0 or H == 0 or D == 0:
+        return
+    if S == 0:
+        # No keys at all: every row is empty.
+        out[:, :, :] = 0.0
+        if mp != NULL:
+            m[:, :] = -INFINITY
+            l[:, :] = 0.0
+        return
+    _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, num_threads)
+
+
+cdef void _merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,
+                 const float[:, :, ::1] l_parts, float[:, :, ::1] out, float *m_out, float *l_out,
+                 int n) noexcept nogil:
+    """out = sum_r o_r l_r e^(m_r - m) / L with m = max_r m_r, L = sum_r l_r e^(m_r - m)."""
+    cdef Py_ssize_t P = o_parts.shape[0], T = o_parts.shape[1], H = o_parts.shape[2]
+    cdef Py_ssize_t D = o_parts.shape[3]
+    cdef Py_ssize_t row, t, h, r, i
+    cdef float mx, L, w
+    with nogil, parallel(num_threads=n):
+        for row in prange(T * H, schedule="static"):
+            t = row // H
+            h = row % H
+            mx = -INFINITY
+            for r in range(P):
+                if l_parts[r, t, h] > 0.0 and m_parts[r, t, h] > mx:
+                    mx = m_parts[r, t, h]
+            L = 0.0
+            for i in range(D):
+                out[t, h, i] = 0.0
+            for r in range(P):
+                if l_parts[r, t, h] > 0.0:
+                    w = l_parts[r, t, h] * expf(m_parts[r, t, h] - mx)
+                    L = L + w
+                    for i in range(D):
+                        out[t, h, i] += w * o_parts[r, t, h, i]
+            if L > 0.0:
+                w = 1.0 / L
+                for i in range(D):
+                    out[t, h, i] *= w
+            else:
+                mx = -INFINITY
+            if m_out != NULL:
+                m_out[row] = mx
+                l_out[row] = L
+
+
+def merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,
+          const float[:, :, ::1] l_parts, float[:, :, ::1] out,
+          float[:, ::1] m_out=None, float[:, ::1] l_out=None, int num_threads=1):
+    """out = sum_r o_r l_r e^(m_r - m) / L, m = max_r m_r, L = sum_r l_r e^(m_r - m) (parts with l = 0 skipped).
+
+    o_parts (R, T, H, D) normalised partials over disjoint key ranges, m/l_parts (R, T, H);
+    m_out, l_out (T, H), if given, receive the merged m and L.
+    """
+    cdef float *mp = NULL
+    cdef float *lp = NULL
+    P, T, H, D = o_parts.shape[0], o_parts.shape[1], o_parts.shape[2], o_parts.shape[3]
+    if ((m_parts.shape[0], m_parts.shape[1], m_parts.shape[2]) != (P, T, H) or (l_parts.shape[0], l_parts.shape[1], l_parts.shape[2]) != (P, T, H)
+            or (out.shape[0], out.shape[1], out.shape[2]) != (T, H, D)):
+        raise ValueError(f"merge shapes: o_parts {(o_parts.shape[0], o_parts.shape[1], o_parts.shape[2], o_parts.shape[3])}, m_parts "
+                         f"{(m_parts.shape[0], m_parts.shape[1], m_parts.shape[2])}, l_parts {(l_parts.shape[0], l_parts.shape[1], l_parts.shape[2])}, "
+                         f"out {(out.shape[0], out.shape[1], out.shape[2])}")
+    if (m_out is None) != (l_out is None):
+        raise ValueError("pass both m_out and l_out, or neither")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if m_out is not None:
+        if (m_out.shape[0], m_out.shape[1]) != (T, H) or (l_out.shape[0], l_out.shape[1]) != (T, H):
+            raise ValueError(f"m_out and l_out must have shape {(T, H)}")
+        if T * H > 0:
+            mp = &m_out[0, 0]
+            lp = &l_out[0, 0]
+    if T * H == 0:
+        return
+    _merge(o_parts, m_parts, l_parts, out, mp, lp, num_threads)

@@ -1,0 +1,132 @@
+"""Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE, argmax.
+
+Each is one pass over a row, parallel over rows; sums of squares accumulate in double (cheap,
+and it keeps the 1e-5 relative contract for long rows).
+"""
+
+import numpy as np
+
+from cython.parallel cimport parallel, prange
+from libc.math cimport sqrt
+
+
+def rope_table(Py_ssize_t max_pos, int D, double theta):
+    """cos, sin (max_pos, D//2) of pos * theta^(-2i/D), computed in float64, returned as float32."""
+    if D % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {D}")
+    inv_freq = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)         # (D/2,)
+    angles = np.arange(max_pos, dtype=np.float64)[:, None] * inv_freq[None]  # (max_pos, D/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+cdef inline void _norm_row(const float *x, const float *w, float eps, float *out,
+                           Py_ssize_t d) noexcept nogil:
+    """out = x / sqrt(mean(x^2) + eps) * w."""
+    cdef double ss = 0.0
+    cdef Py_ssize_t i
+    cdef float inv
+    for i in range(d):
+        ss += <double>x[i] * x[i]
+    inv = <float>(1.0 / sqrt(ss / d + eps))
+    for i in range(d):
+        out[i] = x[i] * inv * w[i]
+
+
+cdef void _rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] out,
+                   int n) noexcept nogil:
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w."""
+    cdef Py_ssize_t t, d = x.shape[1]
+    with nogil, parallel(num_threads=n):
+        for t in prange(x.shape[0], schedule="static"):
+            _norm_row(&x[t, 0], &w[0], eps, &out[t, 0], d)
+
+
+def rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] out, int num_threads=1):
+    """out = x / sqrt(mean(x^2, axis=-1) + eps) * w; x, out (T, d), w (d,)."""
+    _check_rows(x.shape[0], x.shape[1], w.shape[0], out.shape[0], out.shape[1], num_threads)
+    if x.shape[0] and x.shape[1]:
+        _rmsnorm(x, w, eps, out, num_threads)
+
+
+cdef void _add_rmsnorm(float[:, ::1] x, const float[:, ::1] delta, const float[::1] w, float eps,
+                       float[:, ::1] out, int n) noexcept nogil:
+    """x[t] += delta[t]; out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w."""
+    cdef Py_ssize_t t, i, d = x.shape[1]
+    with nogil, parallel(num_threads=n):
+        for t in prange(x.shape[0], schedule="static"):
+            for i in range(d):
+                x[t, i] = x[t, i] + delta[t, i]
+            _norm_row(&x[t, 0], &w[0], eps, &out[t, 0], d)
+
+
+def add_rmsnorm(float[:, ::1] x, const float[:, ::1] delta, const float[::1] w, float eps,
+                float[:, ::1] out, int num_threads=1):
+    """x += delta (the residual, in place); out = x / sqrt(mean(x^2, axis=-1) + eps) * w."""
+    _check_rows(x.shape[0], x.shape[1], w.shape[0], out.shape[0], out.shape[1], num_threads)
+    if (delta.shape[0], delta.shape[1]) != (x.shape[0], x.shape[1]):
+        raise ValueError(f"delta shape {(delta.shape[0], delta.shape[1])} != x shape {(x.shape[0], x.shape[1])}")
+    if x.shape[0] and x.shape[1]:
+        _add_rmsnorm(x, delta, w, eps, out, num_threads)
+
+
+cdef void _qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const float[:, ::1] cos,
+                        const float[:, ::1] sin, Py_ssize_t pos0, int n) noexcept nogil:
+    """x[t,h] = rope(x[t,h] / sqrt(mean(x[t,h]^2) + eps) * w, pos0 + t) with HF's rotate_half."""
+    cdef Py_ssize_t nh = x.shape[1], D = x.shape[2], half = x.shape[2] // 2
+    cdef Py_ssize_t row, t, h, i
+    cdef float a, b, c, s
+    with nogil, parallel(num_threads=n):
+        for row in prange(x.shape[0] * nh, schedule="static"):
+            t = row // nh
+            h = row % nh
+            _norm_row(&x[t, h, 0], &w[0], eps, &x[t, h, 0], D)
+            for i in range(half):
+                a = x[t, h, i]
+                b = x[t, h, i + half]
+                c = cos[pos0 + t, i]
+                s = sin[pos0 + t, i]
+                x[t, h, i] = a * c - b * s
+                x[t, h, i + half] = b * c + a * s
+
+
+def qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const float[:, ::1] cos,
+                 const float[:, ::1] sin, Py_ssize_t pos0, int num_threads=1):
+    """x (T, nh, D) in place: per-head RMSNorm over D times w, then RoPE at position pos0 + t.
+
+    RoPE (HF rotate_half): for i < D/2, x[i] <- x[i] cos - x[i+D/2] sin, x[i+D/2] <- x[i+D/2] cos + x[i] sin,
+    with cos, sin = rope_table(...)[pos0 + t].
+    """
+    T, D = x.shape[0], x.shape[2]
+    if w.shape[0] != D or D % 2:
+        raise ValueError(f"w has {w.shape[0]} entries for head_dim {D} (must match and be even)")
+    if cos.shape[1] != D // 2 or sin.shape[1] != D // 2 or cos.shape[0] != sin.shape[0]:
+        raise ValueError(f"cos/sin must be (max_pos, {D // 2}), got {(cos.shape[0], cos.shape[1])}, "
+                         f"{(sin.shape[0], sin.shape[1])}")
+    if pos0 < 0 or pos0 + T > cos.shape[0]:
+        raise ValueError(f"positions {pos0}..{pos0 + T - 1} outside the RoPE table (max_pos {cos.shape[0]})")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if T and x.shape[1] and D:
+        _qk_norm_rope(x, w, eps, cos, sin, pos0, num_threads)
+
+
+def argmax(const float[::1] x):
+    """argmax_i x[i] (the first maximum)."""
+    cdef Py_ssize_t i, best = 0
+    cdef float mx
+    if x.shape[0] == 0:
+        raise ValueError("argmax of an empty array")
+    with nogil:
+        mx = x[0]
+        for i in range(1, x.shape[0]):
+            if x[i] > mx:
+                mx = x[i]
+                best = i
+    return best
+
+
+def _check_rows(T, d, dw, To, do, num_threads):
+    if dw != d or (To, do) != (T, d):
+        raise ValueError(f"rmsnorm shapes: x {(T, d)}, w {(dw,)}, out {(To, do)}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")

@@ -1,0 +1,140 @@
+"""Read a Hugging Face Qwen3 checkpoint directory (single-file or sharded safetensors).
+
+The safetensors library validates each file (header, offsets, that the data covers the file);
+the tensor data itself is then memory-mapped with NumPy, one tensor at a time, because
+safetensors' NumPy API cannot represent bf16 and would copy every tensor anyway.
+bf16 is widened to float32 exactly: its 16 bits are the high half of a float32.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from model_export import layout
+from model_export.config import CheckpointError, Qwen3Config
+
+# safetensors dtype code -> how the bytes are mapped (bf16 as its raw uint16 bits)
+STORAGE = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+           "BF16": np.dtype("<u2")}
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    file: Path
+    dtype: str  # safetensors code: "BF16", "F16", "F32", "F64"
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in `file`
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    cfg: Qwen3Config
+    files: list[Path]  # the weight files
+    tensors: dict[str, StoredTensor]  # by Hugging Face name
+    synthetic: dict | None  # contents of synthetic.json, if the generator wrote this checkpoint
+
+    def array(self, name: str) -> np.memmap:
+        """The tensor as stored (bf16 as uint16 bits), memory-mapped read-only."""
+        t = self.tensors[name]
+        if 0 in t.shape:
+            return np.zeros(t.shape, STORAGE[t.dtype])  # np.memmap cannot map zero bytes
+        return np.memmap(t.file, dtype=STORAGE[t.dtype], mode="r", offset=t.offset, shape=t.shape)
+
+    def blocks(self, name: str, transpose: bool, dtype: np.dtype,
+               max_bytes: int = 1 << 24) -> Iterator[np.ndarray]:
+        """The tensor (transposed if asked) converted to `dtype`, as C-contiguous row blocks.
+
+        Blocks of at most ~`max_bytes` keep the peak memory at one block plus the mapped source.
+        """
+        t = self.tensors[name]
+        src = self.array(name)
+        if src.ndim < 2:
+            yield np.ascontiguousarray(to_float32(src[...], t.dtype).astype(dtype, copy=False))
+            return
+        rows, row_len = (src.shape[1], src.shape[0]) if transpose else src.shape
+        step = max(1, max_bytes // max(1, row_len * 4))
+        for r in range(0, rows, step):
+            block = src[:, r:r + step].T if transpose else src[r:r + step]
+            yield np.ascontiguousarray(to_float32(block, t.dtype).astype(dtype, copy=False))
+
+
+def to_float32(a: np.ndarray, code: str) -> np.ndarray:
+    """Exact conversion of stored values to float32 (bf16 bits shifted into a float32's high half)."""
+    if code == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32)
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open and validate a checkpoint directory; raise CheckpointError saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    cfg = Qwen3Config.from_json(path / "config.json")
+    files = weight_files(path)
+    tensors: dict[str, StoredTensor] = {}
+    for f in files:
+        tensors.update(read_header(f))
+    check_tensors(path, cfg, tensors)
+    synthetic = None
+    if (path / "synthetic.json").is_file():
+        synthetic = json.loads((path / "synthetic.json").read_text())
+    return Checkpoint(path, cfg, files, tensors, synthetic)
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files: the one model.safetensors, or those the index's weight_map names."""
+    if (path / INDEX).is_file():
+        try:
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path / INDEX}: no valid weight_map ({e})") from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+    elif (path / SINGLE).is_file():
+        files = [path / SINGLE]
+    else:
+        raise CheckpointError(f"{path}: no weights ({SINGLE} or {INDEX}) found")
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: weight file missing (named by {INDEX})")
+    return files
+
+
+def read_header(file: Path) -> dict[str, StoredTensor]:
+    """Tensor table of one safetensors file; the library checks the file is complete and sound."""
+    try:
+        with safe_open(str(file), framework="numpy"):
+            pass
+    except Exception as e:  # the library raises its own SafetensorError (and others on bad headers)
+        raise CheckpointError(f"{file}: not a valid safetensors file ({e})") from None
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        out[name] = StoredTensor(file, info["dtype"], tuple(info["shape"]), 8 + n + info["data_offsets"][0])
+    return out
+
+
+def check_tensors(path: Path, cfg: Qwen3Config, tensors: dict[str, StoredTensor]) -> None:
+    """Every tensor the export needs is there, with Hugging Face's shape and a float dtype."""
+    for spec in layout.tensor_specs(cfg):
+        t = tensors.get(spec.hf_name)
+        if t is None:
+            raise CheckpointError(f"{path}: tensor {spec.hf_name!r} missing from the checkpoint")
+        if t.shape != layout.hf_shape(spec):
+            raise CheckpointError(
+                f"{path}: tensor {spec.hf_name!r} has shape {t.shape}, expected {layout.hf_shape(spec)}")
+        if t.dtype not in STORAGE:
+            raise CheckpointError(f"{path}: tensor {spec.hf_name!r} has unsupported dtype {t.dtype}")

@@ -1,0 +1,164 @@
+"""Write a random Qwen3 checkpoint exactly as Hugging Face publishes one (config.json + model.safetensors).
+
+    python -m model_export.synthetic --preset {qwen3-0.6b,tiny} --out DIR [--seed N] [--dtype bf16]
+
+Weights are scaled like a trained model's (matrices normal with std 0.02, norm weights 1 + 0.02
+noise) so activations stay finite through 28 layers. Each tensor draws from its own generator
+seeded by (seed, tensor index), so the checkpoint is a function of the seed alone.
+The safetensors file is written here directly (8-byte header length, JSON header, raw data):
+the header needs only shapes, so tensors are generated and written block by block and the model
+is never in memory; NumPy has no bf16, so bf16 is float32 rounded to its high 16 bits.
+A sidecar synthetic.json {"preset", "seed"} tells the exporter the weights are synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from model_export import layout
+from model_export.config import PRESETS, CheckpointError, Qwen3Config
+
+DTYPES = {"bf16": ("BF16", "bfloat16", 2), "float16": ("F16", "float16", 2),
+          "float32": ("F32", "float32", 4)}  # ours -> (safetensors code, HF dtype name, bytes)
+STD = 0.02
+BLOCK = 1 << 22  # elements generated at a time
+
+
+def preset_config(preset: str) -> Qwen3Config:
+    if preset not in PRESETS:
+        raise CheckpointError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
+    return Qwen3Config(**PRESETS[preset])
+
+
+def hf_config(cfg: Qwen3Config, dtype: str = "bf16") -> dict:
+    """config.json as transformers 5.23 writes it for Qwen3ForCausalLM (keys sorted, like HF)."""
+    real_vocab = cfg.vocab_size == 151936  # Qwen3's special-token ids exist only in its vocabulary
+    raw = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643 if real_vocab else None,
+        "dtype": DTYPES[dtype][1],
+        "eos_token_id": 151645 if real_vocab else None,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": cfg.hidden_size,
+        "initializer_range": STD,
+        "intermediate_size": cfg.intermediate_size,
+        "layer_types": ["full_attention"] * cfg.num_hidden_layers,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "max_window_layers": cfg.num_hidden_layers,
+        "model_type": "qwen3",
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "pad_token_id": None,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+        "sliding_window": None,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "transformers_version": "5.23.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": cfg.vocab_size,
+    }
+    return dict(sorted(raw.items()))
+
+
+def tensor_table(cfg: Qwen3Config, dtype: str = "bf16") -> dict[str, tuple[tuple[int, ...], str]]:
+    """Hugging Face name -> (shape, safetensors dtype) of every tensor, in file order."""
+    return {s.hf_name: (layout.hf_shape(s), DTYPES[dtype][0]) for s in layout.tensor_specs(cfg)}
+
+
+def safetensors_header(table: dict[str, tuple[tuple[int, ...], str]]) -> bytes:
+    """The 8-byte length plus JSON header of a safetensors file holding `table` in order."""
+    itemsize = {code: size for code, _, size in DTYPES.values()}
+    entries, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, (shape, code) in table.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize[code]
+        entries[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # like the library: data starts 8-byte aligned
+    return struct.pack("<Q", len(header)) + header
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), rounding to nearest even (values here are finite)."""
+    bits = x.astype(np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def tensor_blocks(name: str, shape: tuple[int, ...], seed: int, index: int, dtype: str):
+    """The values of one tensor as encoded byte blocks, BLOCK elements at a time."""
+    rng = np.random.default_rng([seed, index])
+    n = int(np.prod(shape, dtype=np.int64))
+    is_norm = name.endswith("norm.weight")
+    for start in range(0, n, BLOCK):
+        x = rng.standard_normal(min(BLOCK, n - start), dtype=np.float32) * np.float32(STD)
+        if is_norm:
+            x += np.float32(1.0)
+        if dtype == "bf16":
+            yield to_bf16_bits(x).tobytes()
+        else:
+            yield x.astype(np.float16 if dtype == "float16" else np.float32).tobytes()
+
+
+def write_checkpoint(preset: str, out: str | Path, *, seed: int = 0, dtype: str = "bf16",
+                     force: bool = False) -> Path:
+    """Write the preset's random checkpoint into `out` atomically (temp dir, then rename)."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r} (choose from {sorted(DTYPES)})")
+    cfg = preset_config(preset)
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise CheckpointError(f"{out}: exists and is not empty (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2) + "\n")
+        (tmp / "synthetic.json").write_text(json.dumps({"preset": preset, "seed": seed}) + "\n")
+        table = tensor_table(cfg, dtype)
+        with open(tmp / "model.safetensors", "wb") as f:
+            f.write(safetensors_header(table))
+            for index, (name, (shape, _)) in enumerate(table.items()):
+                for block in tensor_blocks(name, shape, seed, index, dtype):
+                    f.write(block)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model_export.synthetic", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    args = p.parse_args(argv)
+    try:
+        path = write_checkpoint(args.preset, args.out, seed=args.seed, dtype=args.dtype, force=args.force)
+    except (CheckpointError, OSError) as e:
+        print("error: " + str(e).replace("\n", " "), file=sys.stderr)
+        return 1
+    print(f"wrote {args.preset} checkpoint (seed {args.seed}, {args.dtype}) to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

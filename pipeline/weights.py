@@ -1,0 +1,169 @@
+"""Open an export (see model_export/layout.py) and hand out read-only memory-mapped tensors.
+
+Every rank of an MPI job maps the same files read-only, so the weights live once in the page
+cache however many ranks there are, and nothing is copied: `tensor` and `shard` return views.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from model_export import layout
+from model_export.config import CheckpointError, Qwen3Config
+from model_export.export import sha256_file
+
+DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer's weights, as rank `rank` of `nranks` needs them under head-wise TP.
+
+    H_r = H / P query heads, Hkv_r = Hkv / P KV heads, I_r = I / P intermediate features.
+    """
+
+    attn_norm: np.ndarray  # (d,)
+    wq: np.ndarray  # (H_r*D, d)
+    wk: np.ndarray  # (Hkv_r*D, d)
+    wv: np.ndarray  # (Hkv_r*D, d)
+    q_norm: np.ndarray  # (D,)
+    k_norm: np.ndarray  # (D,)
+    wo_t: np.ndarray  # (H_r*D, d)  o_proj transposed: input features are rows
+    mlp_norm: np.ndarray  # (d,)
+    w_gate: np.ndarray  # (I_r, d)
+    w_up: np.ndarray  # (I_r, d)
+    w_down_t: np.ndarray  # (I_r, d)  down_proj transposed
+
+
+class Export:
+    """An opened export directory. Use `open_export` to create one."""
+
+    def __init__(self, path: Path, manifest: dict, cfg: Qwen3Config) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.cfg = cfg
+        tok = manifest.get("tokenizer")
+        self.tokenizer_path: Path | None = path / tok if tok else None
+        self._specs = {s.name: s for s in layout.tensor_specs(cfg)}
+        self._maps: dict[str, np.memmap] = {}  # one read-only map per file, made on first use
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DTYPES[self.manifest["dtype"]]
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The full tensor `name` (e.g. "layers.0.wq") as a read-only view of the file."""
+        entry = self._entry(name)
+        dtype = np.dtype(DTYPES[entry["dtype"]])
+        count = int(np.prod(entry["shape"], dtype=np.int64))
+        raw = self._map(entry["file"])[entry["offset"]: entry["offset"] + count * dtype.itemsize]
+        return raw.view(dtype).reshape(entry["shape"])
+
+    def shard(self, name: str, rank: int, nranks: int) -> np.ndarray:
+        """Rows of `name` that rank `rank` of `nranks` owns under head-wise TP (zero-copy view).
+
+        Tensors that are not split (norms, embedding, head) come back whole.
+        """
+        if not 0 <= rank < nranks:
+            raise ValueError(f"rank {rank} out of range for {nranks} ranks")
+        spec = self._specs.get(name)
+        if spec is None:
+            raise KeyError(f"{self.path}: no tensor {name!r} in this export")
+        return self.tensor(name)[layout.shard_rows(spec, self.cfg, rank, nranks)]
+
+    def layer(self, i: int, rank: int = 0, nranks: int = 1) -> LayerWeights:
+        if not 0 <= i < self.cfg.num_hidden_layers:
+            raise IndexError(f"layer {i} out of range (model has {self.cfg.num_hidden_layers})")
+        names = [f.name for f in fields(LayerWeights)]  # the field names are the export's tensor names
+        return LayerWeights(**{n: self.shard(f"layers.{i}.{n}", rank, nranks) for n in names})
+
+    def lm_head(self) -> np.ndarray:
+        """(V, d): the output projection; the embedding itself when the two are tied."""
+        return self.tensor("embed" if self.cfg.tie_word_embeddings else "lm_head")
+
+    def verify(self) -> None:
+        """Recompute every file's sha256; raise CheckpointError naming the first mismatch."""
+        for fname, info in self.manifest["files"].items():
+            digest = sha256_file(self.path / fname)
+            if digest != info["sha256"]:
+                raise CheckpointError(
+                    f"{self.path / fname}: sha256 mismatch (manifest {info['sha256'][:12]}..., "
+                    f"file {digest[:12]}...)")
+
+    def _entry(self, name: str) -> dict:
+        try:
+            return self.manifest["tensors"][name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor {name!r} in this export") from None
+
+    def _map(self, fname: str) -> np.memmap:
+        if fname not in self._maps:
+            self._maps[fname] = np.memmap(self.path / fname, dtype=np.uint8, mode="r")
+        return self._maps[fname]
+
+
+def open_export(path: str | Path, verify: bool = False) -> Export:
+    """Open the export at `path`: check the manifest against the files (sizes; sha256 if `verify`)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    cfg = Qwen3Config.from_dict(manifest["config"], where=str(path / "manifest.json"))
+    _check_files(path, manifest)
+    _check_tensors(path, manifest, cfg)
+    export = Export(path, manifest, cfg)
+    if verify:
+        export.verify()
+    return export
+
+
+def read_manifest(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: export directory not found")
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise CheckpointError(f"{mpath}: not found (not an export, or an unfinished one)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{mpath}: not valid JSON ({e})") from None
+    if manifest.get("format") != layout.FORMAT or manifest.get("version") != layout.VERSION:
+        raise CheckpointError(
+            f"{mpath}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+            f"expected {layout.FORMAT!r} version {layout.VERSION}")
+    for key in ("config", "dtype", "files", "tensors"):
+        if key not in manifest:
+            raise CheckpointError(f"{mpath}: missing key {key!r}")
+    return manifest
+
+
+def _check_files(path: Path, manifest: dict) -> None:
+    for fname, info in manifest["files"].items():
+        fpath = path / fname
+        if not fpath.is_file():
+            raise CheckpointError(f"{fpath}: file missing")
+        size = fpath.stat().st_size
+        if size != info["size"]:
+            raise CheckpointError(
+                f"{fpath}: size {size} bytes, manifest says {info['size']} (truncated or replaced)")
+
+
+def _check_tensors(path: Path, manifest: dict, cfg: Qwen3Config) -> None:
+    """Every tensor the layout requires is present, with its shape, inside its file."""
+    tensors, files = manifest["tensors"], manifest["files"]
+    for spec in layout.tensor_specs(cfg):
+        entry = tensors.get(spec.name)
+        where = f"{path / 'manifest.json'}: tensor {spec.name!r}"
+        if entry is None:
+            raise CheckpointError(f"{where} missing")
+        if tuple(entry["shape"]) != spec.shape:
+            raise CheckpointError(f"{where} has shape {tuple(entry['shape'])}, expected {spec.shape}")
+        if entry["dtype"] not in DTYPES:
+            raise CheckpointError(f"{where} has unsupported dtype {entry['dtype']!r}")
+        if entry["file"] not in files:
+            raise CheckpointError(f"{where} lies in {entry['file']!r}, which the manifest does not list")
+        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * DTYPES[entry["dtype"]].itemsize
+        if entry["offset"] < 0 or entry["offset"] + nbytes > files[entry["file"]]["size"]:
+            raise CheckpointError(f"{where} does not fit in {entry['file']}")
