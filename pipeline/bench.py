@@ -26,6 +26,7 @@ from pipeline.comm import Comm
 from pipeline.jobs import threads_per_rank, validated
 from pipeline.model import Qwen3Engine, check_job
 from pipeline.strategies import ALGORITHMS, STRATEGIES
+from pipeline.strategies.sequence import LAYOUTS
 from pipeline.threads import set_threads
 from pipeline.weights import Export, open_export
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--sequence-layout", default="zigzag", choices=LAYOUTS,
+                   help="token split of the sequence strategy: zigzag balances causal attention")
     p.add_argument("--threads", type=int, default=None,
                    help="cores for the whole job; each rank gets max(1, threads // P) (default: all)")
     p.add_argument("--block", type=int, default=64, help="online-softmax KV block size")
@@ -146,7 +149,8 @@ def run(args: argparse.Namespace) -> dict | None:
     cfg = export.cfg
     prompt = np.random.default_rng(args.seed).integers(0, cfg.vocab_size, args.prompt_len)
     engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
-                         max_seq=args.prompt_len + args.gen_len + 1, block=args.block)
+                         max_seq=args.prompt_len + args.gen_len + 1, block=args.block,
+                         sequence_layout=args.sequence_layout)
     runs = []
     for it in range(args.warmup + args.iters):
         r = timed_run(engine, comm, prompt, args.gen_len)
@@ -186,7 +190,7 @@ def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: 
         "cell": {"parallel_strategy": args.parallel_strategy, "attention_algo": args.attention_algo,
                  "nranks": comm.size, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
                  "iters": args.iters, "warmup": args.warmup, "threads_per_rank": threads,
-                 "block": args.block, "seed": args.seed},
+                 "block": args.block, "seed": args.seed, "sequence_layout": args.sequence_layout},
         "environment": environment(comm, threads),
         "model": {"export": os.path.abspath(args.export), "config": cfg.to_dict(),
                   "num_parameters": num_parameters(export.manifest),

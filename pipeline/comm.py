@@ -42,7 +42,7 @@ class Comm:
                    displs: np.ndarray) -> None:
         """recv <- concatenation of every rank's `send`; counts/displs in elements of recv.dtype."""
         if self.size == 1:
-            recv.reshape(-1)[: send.size] = send.reshape(-1)
+            recv.reshape(-1)[displs[0]: displs[0] + send.size] = send.reshape(-1)
             return
         t0 = MPI.Wtime()
         self.comm.Allgatherv(send, [recv, (counts, displs)])

@@ -19,6 +19,7 @@ from pipeline.comm import Comm
 from pipeline.jobs import threads_per_rank, validated
 from pipeline.model import Qwen3Engine, check_job
 from pipeline.strategies import ALGORITHMS, STRATEGIES
+from pipeline.strategies.sequence import LAYOUTS
 from pipeline.threads import set_threads
 from pipeline.weights import open_export
 
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompt.add_argument("--prompt", help="text, encoded with the export's tokenizer.json")
     prompt.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--sequence-layout", default="zigzag", choices=LAYOUTS,
+                   help="token split of the sequence strategy: zigzag balances causal attention")
     p.add_argument("--threads", type=int, default=None, help="cores for the whole job")
     p.add_argument("--logits-out", help="save every step's logits, float32 (N, vocab), as .npy")
     args = p.parse_args(argv)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     export, tokenizer, ids = validated(comm, setup)
     engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
-                         max_seq=len(ids) + args.max_new_tokens)
+                         max_seq=len(ids) + args.max_new_tokens, sequence_layout=args.sequence_layout)
     tokens, logits = engine.generate(np.array(ids), args.max_new_tokens,
                                      keep_logits=args.logits_out is not None)
     if comm.rank:

@@ -54,12 +54,13 @@ def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len:
 
 class Qwen3Engine:
     def __init__(self, export: Export, strategy: str, algo: str, comm: Comm, threads: int,
-                 max_seq: int, block: int = 64) -> None:
+                 max_seq: int, block: int = 64, sequence_layout: str = "zigzag") -> None:
         cfg = self.cfg = export.cfg
         self.comm, self.threads, self.max_seq = comm, threads, max_seq
         attend = functools.partial(self._attend, algo=algo, block=block,
                                    scale=float(cfg.head_dim) ** -0.5)
-        self.strategy = STRATEGIES[strategy](comm, cfg, attend, max_seq)
+        options = {"layout": sequence_layout} if strategy == "sequence" else {}
+        self.strategy = STRATEGIES[strategy](comm, cfg, attend, max_seq, **options)
         self.layers = [self.strategy.layer_weights(export, i) for i in range(cfg.num_hidden_layers)]
         self.embed = export.tensor("embed")
         self.final_norm = export.tensor("final_norm")
@@ -97,12 +98,14 @@ class Qwen3Engine:
         if self.pos:
             raise RuntimeError("prefill needs an empty cache: call reset() first")
         T = len(ids)
-        start, stop = self.strategy.plan_prefill(T)
-        x = self.x[: stop - start]
-        np.take(self.embed, ids[start:stop], axis=0, out=x)
-        self._forward(x, start, prefill=True)
+        positions = self.strategy.plan_prefill(T)  # the prompt positions this rank computes
+        x = self.x[: len(positions)]
+        np.take(self.embed, ids[positions], axis=0, out=x)
+        # RoPE tables gathered at this rank's positions (not always one contiguous run).
+        rope = (self.cos[positions], self.sin[positions], 0)
+        self._forward(x, int(positions[0]), rope, prefill=True)
         self.pos = T
-        owner = self.strategy.last_token_owner(T)
+        owner = self.strategy.last_token_owner(T)  # the last position is its last local row
         mine = owner is None or owner == self.comm.rank
         return self._logits(x[-1:] if mine else None, owner)
 
@@ -112,23 +115,24 @@ class Qwen3Engine:
             raise RuntimeError(f"KV cache full ({self.max_seq} positions)")
         x = self.x[:1]
         x[0] = self.embed[token]
-        self._forward(x, self.pos, prefill=False)
+        self._forward(x, self.pos, (self.cos, self.sin, self.pos), prefill=False)
         self.pos += 1
         return self._logits(x, None)  # every rank holds the new token
 
-    def _forward(self, x: np.ndarray, pos: int, prefill: bool) -> None:
+    def _forward(self, x: np.ndarray, pos: int, rope: tuple, prefill: bool) -> None:
         for i in range(self.cfg.num_hidden_layers):
-            self._block(i, x, pos, prefill)
+            self._block(i, x, pos, rope, prefill)
 
-    def _block(self, i: int, x: np.ndarray, pos: int, prefill: bool) -> None:
+    def _block(self, i: int, x: np.ndarray, pos: int, rope: tuple, prefill: bool) -> None:
         w, T, eps, nt = self.layers[i], x.shape[0], self.cfg.rms_norm_eps, self.threads
         n, o, q, k, v, att = (b[:T] for b in (self.n, self.o, self.q, self.k, self.v, self.att))
+        cos, sin, pos0 = rope  # row t of q/k rotates by the angles of row pos0 + t
         ops.rmsnorm(x, w.attn_norm, eps, n, nt)
         linear(n, w.wq, q.reshape(T, -1))
         linear(n, w.wk, k.reshape(T, -1))
         linear(n, w.wv, v.reshape(T, -1))
-        ops.qk_norm_rope(q, w.q_norm, eps, self.cos, self.sin, pos, nt)
-        ops.qk_norm_rope(k, w.k_norm, eps, self.cos, self.sin, pos, nt)
+        ops.qk_norm_rope(q, w.q_norm, eps, cos, sin, pos0, nt)
+        ops.qk_norm_rope(k, w.k_norm, eps, cos, sin, pos0, nt)
         self.strategy.attend(i, q, k, v, att, pos, prefill)
         linear_t(att.reshape(T, -1), w.wo_t, o)
         self.strategy.reduce(o)  # o_proj is row-sharded under headwise

@@ -44,9 +44,9 @@ def reference(tiny_export):
     return out
 
 
-def generate_cell(export, strategy, algo, nranks, tmp_path):
+def generate_cell(export, strategy, algo, nranks, tmp_path, *extra):
     logits_file = tmp_path / f"{strategy}_{algo}_{nranks}.npy"
-    proc = run_mpi(nranks, ["-m", "pipeline.generate", "--export", str(export),
+    proc = run_mpi(nranks, ["-m", "pipeline.generate", "--export", str(export), *extra,
                             "--parallel-strategy", strategy, "--attention-algo", algo,
                             "--prompt-ids", ",".join(map(str, PROMPT)),
                             "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
@@ -64,6 +64,15 @@ def test_cell_matches_reference(reference, config, strategy, algo, nranks, tmp_p
     export, ref_tokens, ref_logits = reference[config]
     tokens, logits = generate_cell(export, strategy, algo, nranks, tmp_path)
     assert logits.shape == ref_logits.shape and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
+    assert tokens == ref_tokens
+
+
+@pytest.mark.parametrize("nranks", [2, 4])
+def test_contiguous_sequence_layout_matches_reference(reference, nranks, tmp_path):
+    export, ref_tokens, ref_logits = reference["untied"]
+    tokens, logits = generate_cell(export, "sequence", "standard", nranks, tmp_path,
+                                   "--sequence-layout", "contiguous")
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
     assert tokens == ref_tokens
 

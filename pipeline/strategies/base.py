@@ -37,15 +37,16 @@ class Strategy(ABC):
         """The weights of layer i this rank multiplies with (zero-copy views of the export)."""
 
     @abstractmethod
-    def plan_prefill(self, T: int) -> tuple[int, int]:
-        """Prepare a prefill of T prompt tokens; returns [start, stop) of the tokens this rank computes."""
+    def plan_prefill(self, T: int) -> np.ndarray:
+        """Prepare a prefill of T prompt tokens; returns the positions this rank computes (int64)."""
 
     @abstractmethod
     def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray,
                pos: int, prefill: bool) -> None:
         """Store this rank's new k/v (T, Hkv_r, D) in its cache and write attention of q into out.
 
-        q (T, H_r, D) holds the queries of positions pos .. pos+T-1 after RoPE.
+        q (T, H_r, D) holds this rank's queries after RoPE: in prefill, those of the positions
+        plan_prefill returned (pos is the first); in decode, the one token at position pos.
         """
 
     @abstractmethod

@@ -34,8 +34,8 @@ class HeadwiseStrategy(Strategy):
     def layer_weights(self, export: Export, i: int) -> LayerWeights:
         return export.layer(i, self.comm.rank, self.comm.size)
 
-    def plan_prefill(self, T: int) -> tuple[int, int]:
-        return 0, T
+    def plan_prefill(self, T: int) -> np.ndarray:
+        return np.arange(T)
 
     def attend(self, layer, q, k, v, out, pos, prefill) -> None:
         T = q.shape[0]

@@ -1,11 +1,14 @@
 """Sequence (context) parallelism.
 
-Rank r owns a contiguous block of the prompt's tokens and runs every head with the full,
-memory-mapped weights (one page cache shared by all ranks). Prefill gathers every rank's K/V
-(Allgatherv) for causal attention. Decode keeps the KV cache sharded by sequence: each rank
-attends over its own cache, giving a partial (o, m, l), and one Allgather of those statistics
-lets every rank merge them exactly:
-    m = max_r m_r,  L = sum_r l_r e^(m_r - m),  o = sum_r o_r l_r e^(m_r - m) / L.
+Rank r owns part of the prompt's tokens and runs every head with the full, memory-mapped
+weights (one page cache shared by all ranks). Prefill gathers every rank's K/V (Allgatherv,
+straight into position order) for causal attention. Under causal attention a contiguous split
+leaves the last rank most of the work, so the default `zigzag` layout cuts the prompt into 2P
+chunks and gives rank r chunks r and 2P-1-r (Megatron's context-parallel load balance).
+
+Decode keeps the KV cache sharded by sequence (new tokens go round-robin): each rank attends over
+its own cache, giving a partial (o, m, l), and one Allgather of those statistics lets every rank
+merge them exactly:  m = max_r m_r,  L = sum_r l_r e^(m_r - m),  o = sum_r o_r l_r e^(m_r - m) / L.
 """
 
 from __future__ import annotations
@@ -17,31 +20,43 @@ from pipeline.comm import split_range
 from pipeline.strategies.base import Strategy
 from pipeline.weights import Export, LayerWeights
 
+LAYOUTS = ("zigzag", "contiguous")
+
+
+def chunks_of(T: int, nranks: int, rank: int, layout: str) -> list[tuple[int, int]]:
+    """[start, stop) position ranges of the prompt that `rank` computes, in local row order."""
+    if layout == "contiguous":
+        return [split_range(T, nranks, rank)]
+    if layout == "zigzag":
+        return [split_range(T, 2 * nranks, rank), split_range(T, 2 * nranks, 2 * nranks - 1 - rank)]
+    raise ValueError(f"unknown sequence layout {layout!r}; choose from {list(LAYOUTS)}")
+
 
 class SequenceStrategy(Strategy):
     name = "sequence"
 
-    def __init__(self, comm, cfg, attend_fn, max_seq: int) -> None:
+    def __init__(self, comm, cfg, attend_fn, max_seq: int, layout: str = "zigzag") -> None:
         super().__init__(comm, cfg, attend_fn, max_seq)
+        chunks_of(1, 1, 0, layout)  # reject an unknown layout now
+        self.layout = layout
         P, L = comm.size, cfg.num_hidden_layers
         H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        local_max = -(-max_seq // P) + 1
+        local_max = -(-max_seq // P) + 2
         # (S_r, Hkv, D) per layer: only this rank's share of the positions.
         self.k_cache = np.zeros((L, local_max, Hkv, D), np.float32)
         self.v_cache = np.zeros_like(self.k_cache)
         self.local_len = np.zeros(L, dtype=np.int64)
-        # Prefill exchange: every rank's K/V, (T, Hkv, D).
+        # Prefill exchange: every rank's K/V in position order, (T, Hkv, D).
         self.k_all = np.zeros((max_seq, Hkv, D), np.float32)
         self.v_all = np.zeros_like(self.k_all)
         # Decode merge: this rank's partial and everyone's, packed as [o (H*D) | m (H) | l (H)].
         self.part = np.zeros(H * D + 2 * H, np.float32)
         self.parts = np.zeros((P, H * D + 2 * H), np.float32)
-        self.o_parts = np.zeros((P, 1, H, D), np.float32)
-        self.m_parts = np.zeros((P, 1, H), np.float32)
-        self.l_parts = np.zeros((P, 1, H), np.float32)
-        self.counts = np.zeros(P, np.int64)
-        self.displs = np.zeros(P, np.int64)
-        self.prompt_len = 0
+        self.o_parts = np.zeros((P, 1, H, D), np.float32)  # (P, 1, H, D)
+        self.m_parts = np.zeros((P, 1, H), np.float32)  # (P, 1, H)
+        self.l_parts = np.zeros((P, 1, H), np.float32)  # (P, 1, H)
+        self.plan: list[tuple[tuple[int, int], slice, np.ndarray, np.ndarray]] = []
+        self.T = 0
 
     @classmethod
     def check(cls, cfg, nranks: int, prompt_len: int) -> None:
@@ -53,32 +68,38 @@ class SequenceStrategy(Strategy):
     def layer_weights(self, export: Export, i: int) -> LayerWeights:
         return export.layer(i, 0, 1)
 
-    def plan_prefill(self, T: int) -> tuple[int, int]:
-        row = self.cfg.num_key_value_heads * self.cfg.head_dim
-        for r in range(self.comm.size):  # Allgatherv layout of K/V, in floats
-            a, b = split_range(T, self.comm.size, r)
-            self.counts[r], self.displs[r] = (b - a) * row, a * row
-        self.prompt_len = T
-        return split_range(T, self.comm.size, self.comm.rank)
+    def plan_prefill(self, T: int) -> np.ndarray:
+        """Per chunk: its positions, its local rows, and the Allgatherv counts/displs (in floats)."""
+        P, row = self.comm.size, self.cfg.num_key_value_heads * self.cfg.head_dim
+        everyone = [chunks_of(T, P, r, self.layout) for r in range(P)]
+        self.plan, first = [], 0
+        for c, (a, b) in enumerate(everyone[self.comm.rank]):
+            counts = np.array([(ch[c][1] - ch[c][0]) * row for ch in everyone], np.int64)
+            displs = np.array([ch[c][0] * row for ch in everyone], np.int64)
+            self.plan.append(((a, b), slice(first, first + b - a), counts, displs))
+            first += b - a
+        self.T = T
+        return np.concatenate([np.arange(a, b) for a, b in everyone[self.comm.rank]])
 
     def attend(self, layer, q, k, v, out, pos, prefill) -> None:
         if prefill:
-            self._attend_prefill(layer, q, k, v, out, pos)
+            self._attend_prefill(layer, q, k, v, out)
         else:
             self._attend_decode(layer, q, k, v, out, pos)
 
-    def _attend_prefill(self, layer, q, k, v, out, pos) -> None:
+    def _attend_prefill(self, layer, q, k, v, out) -> None:
         if self.local_len[layer]:
             raise RuntimeError("sequence strategy: prefill must start from an empty cache")
-        T_r, T = k.shape[0], self.prompt_len
-        self.comm.allgatherv(k, self.k_all[:T], self.counts, self.displs)
-        self.comm.allgatherv(v, self.v_all[:T], self.counts, self.displs)
+        T_r = k.shape[0]
+        for _, rows, counts, displs in self.plan:  # each rank's chunk c lands at its positions
+            self.comm.allgatherv(k[rows], self.k_all[: self.T], counts, displs)
+            self.comm.allgatherv(v[rows], self.v_all[: self.T], counts, displs)
         self.k_cache[layer, :T_r] = k
         self.v_cache[layer, :T_r] = v
         self.local_len[layer] = T_r
-        start, stop = split_range(T, self.comm.size, self.comm.rank)
-        # Causality: keys after this rank's last token are never visible, so pass only [0, stop).
-        self.attend_fn(q, self.k_all[:stop], self.v_all[:stop], out, start, 0)
+        for (a, b), rows, _, _ in self.plan:
+            if b > a:  # causality: keys after position b-1 are never visible to this chunk
+                self.attend_fn(q[rows], self.k_all[:b], self.v_all[:b], out[rows], a, 0)
 
     def _attend_decode(self, layer, q, k, v, out, pos) -> None:
         H, D = q.shape[1], q.shape[2]
@@ -97,16 +118,20 @@ class SequenceStrategy(Strategy):
             out[...] = o
             return
         self.comm.allgather(self.part, self.parts)
-        self.o_parts.reshape(self.comm.size, -1)[...] = self.parts[:, : H * D]
-        self.m_parts.reshape(self.comm.size, -1)[...] = self.parts[:, H * D: H * D + H]
-        self.l_parts.reshape(self.comm.size, -1)[...] = self.parts[:, H * D + H:]
+        P = self.comm.size
+        self.o_parts.reshape(P, -1)[...] = self.parts[:, : H * D]
+        self.m_parts.reshape(P, -1)[...] = self.parts[:, H * D: H * D + H]
+        self.l_parts.reshape(P, -1)[...] = self.parts[:, H * D + H:]
         merge(self.o_parts, self.m_parts, self.l_parts, out)
 
     def reduce(self, partial: np.ndarray) -> None:
         pass  # every rank holds full weights: nothing to complete
 
     def last_token_owner(self, T: int) -> int:
-        return self.comm.size - 1
+        for r in range(self.comm.size):
+            if any(a < b == T for a, b in chunks_of(T, self.comm.size, r, self.layout)):
+                return r
+        raise AssertionError("no rank holds the last position")
 
     def reset(self) -> None:
         self.local_len[:] = 0
