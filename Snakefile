@@ -1,0 +1,197 @@
+# Qwen3 parallel strategies on CPUs: export -> build -> bench (MPI) -> verify -> report.
+#
+#   snakemake --cores 8 report                                  # the whole matrix, regenerated
+#   snakemake --cores 2 report --config synthetic_preset=tiny ranks=[1,2]
+#   snakemake --cores 8 report --configfile config/long.yaml    # adds prompt lengths 1024, 4096
+#
+# results/ path scheme (every file the workflow writes):
+#   results/work/checkpoint/{model}/         synthetic checkpoint (only when config checkpoint is "")
+#   results/work/export/{model}-{dtype}/     exported per-layer subgraph files + manifest.json
+#   ext/*.so                                 compiled kernels (built in place by setup.py)
+#   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}.json    one bench JSON per cell
+#   results/verification.{md,json}           every cell against the single-rank reference
+#   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png
+#   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)
+#
+# A crashed or timed-out benchmark fails its rule and keeps its log under results/logs/bench/.
+# With --keep-going the other cells still run; the workflow then ends in error and its `onerror`
+# hook rebuilds results/report.md from the cells that exist, marking the missing ones (Snakemake
+# never schedules a job whose input failed, so the report rule itself cannot do this). The hook
+# also removes results/verification.* (they no longer describe the cells) and the report's
+# marker results/logs/report.complete, so the next run reruns the missing cells and the report
+# (Snakemake would otherwise take the partial report as up to date: it does not rerun missing
+# intermediate files for an output that exists).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+
+
+validate(get_typed_config(config), "config/config.schema.yaml", set_default=True)
+
+MODEL = get_model_config()
+LENGTHS = get_checked_lengths()
+MPI_LAUNCHER = get_mpi_launcher()
+
+
+wildcard_constraints:
+    strategy="headwise|sequence",
+    algo="standard|online_softmax",
+    nranks=r"\d+",
+    prompt_len=r"\d+",
+
+
+localrules:
+    all,
+    verify,
+    report,
+
+
+rule all:
+    input:
+        "results/report.md",
+        "results/verification.md",
+
+
+rule synthetic_checkpoint:
+    output:
+        directory(get_checkpoint_dir()),
+    params:
+        preset=config["synthetic_preset"],
+        seed=config["seed"],
+    log:
+        "results/logs/synthetic_checkpoint.log",
+    benchmark:
+        "results/logs/benchmarks/synthetic_checkpoint.tsv"
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "python -m model_export.synthetic --preset {params.preset} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule export:
+    input:
+        get_checkpoint_files(),
+    output:
+        directory(get_export_dir()),
+    params:
+        checkpoint=get_checkpoint_param,
+        dtype=config["export_dtype"],
+    log:
+        "results/logs/export.log",
+    benchmark:
+        "results/logs/benchmarks/export.tsv"
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "python -m model_export --checkpoint {params.checkpoint} --out {output} --force"
+        " --dtype {params.dtype} > {log} 2>&1"
+
+
+rule build:
+    input:
+        get_kernel_sources(),
+    output:
+        get_kernel_libraries(),
+    log:
+        "results/logs/build.log",
+    benchmark:
+        "results/logs/benchmarks/build.tsv"
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "python setup.py build_ext --inplace > {log} 2>&1"
+
+
+rule bench:
+    input:
+        export=get_export_dir(),
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+    output:
+        json="results/runs/{strategy}_{algo}_np{nranks}_p{prompt_len}.json",
+    params:
+        gen_len=config["gen_len"],
+        iters=config["iters"],
+        warmup=config["warmup"],
+        timeout=get_timeout_prefix(),
+    threads: get_bench_threads
+    resources:
+        mpi=MPI_LAUNCHER,
+        tasks=get_tasks,
+        cpus_per_task=get_cpus_per_task,
+        job_threads=get_job_threads,
+        bench=1,
+    log:
+        "results/logs/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}.log",
+    benchmark:
+        "results/logs/benchmarks/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}.tsv"
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "{params.timeout} {resources.mpi} -n {resources.tasks}"
+        " python -m mpi4py -m pipeline.bench --export {input.export}"
+        " --parallel-strategy {wildcards.strategy} --attention-algo {wildcards.algo}"
+        " --prompt-len {wildcards.prompt_len} --gen-len {params.gen_len}"
+        " --iters {params.iters} --warmup {params.warmup} --threads {resources.job_threads}"
+        " --out {output.json} > {log} 2>&1"
+
+
+rule verify:
+    input:
+        runs=get_run_files(),
+        code="pipeline/verify.py",
+    output:
+        md="results/verification.md",
+        json="results/verification.json",
+    params:
+        atol=config["verify_atol"],
+        rtol=config["verify_rtol"],
+    log:
+        "results/logs/verify.log",
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "python -m pipeline.verify --runs {input.runs} --atol {params.atol} --rtol {params.rtol}"
+        " --out-md {output.md} --out-json {output.json} > {log} 2>&1"
+
+
+rule report:
+    input:
+        runs=get_run_files(),
+        verification="results/verification.json",
+        code=["pipeline/report.py", "pipeline/figures.py"],
+    output:
+        md="results/report.md",
+        csv="results/summary.csv",
+        figures=get_figure_files(),
+        complete=touch("results/logs/report.complete"),
+    params:
+        cells=get_cell_names(),
+        not_applicable=get_not_applicable(),
+        workflow_config=get_workflow_config_json(),
+        logs="results/logs/bench",
+    log:
+        "results/logs/report.log",
+    conda:
+        "envs/workflow.yaml"
+    shell:
+        "python -m pipeline.report --runs {input.runs} --verification {input.verification}"
+        " --cells {params.cells} --not-applicable {params.not_applicable:q}"
+        " --workflow-config {params.workflow_config:q} --logs-dir {params.logs}"
+        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+
+
+onerror:
+    if get_partial_report_wanted():
+        print("Some jobs failed: building results/report.md from the cells that exist.")
+        for stale in get_stale_files():
+            os.remove(stale)
+        subprocess.run(get_partial_report_command(), shell=True, check=False)

@@ -1,0 +1,251 @@
+# Helpers of the Snakefile: where things live, which cells the matrix has, and the checks that
+# make bad input fail at start with the offending config field named. Everything here runs when
+# the workflow is parsed (also for a dry run), before any job starts.
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sysconfig
+from glob import glob
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from model_export.config import PRESETS, CheckpointError, Qwen3Config
+
+CELL_PATTERN = "{strategy}_{algo}_np{nranks}_p{prompt_len}"
+RUNS = "results/runs"
+
+
+def get_typed_config(config, schema="config/config.schema.yaml"):
+    """The config with command-line values typed as the schema says, before validation.
+
+    `--config ranks=[1,2]` arrives as ["1", "2"] (Snakemake reads lists with YAML's BaseLoader)
+    and `--config checkpoint=` as None; this turns them into [1, 2] and "". Values that do not
+    convert are left alone for the validation to report with the field's name.
+    """
+    with open(schema) as f:
+        properties = yaml.safe_load(f)["properties"]
+    for key, spec in properties.items():
+        if key in config:
+            config[key] = get_typed_value(config[key], spec)
+    return config
+
+
+def get_typed_value(value, spec):
+    kind = spec.get("type")
+    if kind == "array" and isinstance(value, list):
+        return [get_typed_value(v, spec.get("items", {})) for v in value]
+    if kind == "string" and value is None:
+        return ""
+    if kind in ("integer", "number") and isinstance(value, str):
+        try:
+            return int(value) if kind == "integer" else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def get_model_config():
+    """The architecture of the configured model, or a WorkflowError naming the field at fault."""
+    if not config["checkpoint"]:
+        return Qwen3Config(**PRESETS[config["synthetic_preset"]])
+    path = get_checkpoint_dir()
+    if not os.path.isdir(path):
+        raise WorkflowError(f"config checkpoint: {config['checkpoint']!r} is not a directory "
+                            f"(leave it empty for the synthetic {config['synthetic_preset']})")
+    try:
+        cfg = Qwen3Config.from_json(os.path.join(path, "config.json"))
+    except CheckpointError as e:
+        raise WorkflowError(f"config checkpoint: {config['checkpoint']!r} is not a Qwen3 "
+                            f"checkpoint: {e}") from None
+    if not glob(os.path.join(path, "*.safetensors")):
+        raise WorkflowError(f"config checkpoint: no *.safetensors file in {config['checkpoint']!r}")
+    return cfg
+
+
+def get_checked_lengths():
+    """The prompt lengths, checked against the model's context window."""
+    limit = MODEL.max_position_embeddings
+    for n in config["prompt_lengths"]:
+        if n + config["gen_len"] > limit:
+            raise WorkflowError(f"config prompt_lengths: {n} + gen_len {config['gen_len']} exceeds "
+                                f"the model's max_position_embeddings ({limit})")
+    return sorted(config["prompt_lengths"])
+
+
+def get_mpi_launcher():
+    """The MPI launcher (Snakemake's `mpi` resource); it must be on PATH here."""
+    launcher = config["mpi_launcher"]
+    program = shlex.split(launcher)[0]
+    if shutil.which(program) is None:
+        raise WorkflowError(f"config mpi_launcher: {program!r} not found on PATH "
+                            f"(install MPI, activate the environment, or set mpi_launcher)")
+    return launcher
+
+
+def get_model_id():
+    """Name of this model's checkpoint and export directories under results/work/."""
+    if config["checkpoint"]:
+        name = os.path.basename(os.path.normpath(config["checkpoint"]))
+    else:
+        name = f"synthetic-{config['synthetic_preset']}-seed{config['seed']}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def get_checkpoint_dir():
+    if config["checkpoint"]:
+        return os.path.abspath(config["checkpoint"])
+    return f"results/work/checkpoint/{get_model_id()}"
+
+
+def get_checkpoint_files():
+    """What the export reads: the synthetic rule's directory, or a real checkpoint's files."""
+    if not config["checkpoint"]:
+        return [get_checkpoint_dir()]
+    path = get_checkpoint_dir()
+    names = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json"]
+    return sorted(f for name in names for f in glob(os.path.join(path, name)))
+
+
+def get_checkpoint_param(wildcards, input):
+    """The checkpoint directory handed to the exporter (its files are the export's input)."""
+    return get_checkpoint_dir()
+
+
+def get_export_dir():
+    return f"results/work/export/{get_model_id()}-{config['export_dtype']}"
+
+
+def get_kernel_sources():
+    return sorted(glob("ext/*.pyx") + glob("ext/*.pxd")) + ["setup.py"]
+
+
+def get_kernel_libraries():
+    """The compiled modules setup.py builds in place, one per ext/*.pyx."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    return [f"{path[:-len('.pyx')]}{suffix}" for path in sorted(glob("ext/*.pyx"))]
+
+
+def get_engine_sources():
+    """The engine's Python sources: editing them reruns the benchmarks."""
+    names = ["bench", "model", "comm", "weights", "threads", "generate"]
+    files = [f"pipeline/{name}.py" for name in names] + glob("pipeline/strategies/*.py")
+    return sorted(f for f in files if os.path.exists(f))
+
+
+def get_cells():
+    """Every cell of the matrix: (name, applicable, reason when not)."""
+    cells = []
+    for n in LENGTHS:
+        for strategy in config["strategies"]:
+            for algo in config["algorithms"]:
+                for p in sorted(config["ranks"]):
+                    name = CELL_PATTERN.format(strategy=strategy, algo=algo, nranks=p, prompt_len=n)
+                    reason = get_not_applicable_reason(strategy, p, n)
+                    cells.append((name, reason is None, reason))
+    return cells
+
+
+def get_not_applicable_reason(strategy, nranks, prompt_len):
+    """Why a cell cannot run (None when it can): head-wise needs P | Hkv and P | I, sequence
+    needs a prompt token per rank."""
+    if strategy == "sequence" and prompt_len < nranks:
+        return f"prompt_len={prompt_len} gives fewer tokens than the P={nranks} ranks"
+    if strategy != "headwise":
+        return None
+    if MODEL.num_key_value_heads % nranks:
+        return (f"P={nranks} does not divide num_key_value_heads={MODEL.num_key_value_heads} "
+                f"(head-wise works with P in {MODEL.valid_rank_counts(MODEL.num_key_value_heads)})")
+    if MODEL.intermediate_size % nranks:
+        return f"P={nranks} does not divide intermediate_size={MODEL.intermediate_size}"
+    return None
+
+
+def get_run_files():
+    return [f"{RUNS}/{name}.json" for name, applicable, _ in get_cells() if applicable]
+
+
+def get_cell_names():
+    return [name for name, _, _ in get_cells()]
+
+
+def get_not_applicable():
+    return [f"{name}={reason}" for name, applicable, reason in get_cells() if not applicable]
+
+
+def get_figure_files():
+    return [f"results/figures/{kind}_p{n}.png" for n in LENGTHS for kind in ("throughput", "cells")]
+
+
+def get_workflow_config_json():
+    return json.dumps(config, sort_keys=True)
+
+
+def get_machine_cores():
+    """min(--cores, this machine's CPUs); the CPUs alone when Snakemake has no core count."""
+    try:
+        return max(1, min(int(workflow.cores), os.cpu_count() or 1))
+    except (WorkflowError, TypeError, ValueError):
+        return os.cpu_count() or 1
+
+
+def get_bench_threads(wildcards):
+    """Total cores of a bench job; pipeline.bench gives each rank max(1, threads // P)."""
+    if config["threads_per_rank"]:
+        return config["threads_per_rank"] * int(wildcards.nranks)
+    return get_machine_cores()
+
+
+def get_job_threads(wildcards, threads):
+    """The --threads handed to pipeline.bench (all ranks together). threads_per_rank x P when
+    configured, even beyond this machine's cores (ranks on other hosts); else the job's cores."""
+    if config["threads_per_rank"]:
+        return config["threads_per_rank"] * int(wildcards.nranks)
+    return threads
+
+
+def get_tasks(wildcards):
+    return int(wildcards.nranks)
+
+
+def get_cpus_per_task(wildcards, threads):
+    """SLURM's --cpus-per-task for an MPI job: each rank's share of the job's threads."""
+    return config["threads_per_rank"] or max(1, threads // int(wildcards.nranks))
+
+
+def get_timeout_prefix():
+    """`timeout` in front of the launcher, so a hung benchmark fails its rule instead of waiting."""
+    if not config["bench_timeout"]:
+        return ""
+    return f"timeout --kill-after=30 {config['bench_timeout']}"
+
+
+def get_partial_report_wanted():
+    """After a failed run: rebuild the report from the cells that exist, if it was asked for."""
+    targets = {job.rule.name for job in workflow.dag.targetjobs}
+    return bool(targets & {"all", "report"}) and bool(glob(f"{RUNS}/*.json"))
+
+
+def get_stale_files():
+    """What a failed run leaves out of date once cells lack a result: verify's outputs and the
+    marker of a complete report (removing it makes the next run redo the missing cells)."""
+    if all(os.path.exists(f) for f in get_run_files()):
+        return []
+    stale = ["results/verification.md", "results/verification.json", "results/logs/report.complete"]
+    return [f for f in stale if os.path.exists(f)]
+
+
+def get_partial_report_command():
+    """The report rule's command line over whatever cells exist (see `onerror` in the Snakefile)."""
+    args = ["python", "-m", "pipeline.report", "--runs-dir", RUNS, "--cells", *get_cell_names()]
+    if get_not_applicable():
+        args += ["--not-applicable", *get_not_applicable()]
+    args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
+             "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
+             "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]
+    return shlex.join(args) + " > results/logs/report_partial.log 2>&1"
+
