@@ -1,6 +1,6 @@
 """Command line: export a checkpoint, or verify an export.
 
-    python -m model_export --checkpoint DIR --out DIR [--force] [--dtype float32]
+    python -m model_export --checkpoint DIR --out DIR [--force] [--dtype {float32,float16,bf16}]
     python -m model_export --verify DIR
 """
 
@@ -11,7 +11,7 @@ import sys
 import time
 
 from model_export.config import CheckpointError
-from model_export.export import OUT_DTYPES, export_checkpoint
+from model_export.export import DTYPE_ALIASES, OUT_DTYPES, export_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--verify", metavar="DIR", help="export to check against its manifest (sha256)")
     p.add_argument("--out", metavar="DIR", help="export directory to create (with --checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing export at --out")
-    p.add_argument("--dtype", default="float32", choices=sorted(OUT_DTYPES), help="stored dtype")
+    p.add_argument("--dtype", default="float32", choices=sorted([*OUT_DTYPES, *DTYPE_ALIASES]),
+                   help="stored dtype of the weight matrices (bf16 = bfloat16; norms stay float32)")
     args = p.parse_args(argv)
     if args.checkpoint and not args.out:
         p.error("--checkpoint needs --out")

@@ -3,7 +3,9 @@
 The safetensors library validates each file (header, offsets, that the data covers the file);
 the tensor data itself is then memory-mapped with NumPy, one tensor at a time, because
 safetensors' NumPy API cannot represent bf16 and would copy every tensor anyway.
-bf16 is widened to float32 exactly: its 16 bits are the high half of a float32.
+bf16 is widened to float32 exactly: its 16 bits are the high half of a float32. A bf16 export of a
+bf16 checkpoint copies the 16-bit patterns unchanged; other source dtypes are rounded to bf16 from
+float32 (round to nearest even, as torch's `.to(torch.bfloat16)`).
 """
 
 from __future__ import annotations
@@ -50,22 +52,23 @@ class Checkpoint:
             return np.zeros(t.shape, STORAGE[t.dtype])  # np.memmap cannot map zero bytes
         return np.memmap(t.file, dtype=STORAGE[t.dtype], mode="r", offset=t.offset, shape=t.shape)
 
-    def blocks(self, name: str, transpose: bool, dtype: np.dtype,
+    def blocks(self, name: str, transpose: bool, dtype: str = "float32",
                max_bytes: int = 1 << 24) -> Iterator[np.ndarray]:
-        """The tensor (transposed if asked) converted to `dtype`, as C-contiguous row blocks.
+        """The tensor (transposed if asked) encoded as `dtype`, as C-contiguous row blocks.
 
+        `dtype` is "float32", "float16" or "bfloat16" (yielded as uint16 bit patterns).
         Blocks of at most ~`max_bytes` keep the peak memory at one block plus the mapped source.
         """
         t = self.tensors[name]
         src = self.array(name)
         if src.ndim < 2:
-            yield np.ascontiguousarray(to_float32(src[...], t.dtype).astype(dtype, copy=False))
+            yield np.ascontiguousarray(encode(src[...], t.dtype, dtype))
             return
         rows, row_len = (src.shape[1], src.shape[0]) if transpose else src.shape
         step = max(1, max_bytes // max(1, row_len * 4))
         for r in range(0, rows, step):
             block = src[:, r:r + step].T if transpose else src[r:r + step]
-            yield np.ascontiguousarray(to_float32(block, t.dtype).astype(dtype, copy=False))
+            yield np.ascontiguousarray(encode(block, t.dtype, dtype))
 
 
 def to_float32(a: np.ndarray, code: str) -> np.ndarray:
@@ -73,6 +76,33 @@ def to_float32(a: np.ndarray, code: str) -> np.ndarray:
     if code == "BF16":
         return (a.astype(np.uint32) << 16).view(np.float32)
     return a.astype(np.float32)
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), rounding to nearest even; NaN stays a (quiet) NaN.
+
+    Adding 0x7FFF plus the lowest kept bit, then truncating, is round-half-to-even on the bits;
+    without the NaN guard a NaN with a small payload would round up into infinity.
+    """
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(x, dtype=np.float32))
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def encode(a: np.ndarray, code: str, dtype: str) -> np.ndarray:
+    """Stored values `a` (safetensors dtype `code`) as export `dtype` ("float32", "float16", "bfloat16").
+
+    bf16 -> bf16 keeps the bit patterns; anything else goes through float32 (exact for bf16/f16/f32
+    sources; a float64 source is rounded twice, to float32 then to bf16).
+    """
+    if dtype == "bfloat16":
+        return a.astype(np.uint16) if code == "BF16" else to_bf16_bits(to_float32(a, code))
+    if dtype not in ("float32", "float16"):
+        raise CheckpointError(f"unsupported export dtype {dtype!r}")
+    return to_float32(a, code).astype(np.dtype(dtype).newbyteorder("<"), copy=False)
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -4,6 +4,13 @@ Tensor by tensor: each source tensor is memory-mapped, converted in row blocks a
 its subgraph file, so memory holds one source tensor's pages and one block, never the model.
 The export is written into a hidden temporary directory next to --out and renamed into place
 only when complete, so an interrupted export never looks finished.
+
+Stored dtypes (`--dtype`): "float32" (default), "float16", or "bf16" (= "bfloat16"). A bfloat16
+export keeps the matrices (embedding, q/k/v/o, gate/up/down, lm_head) as raw bf16 bit patterns
+(little-endian uint16, half the bytes of float32; a bf16 checkpoint's bits are copied unchanged)
+and the 1-D norm weights as float32: they are 0.02% of the bytes, and the fused norm kernels
+then need no bf16 variant. The manifest's top-level "dtype" is the matrices' dtype
+("bfloat16"); each tensor entry records its own.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from model_export import layout
 from model_export.checkpoint import Checkpoint, open_checkpoint
 from model_export.config import CheckpointError
 
-OUT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+# export dtype name -> storage dtype of its files (bfloat16 is stored as its uint16 bit pattern)
+OUT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -39,15 +48,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
     """Export `checkpoint` to `out` atomically; return the manifest. Raises CheckpointError."""
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint).absolute(), Path(out).absolute()
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in OUT_DTYPES:
-        raise CheckpointError(f"unsupported export dtype {dtype!r} (choose from {sorted(OUT_DTYPES)})")
+        raise CheckpointError(f"unsupported export dtype {dtype!r} (choose from "
+                              f"{sorted([*OUT_DTYPES, *DTYPE_ALIASES])})")
     ckpt = open_checkpoint(checkpoint)
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files, tensors = write_tensors(ckpt, tmp, OUT_DTYPES[dtype], progress)
+        files, tensors = write_tensors(ckpt, tmp, dtype, progress)
         tokenizer = copy_tokenizer(checkpoint, tmp)
         manifest = build_manifest(ckpt, dtype, files, tensors, tokenizer)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 3)
@@ -76,7 +87,12 @@ def check_out(out: Path, force: bool) -> None:
         raise CheckpointError(f"{out}: exists, is not empty and is not an export; refusing to overwrite")
 
 
-def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: np.dtype,
+def stored_dtype(spec: layout.TensorSpec, dtype: str) -> str:
+    """The dtype `spec` is stored in: norms (1-D) stay float32 in a bfloat16 export."""
+    return "float32" if dtype == "bfloat16" and len(spec.shape) == 1 else dtype
+
+
+def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: str,
                   progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Write every subgraph file; return the manifest's "files" and "tensors" tables."""
     specs = layout.tensor_specs(ckpt.cfg)
@@ -93,7 +109,7 @@ def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: np.dtype,
     return files, tensors
 
 
-def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dtype: np.dtype,
+def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dtype: str,
                tensors: dict) -> dict:
     """Write `group` into one file, each tensor at an ALIGN-byte offset; hash while writing."""
     h = hashlib.sha256()
@@ -104,10 +120,11 @@ def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dty
             f.write(b"\0" * pad)
             h.update(b"\0" * pad)
             offset += pad
+            stored = stored_dtype(spec, dtype)
             tensors[spec.name] = {"file": path.name, "offset": offset, "shape": list(spec.shape),
-                                  "dtype": dtype.name, "hf_name": spec.hf_name,
+                                  "dtype": stored, "hf_name": spec.hf_name,
                                   "transposed": spec.transpose, "shard": spec.shard}
-            for block in ckpt.blocks(spec.hf_name, spec.transpose, dtype):
+            for block in ckpt.blocks(spec.hf_name, spec.transpose, stored):
                 data = memoryview(block).cast("B")
                 f.write(data)
                 h.update(data)

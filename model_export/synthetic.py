@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export import layout
+from model_export.checkpoint import to_bf16_bits
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
 
 DTYPES = {"bf16": ("BF16", "bfloat16", 2), "float16": ("F16", "float16", 2),
@@ -90,12 +91,6 @@ def safetensors_header(table: dict[str, tuple[tuple[int, ...], str]]) -> bytes:
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # like the library: data starts 8-byte aligned
     return struct.pack("<Q", len(header)) + header
-
-
-def to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), rounding to nearest even (values here are finite)."""
-    bits = x.astype(np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def tensor_blocks(name: str, shape: tuple[int, ...], seed: int, index: int, dtype: str):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.weights import Export, LayerWeights
+from pipeline.weights import Export, LayerWeights, to_float
 
 
 class KVCache:
@@ -74,7 +74,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_start: int) 
 
 
 class ReferenceModel:
-    """Qwen3 forward from an export, in `dtype` (float64 or float32)."""
+    """Qwen3 forward from an export (any stored dtype, bf16 included), in `dtype` (float64 or float32)."""
 
     def __init__(self, export: Export, dtype: type = np.float64) -> None:
         self.export = export
@@ -154,4 +154,6 @@ class ReferenceModel:
 
     def _cast(self, a: np.ndarray) -> np.ndarray:
         # Everything in one dtype: a mixed float32/float64 matmul skips BLAS and is ~100x slower.
-        return np.asarray(a, dtype=self.dtype)
+        # bf16 weights (uint16 bits) are widened exactly, so a bf16 export computes the same
+        # numbers as a float32 export of the same checkpoint.
+        return to_float(a, self.dtype)

@@ -2,6 +2,12 @@
 
 Every rank of an MPI job maps the same files read-only, so the weights live once in the page
 cache however many ranks there are, and nothing is copied: `tensor` and `shard` return views.
+
+dtypes: a tensor comes back in its stored dtype. float32 and float16 are NumPy dtypes; bfloat16
+has none, so bf16 tensors are handed out as uint16 arrays holding the bit patterns (the high half
+of the float32 of the same value). In this project a uint16 weight array always means bf16:
+`to_float` and `take_rows` widen it exactly, and the engine dispatches on `Export.tensor_dtype`
+(or simply on `array.dtype == BF16`). In a bfloat16 export the norms stay float32.
 """
 
 from __future__ import annotations
@@ -16,7 +22,40 @@ from model_export import layout
 from model_export.config import CheckpointError, Qwen3Config
 from model_export.export import sha256_file
 
-DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+BF16 = np.dtype("<u2")  # how bfloat16 tensors are handed out: their raw bit patterns
+DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": BF16}
+
+
+def bf16_to_float32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Exact widening of bf16 bit patterns (uint16) to float32: the bits become the high half."""
+    if out is None:
+        out = np.empty(bits.shape, np.float32)
+    np.left_shift(bits, 16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
+
+
+def to_float(a: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """`a` as floating-point `dtype`; a uint16 array is read as bf16 bits and widened exactly.
+
+    (A plain astype of the uint16 bits would silently turn bit patterns into integers.)
+    """
+    if a.dtype == BF16:
+        return np.asarray(bf16_to_float32(a), dtype=dtype)
+    return np.asarray(a, dtype=dtype)
+
+
+def take_rows(table: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (T, d) float32 <- table[ids] for a float32, float16 or bf16 (uint16) table (V, d).
+
+    The embedding lookup for every export dtype; only the T selected rows are read and widened.
+    """
+    if table.dtype == BF16:
+        np.left_shift(table[ids], 16, out=out.view(np.uint32), dtype=np.uint32)
+    elif table.dtype == out.dtype:
+        np.take(table, ids, axis=0, out=out)
+    else:
+        out[...] = table[ids]
+    return out
 
 
 @dataclass(frozen=True)
@@ -24,6 +63,8 @@ class LayerWeights:
     """One decoder layer's weights, as rank `rank` of `nranks` needs them under head-wise TP.
 
     H_r = H / P query heads, Hkv_r = Hkv / P KV heads, I_r = I / P intermediate features.
+    Matrices are in the export's dtype (uint16 bf16 bits in a bfloat16 export); the norms are
+    float32 in float32 and bfloat16 exports.
     """
 
     attn_norm: np.ndarray  # (d,)
@@ -52,11 +93,29 @@ class Export:
         self._maps: dict[str, np.memmap] = {}  # one read-only map per file, made on first use
 
     @property
+    def dtype_name(self) -> str:
+        """The weight matrices' dtype: "float32", "float16" or "bfloat16" (manifest "dtype")."""
+        return self.manifest["dtype"]
+
+    @property
     def dtype(self) -> np.dtype:
+        """NumPy dtype of the arrays `tensor` returns for the matrices (uint16 bits for bfloat16)."""
         return DTYPES[self.manifest["dtype"]]
 
+    def tensor_dtype(self, name: str) -> str:
+        """Stored dtype of `name`: "float32", "float16" or "bfloat16" (norms may differ from dtype_name)."""
+        return self._entry(name)["dtype"]
+
+    def weight_bytes(self) -> int:
+        """Bytes of all stored tensors (the embedding counted once when tied)."""
+        return sum(int(np.prod(e["shape"], dtype=np.int64)) * DTYPES[e["dtype"]].itemsize
+                   for e in self.manifest["tensors"].values())
+
     def tensor(self, name: str) -> np.ndarray:
-        """The full tensor `name` (e.g. "layers.0.wq") as a read-only view of the file."""
+        """The full tensor `name` (e.g. "layers.0.wq") as a read-only view of the file.
+
+        In its stored dtype: a bfloat16 tensor comes back as uint16 bit patterns (see `to_float`).
+        """
         entry = self._entry(name)
         dtype = np.dtype(DTYPES[entry["dtype"]])
         count = int(np.prod(entry["shape"], dtype=np.int64))

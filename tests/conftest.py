@@ -8,6 +8,7 @@ for the whole session by their arguments; tests must treat them as read-only.
     def test_y(tiny_checkpoint):
         ckpt = tiny_checkpoint(TINY_GQA2, dtype="bfloat16")  # .path, .model (float32 HF model)
     def test_z(synthetic_tiny_export):                      # path of the exported `tiny` preset
+    def test_w(synthetic_tiny_export_bf16):                 # the same, exported as bfloat16
 """
 
 from __future__ import annotations
@@ -92,15 +93,15 @@ def tiny_checkpoint(tmp_path_factory) -> Callable[..., TinyCheckpoint]:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_checkpoint, tmp_path_factory) -> Callable[..., Path]:
-    """Factory: tiny_export(overrides, **tiny_checkpoint kwargs) -> path of our export of it."""
+    """Factory: tiny_export(overrides, export_dtype="float32", **tiny_checkpoint kwargs) -> export path."""
     cache: dict[str, Path] = {}
 
-    def make(overrides: dict, **kwargs: object) -> Path:
-        key = _key(overrides, **kwargs)
+    def make(overrides: dict, export_dtype: str = "float32", **kwargs: object) -> Path:
+        key = _key(overrides, export_dtype=export_dtype, **kwargs)
         if key not in cache:
             ckpt = tiny_checkpoint(overrides, **kwargs)
             out = tmp_path_factory.mktemp("export") / "export"
-            export_checkpoint(ckpt.path, out, progress=lambda msg: None)
+            export_checkpoint(ckpt.path, out, dtype=export_dtype, progress=lambda msg: None)
             cache[key] = out
         return cache[key]
 
@@ -118,4 +119,12 @@ def synthetic_tiny_export(synthetic_tiny_checkpoint) -> Path:
     """Our export of the `tiny` synthetic preset (float32); no torch needed."""
     out = synthetic_tiny_checkpoint.parent / "export"
     export_checkpoint(synthetic_tiny_checkpoint, out, progress=lambda msg: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny_export_bf16(synthetic_tiny_checkpoint) -> Path:
+    """Our bfloat16 export of the `tiny` synthetic preset: the same weights as synthetic_tiny_export."""
+    out = synthetic_tiny_checkpoint.parent / "export_bf16"
+    export_checkpoint(synthetic_tiny_checkpoint, out, dtype="bf16", progress=lambda msg: None)
     return out
