@@ -17,6 +17,7 @@ import resource
 import socket
 import statistics
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -25,6 +26,7 @@ from pipeline.atomic import write_json_atomic
 from pipeline.comm import Comm
 from pipeline.jobs import threads_per_rank, validated
 from pipeline.model import Qwen3Engine, check_job
+from pipeline.roofline import measure_ceilings, roofline_fractions
 from pipeline.strategies import ALGORITHMS, STRATEGIES
 from pipeline.strategies.sequence import LAYOUTS
 from pipeline.threads import set_threads
@@ -160,7 +162,41 @@ def run(args: argparse.Namespace) -> dict | None:
                   f"decode {r['steps'].sum():.3f} s", file=sys.stderr, flush=True)
         if it >= args.warmup:
             runs.append(r)
-    return summarise(args, comm, export, threads, prompt, runs)
+    result = summarise(args, comm, export, threads, prompt, runs)
+    ceilings = ceilings_on_rank0(comm, export.cfg, args.prompt_len, threads)
+    if result is not None:
+        result["roofline"] = roofline(export, args, result, ceilings)
+    return result
+
+
+def ceilings_on_rank0(comm: Comm, cfg, prompt_len: int, threads: int) -> dict | None:
+    """The machine's GEMM and streaming-GEMV ceilings, measured in this run with the job's cores.
+
+    Rank 0 measures; the others wait on a polled Ibarrier that sleeps, because MPICH's blocking
+    barrier busy-polls and would take a core from the measurement.
+    """
+    ceilings = None
+    if comm.rank == 0:
+        cores = min(os.cpu_count() or 1, comm.size * threads)
+        set_threads(cores)
+        ceilings = measure_ceilings(cfg, prompt_len, cores)
+        set_threads(threads)
+    if comm.size > 1:
+        req = comm.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(0.01)
+    return ceilings
+
+
+def roofline(export, args, result: dict, ceilings: dict) -> dict:
+    """Prefill FLOP/s over the GEMM ceiling, decode bytes/s over the streaming bandwidth."""
+    dtype_bytes = 2 if export.dtype_name == "bfloat16" else 4
+    fractions = roofline_fractions(export.cfg, ceilings, prompt_len=args.prompt_len, gen_len=args.gen_len,
+                                   prefill_s=result["prefill"]["median_s"],
+                                   decode_s=result["decode"]["median_s"], dtype_bytes=dtype_bytes)
+    result["prefill"]["roofline_fraction"] = fractions["prefill_fraction"]
+    result["decode"]["roofline_fraction"] = fractions["decode_fraction"]
+    return {**fractions, "ceilings": ceilings}
 
 
 def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict]) -> dict | None:
@@ -221,6 +257,11 @@ def print_summary(result: dict) -> None:
           f"prefill {p['tokens_per_s']:.1f} tok/s ({1e3 * p['median_s']:.1f} ms), "
           f"decode {d['tokens_per_s']:.2f} tok/s ({d['ms_per_token']:.1f} ms/token), "
           f"peak RSS/rank {max(result['memory']['peak_rss_mb']):.0f} MB")
+    if "roofline" in result:
+        r = result["roofline"]
+        print(f"roofline: prefill {r['prefill_gflops']:.0f} GFLOP/s = {100 * r['prefill_fraction']:.0f}% "
+              f"of GEMM {r['gemm_gflops']:.0f}; decode {r['decode_gb_s']:.1f} GB/s = "
+              f"{100 * r['decode_fraction']:.0f}% of streaming {r['gemv_gb_s']:.1f} GB/s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,8 @@ from pipeline.comm import Comm
 from pipeline.strategies import ALGORITHMS, STRATEGIES
 from pipeline.weights import Export
 
+SUPPORTED_DTYPES = ("float32",)
+
 
 def linear(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
     """out (T, N) = x (T, K) @ w.T for w (N, K); one token goes through GEMV."""
@@ -49,6 +51,9 @@ def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len:
     if prompt_len + gen_len > cfg.max_position_embeddings:
         raise ValueError(f"prompt ({prompt_len}) + generation ({gen_len}) tokens exceed "
                          f"max_position_embeddings={cfg.max_position_embeddings}")
+    if export.dtype_name not in SUPPORTED_DTYPES:
+        raise ValueError(f"{export.path}: the engine computes with {list(SUPPORTED_DTYPES)} weights, "
+                         f"this export holds {export.dtype_name}; re-export with --dtype float32")
     STRATEGIES[strategy].check(cfg, nranks, prompt_len)
 
 
