@@ -8,22 +8,24 @@ The SIMD inner loops are small C helpers (GCC vector extensions): Cython cannot 
 vector register tile, and plain loops with float reductions do not vectorise without -ffast-math.
 """
 
-import numpy as np
-
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, expf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from ext.simd cimport silu_mul_f32  # (unused: brings the vector helpers' C code along)
+# Not called here: cimporting it brings the shared vector helpers' C code into this module.
+from ext.simd cimport silu_mul_f32
 
 cdef extern from * nogil:
     """
+    #define PF_ROWS 8    /* prefetch distance in K/V rows for the strided (page-per-row) reads */
+
     /* St[c*lds + r] = Q[r] . K[c] for r < R, c < nk; Q row-major (R, D). Few rows (decode). */
     static void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,
                         float *St, int lds) {
         for (int c = 0; c < nk; c++) {
             const float *k = K + c * ldk;
+            prefetch_floats(k + PF_ROWS * ldk, D);
             for (int r = 0; r < R; r++) {
                 const float *q = Q + (Py_ssize_t)r * D;
                 float s;
@@ -47,15 +49,18 @@ cdef extern from * nogil:
 
     /* St[c*Rp + r] = sum_i Qt[i*Rp + r] K[c, i] for r < Rp (multiple of 32), c < nk.
        Register tile: 32 rows (2 vectors) x 4 keys = 8 accumulators, no horizontal sums. */
-    static void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk,
-                        float *St) {
+    static __attribute__((noinline))   /* own register allocation, away from the caller's */
+    void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk, float *St) {
         for (int r0 = 0; r0 < Rp; r0 += 32) {
             int c = 0;
             for (; c + 4 <= nk; c += 4) {
                 const float *k0 = K + c * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
                 f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-                for (int i = 0; i < D; i++) {
-                    f32x16 qa = ld16(Qt + (Py_ssize_t)i * Rp + r0), qb = ld16(Qt + (Py_ssize_t)i * Rp + r0 + 16);
+                const float *qt = Qt + r0;
+                for (int i = 0; i < D; i++, qt += Rp) {
+                    f32x16 qa = ld16(qt), qb = ld16(qt + 16);
+                    IN_REG(qa);
+                    IN_REG(qb);
                     float x0 = k0[i], x1 = k1[i], x2 = k2[i], x3 = k3[i];
                     a0 += qa * x0; b0 += qb * x0;
                     a1 += qa * x1; b1 += qb * x1;
@@ -86,15 +91,17 @@ cdef extern from * nogil:
        contiguously (V rows are Hkv*D floats apart, so column-chunked passes would thrash L1 sets). */
     static inline __attribute__((always_inline)) void pv_tile(
             const float *St, int lds, int r0, int nrow, const float *V, Py_ssize_t ldv, int nk,
-            float *O, int D, int i0, const int NV) {
+            float *O, int D, int i0, const int NV, const int pf) {
         f32x16 a[8], b[8];
         float *o0 = O + (Py_ssize_t)r0 * D + i0, *o1 = o0 + D;
         for (int j = 0; j < NV; j++) { a[j] = ld16(o0 + 16 * j); b[j] = nrow > 1 ? ld16(o1 + 16 * j) : a[j]; }
         for (int c = 0; c < nk; c++) {
             const float *v = V + c * ldv + i0;
+            if (pf) prefetch_floats(v + PF_ROWS * ldv, 16 * NV);
             float p0 = St[(Py_ssize_t)c * lds + r0], p1 = St[(Py_ssize_t)c * lds + r0 + (nrow > 1)];
             for (int j = 0; j < NV; j++) {
                 f32x16 x = ld16(v + 16 * j);
+                IN_REG(x);
                 a[j] += x * p0;
                 b[j] += x * p1;
             }
@@ -102,9 +109,33 @@ cdef extern from * nogil:
         for (int j = 0; j < NV; j++) { st16(o0 + 16 * j, a[j]); if (nrow > 1) st16(o1 + 16 * j, b[j]); }
     }
 
-    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for r < R, c < nk; O row-major (R, D). */
+    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for r < R, c < nk, V rows ldv floats apart. */
+    static void pv_direct(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
+                          float *O, int D, const int pf) {
+        for (int i0 = 0; i0 < D; i0 += 128) {
+            int nv = (D - i0 >= 128 ? 128 : D - i0) / 16;
+            for (int r = 0; r < R; r += 2) {
+                int nrow = R - r >= 2 ? 2 : 1;
+                switch (nv) {   /* constant NV: the tile is unrolled and kept in registers */
+                    case 8: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 8, pf); break;
+                    case 4: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 4, pf); break;
+                    case 2: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 2, pf); break;
+                    case 1: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 1, pf); break;
+                    default:
+                        for (int k = 0; k < nv; k++)
+                            pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + 16 * k, 1, pf);
+                }
+            }
+        }
+    }
+
+    #define PV_PACK 64
+    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for r < R, c < nk; O row-major (R, D).
+       Vb: scratch of PV_PACK * D floats. V rows are Hkv*D floats apart (4 KiB for Qwen3-0.6B), so
+       a block of them maps onto a handful of L1 sets and is evicted between the row tiles that
+       reuse it; packing PV_PACK rows contiguously keeps the block in L1 for all R/2 row tiles. */
     static void pv_rows(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
-                        float *O, int D) {
+                        float *O, int D, float *Vb) {
         if (D % 16) {
             for (int r = 0; r < R; r++)
                 for (int c = 0; c < nk; c++) {
@@ -115,20 +146,17 @@ cdef extern from * nogil:
                 }
             return;
         }
-        for (int i0 = 0; i0 < D; i0 += 128) {
-            int nv = (D - i0 >= 128 ? 128 : D - i0) / 16;
-            for (int r = 0; r < R; r += 2) {
-                int nrow = R - r >= 2 ? 2 : 1;
-                switch (nv) {   /* constant NV: the tile is unrolled and kept in registers */
-                    case 8: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 8); break;
-                    case 4: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 4); break;
-                    case 2: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 2); break;
-                    case 1: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 1); break;
-                    default:
-                        for (int k = 0; k < nv; k++)
-                            pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + 16 * k, 1);
-                }
-            }
+        if (R <= 2) {   /* one row tile: every V row is read once anyway */
+            pv_direct(St, lds, R, V, ldv, nk, O, D, 1);
+            return;
+        }
+        for (int c0 = 0; c0 < nk; c0 += PV_PACK) {
+            int n = nk - c0 < PV_PACK ? nk - c0 : PV_PACK;
+            for (int c = 0; c < n; c++)
+                memcpy(Vb + (Py_ssize_t)c * D, V + (c0 + c) * ldv, (size_t)D * sizeof(float));
+            for (int c = 0; c < n && c0 + n + c < nk; c++)   /* the next pack's rows */
+                prefetch_floats(V + (c0 + n + c) * ldv, D);
+            pv_direct(St + (Py_ssize_t)c0 * lds, lds, R, Vb, D, n, O, D, 0);
         }
     }
 
@@ -167,7 +195,8 @@ cdef extern from * nogil:
                  float *St, int lds)
     void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk, float *St)
     void pv_rows(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
-                 float *O, int D)
+                 float *O, int D, float *Vb)
+    enum: PV_PACK
     void softmax_cols(float *St, int Rp, int nk, int c0, const int *nvis, float *m, float *l,
                       float *alpha)
 
@@ -190,7 +219,7 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
                        Py_ssize_t T, Py_ssize_t S, int H, int Hkv, int D,
                        Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
                        int BQ, Py_ssize_t item, float *qs, float *acc, float *St, float *mrow,
-                       float *lrow, float *alpha, int *nvis) noexcept nogil:
+                       float *lrow, float *alpha, int *nvis, float *Vb) noexcept nogil:
     """One (KV head g, query block) of attention; rows r = (t - t0) * G + j are query heads g*G + j."""
     cdef int G = H // Hkv
     cdef Py_ssize_t nqb = (T + BQ - 1) // BQ
@@ -207,7 +236,7 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
     cdef int r, i, nk
     cdef const float *qrow
     cdef float *orow
-    cdef float inv
+    cdef float inv, a
 
     # Q block scaled once, row-major for few rows, transposed (D, Rp) with zero pad rows otherwise.
     if cols:
@@ -239,10 +268,11 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
             qk_rows(qs, R, D, k + (c0 * Hkv + g) * D, ldk, nk, St, Rp)
         softmax_cols(St, Rp, nk, <int>c0, nvis, mrow, lrow, alpha)
         for r in range(R):
-            if alpha[r] != 1.0:
+            a = alpha[r]    # a local, so the loop below vectorises (acc may alias alpha)
+            if a != 1.0:
                 for i in range(D):
-                    acc[r * D + i] *= alpha[r]
-        pv_rows(St, Rp, R, v + (c0 * Hkv + g) * D, ldk, nk, acc, D)
+                    acc[r * D + i] *= a
+        pv_rows(St, Rp, R, v + (c0 * Hkv + g) * D, ldk, nk, acc, D, Vb)
         c0 += block
 
     for r in range(R):
@@ -255,11 +285,14 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
             l_out[(t0 + r // G) * H + g * G + r % G] = lrow[r]
 
 
-cdef void _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
-                     float[:, :, ::1] out, float *m_out, float *l_out,
-                     Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
-                     int n) noexcept nogil:
-    """out[t,h] = softmax_s(q[t,h].k[s,h//G] * scale, s: k_start+s <= q_start+t) @ v[:, h//G]."""
+cdef int _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
+                    float[:, :, ::1] out, float *m_out, float *l_out,
+                    Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
+                    int n) noexcept nogil:
+    """out[t,h] = softmax_s(q[t,h].k[s,h//G] * scale, s: k_start+s <= q_start+t) @ v[:, h//G].
+
+    Returns the number of work items skipped for want of scratch memory (0 on success).
+    """
     cdef Py_ssize_t T = q.shape[0], S = k.shape[0]
     cdef int H = <int>q.shape[1], Hkv = <int>k.shape[1], D = <int>q.shape[2]
     cdef int G = H // Hkv
@@ -273,24 +306,32 @@ cdef void _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const f
     cdef float *St = NULL
     cdef float *mrow = NULL
     cdef int *nvis = NULL
+    cdef float *Vb = NULL
+    cdef int skipped = 0
     with nogil, parallel(num_threads=n):
         # Thread-local scratch: Q tile, output accumulator, score tile, row max / sum / rescale,
-        # visible key count per row.
+        # visible key count per row, packed V rows.
         qs = <float *>malloc(<size_t>Rp * D * sizeof(float))
         acc = <float *>malloc(<size_t>Rp * D * sizeof(float))
         St = <float *>malloc(<size_t>ncols * Rp * sizeof(float))
         mrow = <float *>malloc(<size_t>3 * Rp * sizeof(float))
         nvis = <int *>malloc(<size_t>Rp * sizeof(int))
+        Vb = <float *>malloc(<size_t>PV_PACK * D * sizeof(float))
         # chunksize 1 interleaves cheap (early) and expensive (late) causal query blocks.
         for item in prange(nitems, schedule="static", chunksize=1):
-            _attend_item(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], m_out, l_out,
-                         T, S, H, Hkv, D, q_start, k_start, scale, online, block, BQ, item,
-                         qs, acc, St, mrow, mrow + Rp, mrow + 2 * Rp, nvis)
+            if qs == NULL or acc == NULL or St == NULL or mrow == NULL or nvis == NULL or Vb == NULL:
+                skipped += 1
+            else:
+                _attend_item(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], m_out, l_out,
+                             T, S, H, Hkv, D, q_start, k_start, scale, online, block, BQ, item,
+                             qs, acc, St, mrow, mrow + Rp, mrow + 2 * Rp, nvis, Vb)
         free(qs)
         free(acc)
         free(St)
         free(mrow)
         free(nvis)
+        free(Vb)
+    return skipped
 
 
 def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
@@ -340,7 +381,8 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
             m[:, :] = -INFINITY
             l[:, :] = 0.0
         return
-    _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, num_threads)
+    if _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, num_threads):
+        raise MemoryError(f"attention: no memory for the per-thread scratch ({algo}, S={S}, block={block})")
 
 
 cdef void _merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,

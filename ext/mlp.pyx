@@ -27,6 +27,11 @@ class MLPWorkspace:
         self.gate = np.empty((max_T, I_r), dtype=np.float32)  # (T, I_r), then silu(gate) * up
         self.up = np.empty((max_T, I_r), dtype=np.float32)    # (T, I_r)
 
+    def reserve(self, int T):
+        """Grow the buffers to hold T rows (a reallocation only when T > max_T)."""
+        if T > self.max_T:
+            self.__init__(T, self.I_r)
+
 
 cdef void _silu_mul(float *g, const float *u, Py_ssize_t n_el, int n) noexcept nogil:
     """g = g / (1 + exp(-g)) * u, elementwise."""
@@ -69,11 +74,17 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
     _check("out", out, (T, d))
     if ws.I_r != I_r:
         raise ValueError(f"MLPWorkspace is for I_r={ws.I_r}, weights have I_r={I_r}")
-    if T > ws.max_T:
-        ws.__init__(T, I_r)
+    ws.reserve(T)
     gate = ws.gate[:T]   # (T, I_r)
     up = ws.up[:T]       # (T, I_r)
-    np.matmul(x, w_gate.T, out=gate)
-    np.matmul(x, w_up.T, out=up)
-    silu_mul(gate, up, num_threads)
-    np.matmul(gate, w_down_t, out=out)
+    if T == 1:
+        # One token: BLAS's GEMV is about 10% faster here than a GEMM with one row.
+        np.matmul(w_gate, x[0], out=gate[0])
+        np.matmul(w_up, x[0], out=up[0])
+        silu_mul(gate, up, num_threads)
+        np.matmul(w_down_t.T, gate[0], out=out[0])
+    else:
+        np.matmul(x, w_gate.T, out=gate)
+        np.matmul(x, w_up.T, out=up)
+        silu_mul(gate, up, num_threads)
+        np.matmul(gate, w_down_t, out=out)

@@ -1,0 +1,278 @@
+"""Micro-benchmark of the ext/ kernels against the same computation in plain NumPy (float32).
+
+    python -m pipeline.kernels_bench [--threads N] [--out FILE.json] [--quick]
+
+Shapes are Qwen3-0.6B's: attention H=16, Hkv=8, D=128 (prefill T=S in {128, 1024, 4096}, decode
+T=1 against S in {128, 4096}); MLP d=1024, I=3072 at T in {1, 128}. Attention GFLOP/s count the
+causal work only (4 D flops per visible query-key pair and head), for the kernel and NumPy alike,
+although NumPy computes the full square. The MLP is also held against numpy's own GEMM rate at the
+same shapes (the BLAS ceiling). Last, the OpenMP/BLAS interference check: GEMM rate alone and right
+after a prange call, and a prange kernel alone and right after a GEMM, under combinations of
+OMP_WAIT_POLICY (passive is what `import ext` sets) and OPENBLAS_THREAD_TIMEOUT (22 is what
+`import ext` sets, 28 OpenBLAS's default), each in a fresh process because both libraries read
+them once, when they load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# isort: off
+import ext  # noqa: F401  (before numpy: sets the thread wait policies before libgomp and OpenBLAS load)
+import numpy as np
+# isort: on
+
+H, HKV, D = 16, 8, 128        # Qwen3-0.6B attention
+DM, IM = 1024, 3072           # Qwen3-0.6B hidden and intermediate
+POLICIES = ("passive", "active", "default")
+# (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT) pairs for the interference probe; 28 is OpenBLAS's default.
+PROBES = (("passive", "22"), ("passive", "28"), ("active", "28"), ("default", "28"), ("passive", "4"))
+PROBE_T = 1024                # the prange kernel of the interference probe: attention T=S=1024
+
+
+def time_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (median, min) wall ms} of each fn() over `repeats` rounds after one warm-up round.
+
+    The functions take turns within each round, so load from other processes on a shared
+    machine falls on all of them alike and the ratios between them stay fair.
+    """
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (float(np.median(t)) * 1e3, float(np.min(t)) * 1e3) for name, t in times.items()}
+
+
+def numpy_attention(q, k, v, q_start, k_start, scale):
+    """Plain NumPy standard attention in float32: scores, causal mask, softmax, times V, per KV group."""
+    T, S = q.shape[0], k.shape[0]
+    G = q.shape[1] // k.shape[1]
+    mask = (k_start + np.arange(S))[None, :] > (q_start + np.arange(T))[:, None]   # (T, S)
+    out = np.empty_like(q)
+    for g in range(k.shape[1]):
+        qg = q[:, g * G:(g + 1) * G].transpose(1, 0, 2)                 # (G, T, D)
+        s = qg @ k[:, g].T * np.float32(scale)                          # (G, T, S)
+        s[:, mask] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        out[:, g * G:(g + 1) * G] = (s @ v[:, g]).transpose(1, 0, 2)    # (T, G, D)
+    return out
+
+
+def numpy_mlp(x, wg, wu, wd):
+    g = x @ wg.T
+    return (g / (1.0 + np.exp(-g)) * (x @ wu.T)) @ wd
+
+
+def bench_attention(threads: int, repeats: int, quick: bool) -> list[dict]:
+    from ext import attention as A
+
+    rng = np.random.default_rng(0)
+    cases = [(t, t) for t in ((128, 1024) if quick else (128, 1024, 4096))] + [(1, 128), (1, 4096)]
+    rows = []
+    for T, S in cases:
+        q = rng.standard_normal((T, H, D), dtype=np.float32)
+        k = rng.standard_normal((S, HKV, D), dtype=np.float32)
+        v = rng.standard_normal((S, HKV, D), dtype=np.float32)
+        out = np.empty_like(q)
+        q_start, scale = S - T, D ** -0.5
+        pairs = sum(min(S, q_start + t + 1) for t in range(T))       # visible (query, key) pairs
+        gflop = 4.0 * D * H * pairs / 1e9
+        reps = max(3, repeats // 2) if T * S >= 4096 * 4096 else repeats
+        args = (q, k, v, q_start, 0, scale)
+        fns = {"numpy": lambda args=args: numpy_attention(*args)}
+        for algo in ("standard", "online_softmax"):
+            fns[algo] = lambda args=args, algo=algo, out=out: A.attention(
+                *args[:3], out, *args[3:], algo=algo, num_threads=threads)
+        timed = time_ms(fns, reps)
+        np_ms, np_min = timed["numpy"]
+        want = numpy_attention(*args)
+        for algo in ("standard", "online_softmax"):
+            fns[algo]()
+            ms, ms_min = timed[algo]
+            row = {"kernel": "attention", "algo": algo, "T": T, "S": S, "ms": ms, "ms_min": ms_min,
+                   "gflops": gflop / ms * 1e3, "numpy_ms": np_ms, "numpy_ms_min": np_min,
+                   "numpy_gflops": gflop / np_ms * 1e3, "speedup_vs_numpy": np_ms / ms,
+                   "max_abs_diff_vs_numpy": float(np.abs(out - want).max())}
+            if T == 1:
+                row["kv_gb_per_s"] = 2 * S * HKV * D * 4 / ms / 1e6
+            rows.append(row)
+    return rows
+
+
+def bench_mlp(threads: int, repeats: int) -> list[dict]:
+    from ext import mlp as M
+
+    rng = np.random.default_rng(1)
+    wg = rng.standard_normal((IM, DM), dtype=np.float32) * 0.03
+    wu = rng.standard_normal((IM, DM), dtype=np.float32) * 0.03
+    wd = rng.standard_normal((IM, DM), dtype=np.float32) * 0.03
+    ws = M.MLPWorkspace(128, IM)
+    rows = []
+    for T in (1, 128):
+        x = rng.standard_normal((T, DM), dtype=np.float32)
+        out = np.empty((T, DM), np.float32)
+        g, u = np.empty((T, IM), np.float32), np.empty((T, IM), np.float32)
+        gflop = 3 * 2.0 * T * DM * IM / 1e9
+
+        def gemms(x=x, g=g, u=u, out=out):
+            if x.shape[0] == 1:    # the GEMV form, as ext.mlp uses for one token
+                np.matmul(wg, x[0], out=g[0])
+                np.matmul(wu, x[0], out=u[0])
+                np.matmul(wd.T, g[0], out=out[0])
+            else:
+                np.matmul(x, wg.T, out=g)
+                np.matmul(x, wu.T, out=u)
+                np.matmul(g, wd, out=out)
+
+        timed = time_ms({"gemms": gemms, "numpy": lambda x=x: numpy_mlp(x, wg, wu, wd),
+                         "mlp": lambda x=x, out=out: M.mlp(x, wg, wu, wd, out, ws, num_threads=threads)},
+                        repeats * 3)
+        (ceil_ms, ceil_min), (np_ms, np_min), (ms, ms_min) = timed["gemms"], timed["numpy"], timed["mlp"]
+        M.mlp(x, wg, wu, wd, out, ws, num_threads=threads)
+        rows.append({"kernel": "mlp", "T": T, "ms": ms, "ms_min": ms_min, "gflops": gflop / ms * 1e3,
+                     "numpy_ms": np_ms, "numpy_ms_min": np_min, "numpy_gflops": gflop / np_ms * 1e3,
+                     "speedup_vs_numpy": np_ms / ms, "gemm_ceiling_ms": ceil_ms,
+                     "gemm_ceiling_ms_min": ceil_min, "gemm_ceiling_gflops": gflop / ceil_ms * 1e3,
+                     "fraction_of_gemm_ceiling": ceil_ms / ms,
+                     "max_abs_diff_vs_numpy": float(np.abs(out - numpy_mlp(x, wg, wu, wd)).max())})
+    return rows
+
+
+def probe_interference(threads: int, repeats: int) -> dict:
+    """GEMM (128 x 1024 x 3072) alone vs right after a prange kernel, and the converse, in this process.
+
+    The four timings are interleaved round by round, so load from other processes on a shared
+    machine hits all of them alike; medians over the rounds.
+    """
+    from ext import attention as A
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((128, DM), dtype=np.float32)
+    w = rng.standard_normal((IM, DM), dtype=np.float32)
+    y = np.empty((128, IM), np.float32)
+    q = rng.standard_normal((PROBE_T, H, D), dtype=np.float32)
+    kv = rng.standard_normal((PROBE_T, HKV, D), dtype=np.float32)
+    o = np.empty_like(q)
+    gflop = 2.0 * 128 * DM * IM / 1e9
+
+    def gemm():
+        np.matmul(x, w.T, out=y)
+
+    def prange_kernel():
+        A.attention(q, kv, kv, o, 0, 0, D ** -0.5, num_threads=threads)
+
+    def after(before, fn):
+        before()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    pairs = {"gemm_alone": (gemm, gemm), "gemm_after_prange": (prange_kernel, gemm),
+             "prange_alone": (prange_kernel, prange_kernel), "prange_after_gemm": (gemm, prange_kernel)}
+    for before, fn in pairs.values():
+        after(before, fn)
+    times = {name: [] for name in pairs}
+    for _ in range(repeats * 2):
+        for name, (before, fn) in pairs.items():
+            times[name].append(after(before, fn))
+    ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset: 28)"),
+            "gemm_alone_gflops": gflop / ms["gemm_alone"] * 1e3,
+            "gemm_after_prange_gflops": gflop / ms["gemm_after_prange"] * 1e3,
+            "prange_alone_ms": ms["prange_alone"], "prange_after_gemm_ms": ms["prange_after_gemm"]}
+
+
+def run_probe(policy: str, threads: int, repeats: int, blas_timeout: str) -> dict:
+    """probe_interference in a fresh process with the given OMP_WAIT_POLICY and OpenBLAS timeout."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
+    # Read when OpenBLAS loads: idle BLAS threads spin for 2^n cycles, then sleep.
+    env["OPENBLAS_THREAD_TIMEOUT"] = blas_timeout
+    cmd = [sys.executable, "-m", "pipeline.kernels_bench", "--threads", str(threads),
+           "--repeats", str(repeats), "--probe", policy]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def print_table(result: dict) -> None:
+    print(f"threads={result['threads']}  blas={result['blas']}")
+    print(f"{'kernel':<10}{'algo':<16}{'T':>6}{'S':>6}{'ms':>10}{'min ms':>9}{'GFLOP/s':>9}"
+          f"{'numpy ms':>10}{'np GF/s':>9}{'x numpy':>9}  note")
+    for r in result["attention"] + result["mlp"]:
+        note = ""
+        if "kv_gb_per_s" in r:
+            note = f"KV read {r['kv_gb_per_s']:.1f} GB/s"
+        if "fraction_of_gemm_ceiling" in r:
+            note = (f"GEMM ceiling {r['gemm_ceiling_gflops']:.1f} GF/s, "
+                    f"fraction {r['fraction_of_gemm_ceiling']:.2f}")
+        print(f"{r['kernel']:<10}{r.get('algo', ''):<16}{r['T']:>6}{r.get('S', ''):>6}{r['ms']:>10.3f}"
+              f"{r['ms_min']:>9.3f}{r['gflops']:>9.1f}{r['numpy_ms']:>10.3f}{r['numpy_gflops']:>9.1f}"
+              f"{r['speedup_vs_numpy']:>9.2f}  {note}")
+    print(f"OpenMP/BLAS interference (GEMM 128x1024x3072; prange = attention T=S={PROBE_T}; medians of "
+          "interleaved rounds):")
+    for p in result["interference"]:
+        label = (f"OMP_WAIT_POLICY={p['omp_wait_policy']}, "
+                 f"OPENBLAS_THREAD_TIMEOUT={p['openblas_thread_timeout']}")
+        print(f"  {label:<60} GEMM alone {p['gemm_alone_gflops']:7.1f} GF/s, after prange "
+              f"{p['gemm_after_prange_gflops']:7.1f} GF/s | prange alone {p['prange_alone_ms']:.3f} ms, "
+              f"after GEMM {p['prange_after_gemm_ms']:.3f} ms")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader sees the old file or the complete new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS and OpenMP threads")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, no T=S=4096 prefill")
+    ap.add_argument("--repeats", type=int, help="timed repeats per measurement (median reported)")
+    ap.add_argument("--probe", choices=POLICIES, help=argparse.SUPPRESS)  # internal: one interference run
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+
+    if args.probe == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)   # `import ext` set it; libgomp (not loaded yet) won't see it
+    from pipeline.threads import blas_info, set_threads
+
+    set_threads(args.threads)
+    if args.probe:
+        print(json.dumps(probe_interference(args.threads, repeats)))
+        return 0
+
+    result = {"threads": args.threads, "repeats": repeats, "quick": args.quick,
+              "shapes": {"H": H, "Hkv": HKV, "D": D, "d": DM, "I": IM},
+              "blas": [f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)"
+                       for b in blas_info()],
+              "attention": bench_attention(args.threads, repeats, args.quick),
+              "mlp": bench_mlp(args.threads, repeats),
+              "interference": [run_probe(p, args.threads, repeats, t) for p, t in PROBES],
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print_table(result)
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
