@@ -10,12 +10,17 @@
 #   ext/*.so                                 compiled kernels (built in place by setup.py)
 #   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}.json    one bench JSON per cell
 #   results/verification.{md,json}           every cell against the single-rank reference
-#   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png
+#   results/comm.json                        MPI ping-pong + Allreduce sweep (2 ranks): alpha, beta
+#   results/costmodel.json                   alpha-beta model: calibration, predicted vs measured, curves
+#   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
+#   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png,
+#   results/figures/costmodel.png            (predicted curves beyond this machine)
 #   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)
 #
 # A crashed or timed-out benchmark fails its rule and keeps its log under results/logs/bench/.
 # With --keep-going the other cells still run; the workflow then ends in error and its `onerror`
-# hook rebuilds results/report.md from the cells that exist, marking the missing ones (Snakemake
+# hook rebuilds results/report.md from the cells that exist, marking the missing ones, with the
+# cost model and HF baseline results if earlier runs left them (Snakemake
 # never schedules a job whose input failed, so the report rule itself cannot do this). The hook
 # also removes results/verification.* (they no longer describe the cells) and the report's
 # marker results/logs/report.complete, so the next run reruns the missing cells and the report
@@ -50,6 +55,7 @@ wildcard_constraints:
 localrules:
     all,
     verify,
+    costmodel,
     report,
 
 
@@ -163,10 +169,15 @@ rule verify:
         " --out-md {output.md} --out-json {output.json} > {log} 2>&1"
 
 
+include: "rules/scaling.smk"
+
+
 rule report:
     input:
         runs=get_run_files(),
         verification="results/verification.json",
+        costmodel="results/costmodel.json",
+        baseline=get_baseline_files(),
         code=["pipeline/report.py", "pipeline/figures.py"],
     output:
         md="results/report.md",
@@ -184,6 +195,7 @@ rule report:
         "envs/workflow.yaml"
     shell:
         "python -m pipeline.report --runs {input.runs} --verification {input.verification}"
+        " --costmodel {input.costmodel} --baseline {input.baseline}"
         " --cells {params.cells} --not-applicable {params.not_applicable:q}"
         " --workflow-config {params.workflow_config:q} --logs-dir {params.logs}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"

@@ -170,8 +170,8 @@ def feasible(cfg: Qwen3Config, strategy: str, P: int, T: int) -> str | None:
     """None if the engine can run `strategy` at P ranks with a T-token prompt, else the reason."""
     if strategy == "headwise" and (cfg.num_key_value_heads % P or cfg.intermediate_size % P):
         return f"headwise needs P to divide num_key_value_heads={cfg.num_key_value_heads}"
-    if strategy.startswith("sequence") and T < (2 * P if strategy == "sequence_zigzag" else P):
-        return "sequence needs at least one prompt token (zig-zag: chunk) per rank"
+    if strategy.startswith("sequence") and T < P:
+        return "sequence needs at least one prompt token per rank"
     return None
 
 
@@ -447,9 +447,11 @@ def _pct(pred: float, meas: float) -> float:
     return 100.0 * (pred / meas - 1.0)
 
 
-# The strategy of the cost model that predicts each engine strategy's measured cells (change
-# "sequence" to "sequence_zigzag" here if the engine's sequence strategy adopts zig-zag chunks).
-ENGINE_STRATEGY = {"headwise": "headwise", "sequence": "sequence"}
+def engine_strategy(cell: dict) -> str:
+    """The cost model's strategy for a measured cell (the sequence layout decides which)."""
+    if cell["parallel_strategy"] == "sequence" and cell.get("sequence_layout", "contiguous") == "zigzag":
+        return "sequence_zigzag"
+    return cell["parallel_strategy"]
 
 
 def model_group(runs: list[dict], intra: Network, intra_info: dict, cluster: dict,
@@ -464,7 +466,7 @@ def model_group(runs: list[dict], intra: Network, intra_info: dict, cluster: dic
         cores, _ = _cores(r)
         place = local_placement(c["nranks"], cores, c["threads_per_rank"])
         rates = Rates(**cal[c["attention_algo"]]["rates"])
-        p = predict(cfg, ENGINE_STRATEGY[c["parallel_strategy"]], c["nranks"], c["prompt_len"], place,
+        p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place,
                     rates, intra, b, gen_len=c["gen_len"])
         meas_pre, meas_dec = r["prefill"]["tokens_per_s"], r["decode"]["tokens_per_s"]
         cells.append({

@@ -100,6 +100,57 @@ def cells_bars(cells, prompt_len: int, path: str | Path) -> None:
     _save(fig, path)
 
 
+def costmodel_curves(group: dict, cells, path: str | Path, algo: str = "online_softmax") -> None:
+    """Predicted tokens/s against ranks on the configured cluster (pipeline.costmodel's curves), one
+    line per strategy at a few prompt lengths, with this machine's measured cells as black crosses."""
+    curves = group.get("curves", [])
+    algos = sorted({r.get("attention_algo") for r in curves})
+    algo = algo if algo in algos else (algos[0] if algos else algo)
+    rows = [r for r in curves if r.get("attention_algo") == algo and r.get("feasible", True)]
+    lengths = sorted({r["prompt_len"] for r in rows})
+    shown = sorted({lengths[0], lengths[len(lengths) // 2], lengths[-1]}) if lengths else []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    styles = {"headwise": ("o", "-"), "sequence": ("s", "--"), "sequence_zigzag": ("D", ":")}
+    for ax, phase in zip(axes, PHASES, strict=False):
+        for i, n in enumerate(shown):
+            for strategy, (marker, line) in styles.items():
+                pts = sorted(
+                    (r["nranks"], r[f"{phase}_tok_s"])
+                    for r in rows
+                    if r["strategy"] == strategy and r["prompt_len"] == n
+                )
+                if pts:
+                    ax.plot(
+                        *zip(*pts, strict=False),
+                        marker=marker,
+                        linestyle=line,
+                        color=f"C{i}",
+                        markersize=4,
+                        label=f"{strategy}, prompt {n}",
+                    )
+        measured = [
+            (c.nranks, c.run[phase]["tokens_per_s"])
+            for c in cells
+            if c.run and c.algo == algo and c.prompt_len in shown
+        ]
+        if measured:
+            ax.scatter(
+                *zip(*measured, strict=False), marker="x", color="black", zorder=5, label="measured here"
+            )
+        if not rows:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("MPI ranks")
+        ax.set_ylabel("tokens/s (predicted)")
+        ax.set_title(f"{phase}, {algo}: {group.get('cluster', {}).get('name', 'cluster')}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        if rows:
+            ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

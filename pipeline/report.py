@@ -211,6 +211,12 @@ def header(cells: list[Cell], workflow_config: dict | None, generated: str) -> l
         ],
         ["checkpoint digest", f"`{distinct(lambda r: model(r).get('checkpoint_digest', '?'))}`"],
         [
+            "sequence layout",
+            distinct(lambda r: r["cell"].get("sequence_layout", "contiguous"))
+            if any(r["cell"]["parallel_strategy"] == "sequence" for r in runs)
+            else "—",
+        ],
+        [
             "ranks x threads",
             ", ".join(
                 sorted(
@@ -248,7 +254,8 @@ def cell_status_section(cells: list[Cell]) -> list[str]:
     return lines + [""]
 
 
-def phase_tables(cells: list[Cell], prompt_len: int, phase: str) -> list[str]:
+def phase_tables(cells: list[Cell], prompt_len: int, phase: str, baseline: dict | None = None) -> list[str]:
+    """One table per rank count; the HF baseline (if measured at this length) joins the 1-rank one."""
     sub = [c for c in cells if c.prompt_len == prompt_len]
     lines = []
     gen = next((c.run["cell"]["gen_len"] for c in sub if c.run), None)
@@ -289,8 +296,8 @@ def phase_tables(cells: list[Cell], prompt_len: int, phase: str) -> list[str]:
         ]
     roofline = any("roofline_fraction" in c.run[phase] for c in sub if c.run)
     if roofline:
-        head.append("roofline fraction")
-    for p in sorted({c.nranks for c in sub}):
+        head.append("% of GEMM ceiling" if phase == "prefill" else "% of streaming bandwidth")
+    for p in sorted({c.nranks for c in sub} | ({1} if baseline else set())):
         group = [c for c in sub if c.nranks == p]
         measured = [c for c in group if c.run]
         best = max(measured, key=lambda c: c.run[phase]["tokens_per_s"]) if len(measured) > 1 else None
@@ -319,8 +326,65 @@ def phase_tables(cells: list[Cell], prompt_len: int, phase: str) -> list[str]:
             if c is best:
                 row = [f"**{x}**" for x in row]
             rows.append(row)
+        if baseline and p == 1:
+            rows.append(baseline_row(baseline, phase, len(head)))
         lines += [f"**{p} rank{'s' if p > 1 else ''}**", "", *table(head, rows), ""]
+        if baseline and p == 1 and phase == "prefill":
+            lines += [baseline_note(baseline, sub), ""]
     return lines
+
+
+def baseline_row(b: dict, phase: str, width: int) -> list[str]:
+    """The HF transformers row of a 1-rank table (same columns as our cells)."""
+    ph = b[phase]
+    env = b.get("environment", {})
+    row = [
+        f"*{b.get('name', 'HF transformers (torch)')}*",
+        f"{env.get('attn_implementation') or '?'}, {b['cell'].get('threads', '?')} threads",
+        fnum(1e3 * ph["median_s"]),
+        fnum(ph["ms_per_token"], 2),
+        tok_s(b, phase),
+    ]
+    if phase == "prefill":
+        s = b.get("seed_metric", {})
+        row += [fnum(s.get("total_ms")), fnum(s.get("ms_per_token"), 2), fnum(s.get("tokens_per_s"))]
+    else:
+        st = ph.get("step_ms", {})
+        row += [f"{fnum(st.get('p50'), 2)} / {fnum(st.get('p90'), 2)}" if st else "—"]
+    return row + ["—"] * (width - len(row))
+
+
+def baseline_note(b: dict, sub: list[Cell]) -> str:
+    """What the HF row is, and whether it computed what our reference cell computed."""
+    env = b.get("environment", {})
+    text = (
+        f"*{b.get('name', 'HF transformers')}*: `Qwen3ForCausalLM` from the same checkpoint in float32 "
+        f"(torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}), the same prompt ids, "
+        f"prefill with logits of the last position only, then greedy decode on its KV cache "
+        f"(`python -m pipeline.baseline`)."
+    )
+    ref = next(
+        (
+            c
+            for c in sorted(sub, key=lambda c: (c.strategy != "headwise", c.algo != "standard"))
+            if c.run and c.nranks == 1
+        ),
+        None,
+    )
+    if ref is None:
+        return text
+    ours, theirs = ref.run["output"], b.get("output", {})
+    if theirs.get("prompt_ids") != ours["prompt_ids"]:
+        return text + f" **Its prompt differs from {ref.name}'s: not comparable.**"
+    same = theirs.get("greedy_tokens") == ours["greedy_tokens"]
+    diff = max(
+        verify_mod.max_abs_diff(theirs[k]["first8"], ours[k]["first8"])
+        for k in ("prefill_logits", "final_logits")
+    )
+    return text + (
+        f" Against {ref.name}: greedy tokens {'identical' if same else '**differ**'}, "
+        f"logits (first 8, after prefill and last step) within {verify_mod.fmt_diff(diff)}."
+    )
 
 
 def scaling_rows(cells: list[Cell], prompt_len: int, phase: str):
@@ -665,124 +729,459 @@ def comm_section(cells: list[Cell]) -> list[str]:
 
 
 def roofline_section(cells: list[Cell]) -> list[str]:
-    extra = [
-        (
-            c,
-            {
-                **flatten(c.run.get("roofline") or {}),
-                **{
-                    f"{p}.roofline_fraction": c.run[p]["roofline_fraction"]
-                    for p in PHASES
-                    if "roofline_fraction" in c.run[p]
-                },
-            },
-        )
-        for c in cells
-        if c.run
-    ]
-    extra = [(c, f) for c, f in extra if f]
-    if not extra:
+    """Per cell: achieved prefill GFLOP/s and decode GB/s against the ceilings measured in its run."""
+    measured = [c for c in cells if c.run and c.run.get("roofline")]
+    if not measured:
         return []
-    keys = sorted({k for _, f in extra for k in f})
+    typical = {
+        key: statistics.median(v)
+        for key in ("gemm_gflops", "gemv_gb_s")
+        if (
+            v := [
+                c.run["roofline"][key]
+                for c in measured
+                if isinstance(c.run["roofline"].get(key), int | float)
+            ]
+        )
+    }
+    rows, disturbed = [], []
+    for c in measured:
+        r = c.run["roofline"]
+        ceil = r.get("ceilings") or {}
+        if any(isinstance(r.get(k), int | float) and r[k] < 0.5 * t for k, t in typical.items()):
+            disturbed.append(c.name)
+
+        def with_best(value, best):
+            return fnum(value) + (f" (best {fnum(best)})" if isinstance(best, int | float) else "")
+
+        rows.append(
+            [
+                c.name + oversub(c),
+                fnum(r.get("prefill_gflops")),
+                with_best(r.get("gemm_gflops"), ceil.get("gemm_gflops_best")),
+                pct(r["prefill_fraction"]) if "prefill_fraction" in r else "—",
+                fnum(r.get("decode_gb_s")),
+                with_best(r.get("gemv_gb_s"), ceil.get("gemv_gb_s_best")),
+                pct(r["decode_fraction"]) if "decode_fraction" in r else "—",
+            ]
+        )
+    head = [
+        "cell",
+        "prefill GFLOP/s",
+        "GEMM ceiling GFLOP/s",
+        "prefill % of ceiling",
+        "decode GB/s",
+        "streaming ceiling GB/s",
+        "decode % of ceiling",
+    ]
     return [
         "## Roofline",
         "",
-        "Ceilings measured in the same run (GEMM at the model's prefill shapes, streaming GEMV "
-        "bandwidth) and the fraction of them each phase achieves.",
+        "Ceilings measured in the same run with the job's cores: NumPy's float32 GEMM at the model's "
+        "prefill shapes (median; best repeat in brackets) and the bandwidth of GEMVs streaming distinct "
+        "weights from DRAM. Prefill GFLOP/s = the model's FLOPs of the prompt / prefill time; decode "
+        "GB/s = the weights and KV cache read by the decode steps / decode time (pipeline/roofline.py).",
         "",
-        *table(["cell", *keys], [[c.name, *[fval(f.get(k, "—")) for k in keys]] for c, f in extra]),
+        *table(head, rows),
         "",
+        *(
+            [
+                "Ceilings below half the median of all cells (the machine was busy while they were "
+                "measured, so these cells' fractions are not trustworthy): " + ", ".join(disturbed) + ".",
+                "",
+            ]
+            if disturbed
+            else []
+        ),
     ]
+
+
+def targets_section(cells: list[Cell]) -> list[str]:
+    """The engine's performance targets, checked against the measurements:
+    1 rank x 2 threads at prompt 128 reaches 75% of the GEMM ceiling in prefill and 85% of the
+    streaming bandwidth in decode; head-wise on 2 ranks x 1 thread reaches 90% of 1 rank x 2 threads."""
+    lines = []
+
+    def verdict(x: float, target: float) -> str:
+        return f"{pct(x)} (target {pct(target)}: {'**met**' if x >= target else '**not met**'})"
+
+    for c in cells:
+        if not (
+            c.run and c.nranks == 1 and c.prompt_len == 128 and c.run["cell"].get("threads_per_rank") == 2
+        ):
+            continue
+        pf, df = (c.run[p].get("roofline_fraction") for p in PHASES)
+        if isinstance(pf, int | float) and isinstance(df, int | float):
+            lines.append(
+                f"- 1 rank x 2 threads, prompt 128, {c.label}: prefill at {verdict(pf, 0.75)} of the GEMM "
+                f"ceiling, decode at {verdict(df, 0.85)} of the streaming bandwidth."
+            )
+    index = {(c.strategy, c.algo, c.nranks, c.prompt_len): c for c in cells if c.run}
+    for (strategy, algo, p, n), two in sorted(index.items()):
+        one = index.get((strategy, algo, 1, n))
+        if strategy != "headwise" or p != 2 or one is None:
+            continue
+        t1, t2 = one.run["cell"].get("threads_per_rank"), two.run["cell"].get("threads_per_rank")
+        if not (isinstance(t1, int) and t2 and t1 == 2 * t2):
+            continue
+        ratios = [two.run[ph]["tokens_per_s"] / one.run[ph]["tokens_per_s"] for ph in PHASES]
+        lines.append(
+            f"- head-wise + {algo}, prompt {n}: 2 ranks x {t2} thread{'s' if t2 > 1 else ''} reach "
+            f"{verdict(ratios[0], 0.9)} of 1 rank x {t1} threads in prefill and {verdict(ratios[1], 0.9)} "
+            "in decode."
+        )
+    if not lines:
+        return []
+    return ["### Performance targets", "", *lines, ""]
 
 
 def memory_section(cells: list[Cell]) -> list[str]:
     measured = [c for c in cells if c.run and c.run.get("memory", {}).get("peak_rss_mb")]
     if not measured:
         return []
-    rows = [
-        [
-            c.name,
-            fnum(max(c.run["memory"]["peak_rss_mb"])),
-            ", ".join(fnum(x) for x in c.run["memory"]["peak_rss_mb"]),
-        ]
-        for c in measured
-    ]
+    anon = any(c.run["memory"].get("anon_mb") for c in measured)
+    rows = []
+    for c in measured:
+        mem = c.run["memory"]
+        row = [c.name, fnum(max(mem["peak_rss_mb"])), ", ".join(fnum(x) for x in mem["peak_rss_mb"])]
+        if anon:
+            row.append(", ".join(fnum(x) for x in mem.get("anon_mb") or []) or "—")
+        rows.append(row)
+    head = ["cell", "peak RSS max MB", "peak RSS per rank MB"] + (
+        ["private (anon) per rank MB"] if anon else []
+    )
     return [
         "## Memory",
         "",
         "Peak resident set size per rank (weights are memory-mapped and shared through the page "
-        "cache, so they count in every rank's RSS).",
+        "cache, so they count in every rank's RSS)"
+        + (
+            "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds."
+            if anon
+            else "."
+        ),
         "",
-        *table(["cell", "max MB", "per rank MB"], rows),
+        *table(head, rows),
         "",
     ]
 
 
-def costmodel_section(cells: list[Cell], model: dict | None) -> list[str]:
+LONG_CONTEXT = 1024  # prompt lengths from here on get the long-context section
+
+
+def long_context_section(cells: list[Cell]) -> list[str]:
+    """Prefill tokens/s and peak RSS per cell across prompt lengths, when long prompts were measured,
+    and where sequence parallelism beats head-wise (computed, with the ratio)."""
+    lengths = sorted({c.prompt_len for c in cells if c.run})
+    if not lengths or lengths[-1] < LONG_CONTEXT:
+        return []
+    rows = []
+    for strategy, algo, p in sorted(
+        {(c.strategy, c.algo, c.nranks) for c in cells},
+        key=lambda k: (k[2], k[0] != "headwise", k[1] != "standard"),
+    ):
+        row = [f"{strategy} + {algo}", str(p)]
+        for n in lengths:
+            c = next(
+                (c for c in cells if (c.strategy, c.algo, c.nranks, c.prompt_len) == (strategy, algo, p, n)),
+                None,
+            )
+            if c is None or c.run is None:
+                row += [c.status if c else "", ""]
+                continue
+            rss = c.run.get("memory", {}).get("peak_rss_mb")
+            row += [fnum(c.run["prefill"]["tokens_per_s"]) + oversub(c), fnum(max(rss)) if rss else "—"]
+        rows.append(row)
+    head = ["strategy + algorithm", "P"] + [
+        x for n in lengths for x in (f"p{n} prefill tok/s", f"p{n} peak RSS MB")
+    ]
+    layouts = sorted(
+        {
+            c.run["cell"].get("sequence_layout", "contiguous")
+            for c in cells
+            if c.run and c.strategy == "sequence"
+        }
+    )
+    lines = [
+        "## Long context",
+        "",
+        "Prefill tokens/s and the largest rank's peak RSS at every prompt length measured"
+        + (f" (sequence layout: {', '.join(layouts)})" if layouts else "")
+        + ".",
+        "",
+        *table(head, rows),
+        "",
+    ]
+    for phase in PHASES:
+        matched = sorted(
+            pairs(
+                cells,
+                phase,
+                lambda c: c.strategy == "sequence" and c.nranks > 1,
+                lambda k: ("headwise", *k[1:]),
+            ),
+            key=lambda m: (m[0].prompt_len, m[0].nranks, m[0].algo != "standard"),
+        )
+        if not matched:
+            continue
+        wins = [m for m in matched if m[2] > 1]
+        if wins:
+            where = "; ".join(f"prompt {a.prompt_len}, P={a.nranks}, {a.algo} (×{r:.2f})" for a, _, r in wins)
+            lines.append(
+                f"- {phase}: sequence parallelism beats head-wise in {len(wins)} of {len(matched)} matched "
+                f"cells: {where}."
+            )
+        else:
+            a, _, r = max(matched, key=lambda m: m[2])
+            lines.append(
+                f"- {phase}: sequence parallelism never beats head-wise here ({len(matched)} matched cells); "
+                f"closest at prompt {a.prompt_len}, P={a.nranks}, {a.algo}: ×{r:.2f} head-wise's tokens/s."
+            )
+    for a, b, _ in sorted(
+        pairs(
+            cells,
+            "prefill",
+            lambda c: c.algo == "online_softmax" and c.prompt_len >= LONG_CONTEXT,
+            lambda k: (k[0], "standard", k[2], k[3]),
+        ),
+        key=lambda m: (m[0].prompt_len, m[0].nranks, m[0].strategy),
+    ):
+        ma, mb = (max(c.run.get("memory", {}).get("peak_rss_mb") or [math.nan]) for c in (a, b))
+        if math.isfinite(ma) and math.isfinite(mb) and ma > 0:
+            lines.append(
+                f"- peak RSS, prompt {a.prompt_len}, {a.strategy}, P={a.nranks}: standard {fnum(mb)} MB, "
+                f"online_softmax {fnum(ma)} MB (standard uses ×{mb / ma:.2f})."
+            )
+    return lines + [""]
+
+
+# ----------------------------------------------------------------------------- cost model
+
+PREFERRED_ALGO = "online_softmax"  # the algorithm whose predicted curves the report tabulates
+
+
+def costmodel_section(cells: list[Cell], model: dict | None, figure: str | None = None) -> list[str]:
     """pipeline.costmodel's results/costmodel.json: per model group its calibration, the measured
     cells beside their predictions, and predicted curves beyond this machine; equations last."""
     if not model:
         return []
-    lines = ["## Cost model", ""]
-    for group in model.get("groups", [model]):
+    lines = [
+        "## Cost model",
+        "",
+        "An alpha-beta + roofline model (`python -m pipeline.costmodel`), calibrated on this run's "
+        "single-rank cells and on the MPI ping-pong/Allreduce sweep (results/comm.json), predicts every "
+        "measured cell and then a cluster this machine cannot be. Its equations are in the appendix.",
+        "",
+    ]
+    groups = model.get("groups", [model])
+    for group in groups:
+        if len(groups) > 1:
+            m = group.get("model", {})
+            cfg = m.get("config", {})
+            lines += [
+                f"### {cfg.get('num_hidden_layers', '?')}-layer model, {m.get('dtype', '?')} weights",
+                "",
+            ]
         lines += costmodel_group(group)
+    for skip in model.get("skipped", []):
+        lines += [
+            f"- Not modelled ({skip.get('dtype')}, {len(skip.get('cells', []))} cells): {skip.get('reason')}"
+        ]
+    if figure:
+        lines += ["", f"![predicted curves]({figure})", ""]
     eq = model.get("equations_md") or model.get("equations")
     if eq:
-        lines += ["### Appendix: the cost model's equations", "", *(eq if isinstance(eq, list) else [eq]), ""]
+        lines += ["## Appendix: the cost model's equations", "", *(eq if isinstance(eq, list) else [eq]), ""]
     return lines
 
 
 def costmodel_group(group: dict) -> list[str]:
     lines = []
-    calib = flatten(group.get("calibration") or {})
+    calib = group.get("calibration") or {}
     if calib:
-        rows = [[k, fval(v)] for k, v in calib.items()]
-        lines += ["Calibrated on this machine:", "", *table(["quantity", "value"], rows), ""]
+        rows = []
+        for algo, c in sorted(calib.items()):
+            if not isinstance(c, dict):
+                continue
+            rows.append(
+                [
+                    algo,
+                    fnum(c.get("gflops_per_core")),
+                    fnum(c.get("attn_gflops_per_core")),
+                    fnum(c.get("decode_gflops_per_core")),
+                    fnum(c.get("mem_gb_s_per_node")),
+                    fnum(c.get("cores_per_node")),
+                    f"borrowed from {c['borrowed_from']}"
+                    if c.get("borrowed_from")
+                    else ", ".join(c.get("cells", [])),
+                ]
+            )
+        lines += [
+            "Calibrated on this machine (effective rates, per core; memory bandwidth per node):",
+            "",
+            *table(
+                [
+                    "algorithm",
+                    "matmul GFLOP/s",
+                    "attention GFLOP/s",
+                    "decode GFLOP/s",
+                    "memory GB/s",
+                    "cores",
+                    "calibration cells",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        for algo, c in sorted(calib.items()):
+            for check in c.get("checks", []) if isinstance(c, dict) else []:
+                lines.append(f"- Check ({algo}): {check}")
+    intra = group.get("intra_node")
+    if intra:
+        beta = intra.get("beta_s_per_byte")
+        lines += [
+            f"Intra-node MPI ({intra.get('source', '?')}): alpha {fnum(1e6 * intra['alpha_s'], 2)} µs, "
+            + (f"beta {1e9 * beta:.3g} ns/byte ({fnum(1 / beta / 1e9)} GB/s)." if beta else "beta 0."),
+            "",
+        ]
     rows = []
     for c in group.get("cells", []):
         for phase in PHASES:
             got, pred = c.get(f"measured_{phase}_tok_s"), c.get(f"predicted_{phase}_tok_s")
-            if isinstance(got, int | float) and isinstance(pred, int | float) and got:
-                err = c.get(f"{phase}_error_pct", 100 * (pred / got - 1))
-                used = "calibration" if c.get("calibration_cell") else "held out"
-                rows.append([str(c.get("cell")), phase, fnum(got), fnum(pred), f"{err:+.0f}%", used])
+            if not (isinstance(got, int | float) and isinstance(pred, int | float) and got):
+                continue
+            err = c.get(f"{phase}_error_pct", 100 * (pred / got - 1))
+            mc, pc = c.get(f"measured_{phase}_comm_s"), c.get(f"predicted_{phase}_comm_s")
+            comm = (
+                f"{fnum(1e3 * mc, 2)} / {fnum(1e3 * pc, 2)}"
+                if isinstance(mc, int | float) and isinstance(pc, int | float)
+                else "—"
+            )
+            used = "calibration" if c.get("calibration_cell") else "held out"
+            rows.append(
+                [
+                    str(c.get("cell")),
+                    phase,
+                    fnum(got),
+                    fnum(pred),
+                    f"{err:+.0f}%",
+                    comm,
+                    str(c.get(f"predicted_{phase}_bound", "—")),
+                    used,
+                ]
+            )
     if rows:
-        summary = ", ".join(
-            f"{k.replace('_', ' ')} {fval(v)}" for k, v in flatten(group.get("error") or {}).items()
-        )
         lines += [
-            "Predicted beside measured" + (f" ({summary})" if summary else "") + ":",
+            "Predicted beside measured:",
             "",
             *table(
-                ["cell", "phase", "measured tokens/s", "predicted tokens/s", "error", "cell used for"], rows
+                [
+                    "cell",
+                    "phase",
+                    "measured tokens/s",
+                    "predicted tokens/s",
+                    "error",
+                    "comm ms measured / predicted",
+                    "predicted bound",
+                    "cell used for",
+                ],
+                rows,
             ),
             "",
         ]
-    cluster = flatten(group.get("cluster") or {})
+        lines += [error_statement(group.get("error") or {}), ""]
+    cluster = group.get("cluster") or {}
     if cluster:
+        lines += [cluster_statement(cluster), ""]
+    lines += curves_tables(group.get("curves", []))
+    return lines
+
+
+def error_statement(e: dict) -> str:
+    """The prediction error over the held-out cells (those not used to calibrate), in words."""
+    held = e.get("held_out_cells", 0)
+    if not held:
+        return (
+            "Prediction error: every measured cell was used for calibration, so no held-out error "
+            "can be stated (measure more than one rank count)."
+        )
+    parts = []
+    for phase in PHASES:
+        mean, worst = e.get(f"{phase}_mean_abs_error_pct"), e.get(f"{phase}_max_abs_error_pct")
+        if isinstance(mean, int | float):
+            parts.append(f"{phase} mean |error| {mean:.0f}% (max {worst:.0f}%)")
+    return (
+        f"Prediction error over the {held} held-out cells (of {e.get('cells', '?')}; the others calibrated "
+        f"the model): " + ", ".join(parts) + "."
+    )
+
+
+def cluster_statement(c: dict) -> str:
+    given = c.get("from_config") or []
+    return (
+        f"Predicted cluster — {c.get('name', '?')}: {c.get('cores_per_node', '?')} cores and "
+        f"{fnum(c.get('mem_gb_s_per_node'))} GB/s per node, "
+        f"{fnum(c.get('gflops_per_core'))} GFLOP/s per core, "
+        f"{c.get('ranks_per_node', '?')} rank(s) per node; "
+        f"network alpha {fnum(1e6 * c.get('net_alpha_s', math.nan), 2)} µs, "
+        f"{fnum(c.get('net_bandwidth_gb_s'))} GB/s"
+        + (
+            f" (from the config: {', '.join(given)}; the rest calibrated here)."
+            if given
+            else " (all calibrated here or defaults)."
+        )
+    )
+
+
+def curves_tables(curves: list[dict]) -> list[str]:
+    """Predicted tokens/s per strategy x prompt length x ranks for one algorithm, and the fastest strategy."""
+    algos = sorted({r.get("attention_algo") for r in curves if r.get("attention_algo")})
+    if not curves:
+        return []
+    algo = PREFERRED_ALGO if PREFERRED_ALGO in algos else (algos[0] if algos else None)
+    sel = [r for r in curves if r.get("attention_algo") == algo] if algo else curves
+    ranks = sorted({r["nranks"] for r in sel})
+    lines = []
+    for phase in PHASES:
+        table_rows: list[list[str]] = []
+        fastest: dict[tuple[int, int], tuple[str, float]] = {}
+        for strategy in dict.fromkeys(r["strategy"] for r in sel):
+            for n in sorted({r["prompt_len"] for r in sel}):
+                row = [strategy, str(n)]
+                for p in ranks:
+                    r = next(
+                        (r for r in sel if (r["strategy"], r["prompt_len"], r["nranks"]) == (strategy, n, p)),
+                        None,
+                    )
+                    v = r.get(f"{phase}_tok_s") if r and r.get("feasible", True) else None
+                    row.append(fnum(v))
+                    if isinstance(v, int | float) and v > fastest.get((n, p), ("", 0))[1]:
+                        fastest[(n, p)] = (strategy, v)
+                table_rows.append(row)
         lines += [
-            "Predicted cluster:",
+            f"Predicted {phase} tokens/s"
+            + (f", {algo}" if algo else "")
+            + " (— = the engine cannot run it):",
             "",
-            *table(["quantity", "value"], [[k, fval(v)] for k, v in cluster.items()]),
+            *table(["strategy", "prompt", *[f"P={p}" for p in ranks]], table_rows),
             "",
         ]
-    curves: dict = {}
-    for row in group.get("curves", []):
-        label = row.get("strategy", "?") + (
-            f" + {row['attention_algo']}" if row.get("attention_algo") else ""
-        )
-        for phase in PHASES:
-            value = row.get(f"{phase}_tok_s") if row.get("feasible", True) else None
-            curves.setdefault((phase, label), {}).setdefault(row.get("prompt_len"), {})[row.get("nranks")] = (
-                value
-            )
-    for (phase, label), by_len in sorted(curves.items()):
-        ranks = sorted({r for v in by_len.values() for r in v})
-        body = [[str(n), *[fnum(v.get(r)) for r in ranks]] for n, v in sorted(by_len.items())]
+        winners = {}
+        for (n, p), (strategy, _) in fastest.items():
+            winners.setdefault(strategy, []).append((n, p))
         lines += [
-            f"Predicted {phase} tokens/s, {label} (— = not applicable):",
+            f"- fastest predicted {phase}: "
+            + "; ".join(
+                f"**{s}** in {len(v)} of {len(fastest)} (prompt, P) points"
+                for s, v in sorted(winners.items(), key=lambda x: -len(x[1]))
+            )
+            + ".",
             "",
-            *table(["prompt", *[f"P={r}" for r in ranks]], body),
+        ]
+    if len(algos) > 1:
+        lines += [
+            f"The other algorithms' predictions ({', '.join(a for a in algos if a != algo)}) are in "
+            "results/costmodel.json.",
             "",
         ]
     return lines
@@ -847,6 +1246,11 @@ def summary_rows(cells: list[Cell]) -> list[dict]:
             rss = r.get("memory", {}).get("peak_rss_mb")
             if rss:
                 row.update(peak_rss_mb_max=max(rss), peak_rss_mb_per_rank=";".join(f"{x:.1f}" for x in rss))
+            anon = r.get("memory", {}).get("anon_mb")
+            if anon:
+                row["anon_mb_per_rank"] = ";".join(f"{x:.1f}" for x in anon)
+            if "sequence_layout" in cell and c.strategy == "sequence":
+                row["sequence_layout"] = cell["sequence_layout"]
             for section in ("roofline", "comm"):
                 for k, v in flatten(r.get(section) or {}).items():
                     row[f"{section}.{k}"] = v
@@ -885,6 +1289,8 @@ def build(
     figures: dict[int, list[str]],
     generated: str,
     partial: bool = False,
+    baselines: dict[int, dict] | None = None,
+    costmodel_figure: str | None = None,
 ) -> str:
     checks = {c["cell"]: c for c in result["cells"]} if result else {}
     for c in cells:
@@ -901,7 +1307,7 @@ def build(
     for n in sorted({c.prompt_len for c in cells}):
         lines += [f"## Prompt length {n}", ""]
         for phase in PHASES:
-            lines += phase_tables(cells, n, phase)
+            lines += phase_tables(cells, n, phase, (baselines or {}).get(n))
         lines += scaling_section(cells, n)
         lines += [
             "Figures: " + ", ".join(f"[{Path(f).stem}]({f})" for f in figures.get(n, [])),
@@ -910,13 +1316,57 @@ def build(
             "",
         ]
     lines += verification_section(cells, result) + findings_section(cells, result)
+    lines += targets_section(cells) + baseline_findings(cells, baselines or {})
     lines += (
-        comm_section(cells)
+        long_context_section(cells)
+        + comm_section(cells)
         + roofline_section(cells)
         + memory_section(cells)
-        + costmodel_section(cells, costmodel)
+        + costmodel_section(cells, costmodel, costmodel_figure)
     )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def load_baselines(paths: list[str]) -> dict[int, dict]:
+    """pipeline.baseline results by prompt length; unavailable ones under key 0 (for the reason)."""
+    out: dict[int, dict] = {}
+    for path in paths:
+        try:
+            b = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: cannot read baseline JSON ({e})") from None
+        out[b["cell"]["prompt_len"] if b.get("available") else 0] = b
+    return out
+
+
+def baseline_findings(cells: list[Cell], baselines: dict[int, dict]) -> list[str]:
+    """Our fastest cell against the HF transformers baseline, per prompt length."""
+    if not baselines:
+        return []
+    lines = ["### Against Hugging Face transformers", ""]
+    if 0 in baselines:
+        lines.append(f"- The HF transformers baseline did not run: {baselines[0].get('reason', '?')}.")
+    for n, b in sorted(baselines.items()):
+        if n == 0:
+            continue
+        threads = b["cell"].get("threads", "?")
+        for phase in PHASES:
+            ours = [c for c in cells if c.run and c.prompt_len == n]
+            same = [c for c in ours if c.nranks == 1]
+            if not ours:
+                continue
+            theirs = b[phase]["tokens_per_s"]
+            top, top1 = best(ours, phase), (best(same, phase) if same else None)
+            text = (
+                f"- prompt {n}, {phase}: HF transformers ({threads} threads) {fnum(theirs)} tokens/s; "
+                f"our fastest cell ({top.label}, {top.nranks} rank{'s' if top.nranks > 1 else ''}) "
+                f"×{top.run[phase]['tokens_per_s'] / theirs:.2f} that"
+            )
+            if top1 is not None and top1 is not top:
+                ratio = top1.run[phase]["tokens_per_s"] / theirs
+                text += f", our fastest 1-rank cell ({top1.label}) ×{ratio:.2f}"
+            lines.append(text + ".")
+    return lines + [""]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -939,7 +1389,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-3, help="verify tolerance when computed here")
     p.add_argument("--rtol", type=float, default=1e-4, help="verify tolerance when computed here")
     p.add_argument("--workflow-config", help="the workflow's config as a JSON string")
-    p.add_argument("--costmodel", help="cost model predictions (JSON), shown when given")
+    p.add_argument("--costmodel", help="cost model predictions (JSON), shown when given and present")
+    p.add_argument(
+        "--baseline", nargs="*", default=[], help="pipeline.baseline results (JSON), one per length"
+    )
     p.add_argument("--logs-dir", default="results/logs/bench", help="where the bench logs are")
     p.add_argument("--out-md", required=True, help="the report (figures go to figures/ beside it)")
     p.add_argument("--out-csv", required=True, help="one row per cell")
@@ -977,12 +1430,31 @@ def main(argv: list[str] | None = None) -> int:
         figures[n] = [f"figures/throughput_p{n}.png", f"figures/cells_p{n}.png"]
     generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     workflow_config = json.loads(args.workflow_config) if args.workflow_config else None
-    costmodel = (
-        json.loads(Path(args.costmodel).read_text())
-        if args.costmodel and Path(args.costmodel).exists()
-        else None
+    try:
+        costmodel = (
+            json.loads(Path(args.costmodel).read_text())
+            if args.costmodel and Path(args.costmodel).exists()
+            else None
+        )
+        baselines = load_baselines(args.baseline)
+    except (OSError, ValueError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    costmodel_figure = None
+    if costmodel and costmodel.get("groups"):
+        fig.costmodel_curves(costmodel["groups"][0], cells, fig_dir / "costmodel.png", PREFERRED_ALGO)
+        costmodel_figure = "figures/costmodel.png"
+    text = build(
+        cells,
+        result,
+        workflow_config,
+        costmodel,
+        figures,
+        generated,
+        args.partial,
+        baselines,
+        costmodel_figure,
     )
-    text = build(cells, result, workflow_config, costmodel, figures, generated, args.partial)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     write_csv(summary_rows(cells), Path(args.out_csv))

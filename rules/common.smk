@@ -37,6 +37,11 @@ def get_typed_config(config, schema="config/config.schema.yaml"):
 
 def get_typed_value(value, spec):
     kind = spec.get("type")
+    if kind == "object" and isinstance(value, dict):
+        properties = spec.get("properties", {})
+        return {k: get_typed_value(v, properties.get(k, {})) for k, v in value.items()}
+    if kind == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if kind == "array" and isinstance(value, list):
         return [get_typed_value(v, spec.get("items", {})) for v in value]
     if kind == "string" and value is None:
@@ -178,7 +183,29 @@ def get_not_applicable():
 
 
 def get_figure_files():
-    return [f"results/figures/{kind}_p{n}.png" for n in LENGTHS for kind in ("throughput", "cells")]
+    per_length = [f"results/figures/{kind}_p{n}.png" for n in LENGTHS for kind in ("throughput", "cells")]
+    return per_length + ["results/figures/costmodel.png"]
+
+
+def get_baseline_files():
+    """The Hugging Face baseline's results, one per prompt length (none when config baseline is off)."""
+    if not config["baseline"]:
+        return []
+    return [f"results/baseline/hf_p{n}.json" for n in LENGTHS]
+
+
+def get_baseline_threads(wildcards):
+    """The baseline gets the cores of a 1-rank cell: threads_per_rank, or the job's cores."""
+    return config["threads_per_rank"] or get_machine_cores()
+
+
+def get_cluster_args():
+    """pipeline.costmodel's --cluster key=value pairs: the config's cluster section, leaving out
+    the zeros and empty strings that mean "calibrated on this machine"."""
+    keys = ["name", "cores_per_node", "ranks_per_node", "gflops_per_core", "mem_gb_s_per_node",
+            "net_alpha_s", "net_bandwidth_gb_s"]
+    pairs = [f"{k}={config['cluster'][k]}" for k in keys if config["cluster"][k]]
+    return shlex.join(["--cluster", *pairs]) if pairs else ""
 
 
 def get_workflow_config_json():
@@ -244,6 +271,11 @@ def get_partial_report_command():
     args = ["python", "-m", "pipeline.report", "--runs-dir", RUNS, "--cells", *get_cell_names()]
     if get_not_applicable():
         args += ["--not-applicable", *get_not_applicable()]
+    if os.path.exists("results/costmodel.json"):
+        args += ["--costmodel", "results/costmodel.json"]
+    baseline = [f for f in get_baseline_files() if os.path.exists(f)]
+    if baseline:
+        args += ["--baseline", *baseline]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
              "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]

@@ -357,27 +357,20 @@ def test_report_ignores_runs_outside_the_matrix_and_survives_no_reference(tmp_pa
     assert "no 1-rank cell with prompt_len=16" in text
 
 
-def test_report_optional_sections(tmp_path):
-    runs = matrix_runs()
-    for r in runs:
-        r["roofline"] = {
-            "gemm_gflops": 250.0,
-            "stream_gbps": 25.0,
-            "prefill_fraction": 0.8,
-            "decode_fraction": 0.9,
-        }
-        r["environment"]["oversubscribed"] = r["cell"]["nranks"] > 1
-    # shaped like pipeline.costmodel's output (test data)
+def fake_costmodel() -> dict:
+    """Test data shaped like pipeline.costmodel's output (numbers invented)."""
     curves = [
         {
-            "strategy": "headwise",
-            "attention_algo": "standard",
+            "strategy": strategy,
+            "attention_algo": algo,
             "nranks": p,
             "prompt_len": n,
-            "feasible": p <= 8,
-            "prefill_tok_s": 100.0 * p**0.5,
+            "feasible": strategy != "headwise" or p <= 8,
+            "prefill_tok_s": (100.0 if strategy == "headwise" else 120.0) * p**0.5,
             "decode_tok_s": 10.0 * p**0.5,
         }
+        for strategy in ("headwise", "sequence_zigzag")
+        for algo in ("standard", "online_softmax")
         for p in (1, 2, 64)
         for n in (16, 32768)
     ]
@@ -391,29 +384,261 @@ def test_report_optional_sections(tmp_path):
             "measured_decode_tok_s": 10.0,
             "predicted_decode_tok_s": 9.0,
             "decode_error_pct": -10.0,
+            "measured_prefill_comm_s": 0.002,
+            "predicted_prefill_comm_s": 0.001,
+            "predicted_prefill_bound": "compute",
         }
     ]
-    costmodel = {
+    calibration = {
+        "gflops_per_core": 120.0,
+        "attn_gflops_per_core": 60.0,
+        "decode_gflops_per_core": 130.0,
+        "mem_gb_s_per_node": 25.0,
+        "cores_per_node": 2,
+        "cells": ["headwise_standard_np1_p16"],
+        "checks": [],
+    }
+    return {
         "equations_md": "t_prefill = flops / rate + layers * 2 * (alpha + bytes / beta)",
         "groups": [
             {
-                "calibration": {"standard": {"alpha_s": 2e-6}},
-                "error": {"held_out_cells": 1},
+                "model": {"config": {"num_hidden_layers": 2}, "dtype": "float32"},
+                "calibration": {
+                    "standard": calibration,
+                    "online_softmax": {**calibration, "borrowed_from": "standard"},
+                },
+                "intra_node": {"source": "allreduce sweep at P=2", "alpha_s": 4e-6, "beta_s_per_byte": 2e-10},
+                "error": {
+                    "cells": 8,
+                    "held_out_cells": 4,
+                    "prefill_mean_abs_error_pct": 12.0,
+                    "prefill_max_abs_error_pct": 41.4,
+                    "decode_mean_abs_error_pct": 5.0,
+                    "decode_max_abs_error_pct": 10.0,
+                },
+                "cluster": {
+                    "name": "test cluster",
+                    "cores_per_node": 64,
+                    "ranks_per_node": 1,
+                    "gflops_per_core": 50.0,
+                    "mem_gb_s_per_node": 200.0,
+                    "net_alpha_s": 2e-6,
+                    "net_bandwidth_gb_s": 12.5,
+                    "from_config": ["cores_per_node"],
+                },
                 "cells": cells,
                 "curves": curves,
             }
         ],
     }
-    (tmp_path / "cm.json").write_text(json.dumps(costmodel))
+
+
+def test_report_optional_sections(tmp_path):
+    runs = matrix_runs()
+    for r in runs:
+        r["roofline"] = {
+            "gemm_gflops": 250.0,
+            "gemv_gb_s": 25.0,
+            "prefill_gflops": 200.0,
+            "prefill_fraction": 0.8,
+            "decode_gb_s": 22.5,
+            "decode_fraction": 0.9,
+            "ceilings": {"gemm_gflops_best": 270.0, "gemv_gb_s_best": 26.0},
+        }
+        r["prefill"]["roofline_fraction"] = 0.8
+        r["decode"]["roofline_fraction"] = 0.9
+        r["memory"]["anon_mb"] = [12.5] * r["cell"]["nranks"]
+        r["cell"]["sequence_layout"] = "zigzag"
+        r["environment"]["oversubscribed"] = r["cell"]["nranks"] > 1
+    runs[-1]["roofline"]["gemm_gflops"] = 10.0  # measured while the machine was busy
+    (tmp_path / "cm.json").write_text(json.dumps(fake_costmodel()))
     text, rows = run_report(tmp_path, runs, "--costmodel", str(tmp_path / "cm.json"))
-    assert "## Roofline" in text and "prefill_fraction" in text
-    assert "## Cost model" in text and "Appendix: the cost model's equations" in text
-    assert "| headwise_standard_np2_p16 | prefill | 100 | 141 | +41% | held out |" in text
-    assert "| headwise_standard_np2_p16 | decode | 10.0 | 9.0 | -10% | held out |" in text
-    assert "| 32768 | 100 | 141 | — |" in text  # predicted beyond the measured lengths; P=64 infeasible
-    assert "standard.alpha_s" in text
+    assert "fractions are not trustworthy): sequence_online_softmax_np2_p16." in text
+    # roofline: columns in the per-length tables and a section with the ceilings
+    assert "% of GEMM ceiling |" in text and "% of streaming bandwidth |" in text
+    assert (
+        "| headwise_standard_np1_p16 | 200 | 250 (best 270) | 80% | 22.5 | 25.0 (best 26.0) | 90% |" in text
+    )
+    assert "| sequence layout | zigzag |" in text
+    assert "| headwise_standard_np1_p16 | 101 | 101 | 12.5 |" in text  # peak RSS max, per rank, anon per rank
+    # cost model: calibration, predicted beside measured with the error stated, the cluster, curves, appendix
+    assert "## Cost model" in text and "## Appendix: the cost model's equations" in text
+    assert "| standard | 120 | 60.0 | 130 | 25.0 | 2 | headwise_standard_np1_p16 |" in text
+    assert "| online_softmax | 120 | 60.0 | 130 | 25.0 | 2 | borrowed from standard |" in text
+    assert "Intra-node MPI (allreduce sweep at P=2): alpha 4.00 µs, beta 0.2 ns/byte (5.0 GB/s)." in text
+    assert (
+        "| headwise_standard_np2_p16 | prefill | 100 | 141 | +41% | 2.00 / 1.00 | compute | held out |"
+        in text
+    )
+    assert "| headwise_standard_np2_p16 | decode | 10.0 | 9.0 | -10% | — | — | held out |" in text
+    assert (
+        "Prediction error over the 4 held-out cells (of 8; the others calibrated the model): prefill mean "
+        "|error| 12% (max 41%), decode mean |error| 5% (max 10%)." in text
+    )
+    assert "Predicted cluster — test cluster: 64 cores and 200 GB/s per node" in text
+    assert "Predicted prefill tokens/s, online_softmax" in text
+    assert "| headwise | 32768 | 100 | 141 | — |" in text  # beyond the measured lengths; P=64 infeasible
+    assert "| sequence_zigzag | 32768 | 120 | 170 | 960 |" in text
+    assert "fastest predicted prefill: **sequence_zigzag** in 6 of 6 (prompt, P) points" in text
+    assert "The other algorithms' predictions (standard) are in results/costmodel.json." in text
+    assert (tmp_path / "out" / "figures" / "costmodel.png").stat().st_size > 1000
+    assert "![predicted curves](figures/costmodel.png)" in text
     assert "† marks oversubscribed cells" in text and "online_softmax †" in text
-    assert rows[0]["roofline.prefill_fraction"] == "0.8"
+    assert rows[0]["roofline.prefill_fraction"] == "0.8" and rows[0]["anon_mb_per_rank"] == "12.5"
+    assert {r["sequence_layout"] for r in rows if r["strategy"] == "sequence"} == {"zigzag"}
+
+
+def test_report_without_costmodel_file_leaves_the_section_out(tmp_path):
+    text, _ = run_report(tmp_path, matrix_runs(), "--costmodel", str(tmp_path / "no-such.json"))
+    assert "## Cost model" not in text and not (tmp_path / "out" / "figures" / "costmodel.png").exists()
+
+
+def test_report_performance_targets(tmp_path):
+    runs = matrix_runs(headwise_standard_np2_p16=95.0, headwise_online_softmax_np2_p16=80.0)
+    for r in runs:
+        r["cell"]["prompt_len"] = 128  # (the name follows the cell)
+        r["prefill"]["roofline_fraction"] = 0.8 if r["cell"]["attention_algo"] == "standard" else 0.5
+        r["decode"]["roofline_fraction"] = 0.9
+    text, _ = run_report(tmp_path, runs)
+    assert "### Performance targets" in text
+    assert (
+        "- 1 rank x 2 threads, prompt 128, headwise + standard: prefill at 80% (target 75%: **met**) of the "
+        "GEMM ceiling, decode at 90% (target 85%: **met**) of the streaming bandwidth." in text
+    )
+    assert "headwise + online_softmax: prefill at 50% (target 75%: **not met**)" in text
+    assert (
+        "- head-wise + standard, prompt 128: 2 ranks x 1 thread reach 95% (target 90%: **met**) of 1 rank "
+        "x 2 threads in prefill and 95% (target 90%: **met**) in decode." in text
+    )
+    assert (
+        "head-wise + online_softmax, prompt 128: 2 ranks x 1 thread reach 80% (target 90%: **not met**)"
+        in text
+    )
+
+
+def long_runs(seq_speed_4096: float) -> list[dict]:
+    """Head-wise and sequence at prompts 128 and 4096 on 1 and 2 ranks (test data)."""
+    runs = []
+    for n in (128, 4096):
+        for s, a, p in MATRIX:
+            tps = 100.0 if n == 128 or s == "headwise" or p == 1 else seq_speed_4096
+            run = fake_run(s, a, p, prompt_len=n, prefill_tps=tps)
+            run["cell"]["sequence_layout"] = "zigzag"
+            run["memory"]["peak_rss_mb"] = [(300.0 if a == "standard" and n == 4096 else 100.0)] * p
+            runs.append(run)
+    return runs
+
+
+def test_report_long_context(tmp_path):
+    text, _ = run_report(tmp_path, long_runs(seq_speed_4096=125.0))
+    assert "## Long context" in text and "(sequence layout: zigzag)" in text
+    assert (
+        "| strategy + algorithm | P | p128 prefill tok/s | p128 peak RSS MB | p4096 prefill tok/s "
+        "| p4096 peak RSS MB |" in text
+    )
+    assert "| sequence + online_softmax | 2 | 100 | 100 | 125 | 100 |" in text
+    assert (
+        "- prefill: sequence parallelism beats head-wise in 2 of 4 matched cells: prompt 4096, P=2, standard "
+        "(×1.25); prompt 4096, P=2, online_softmax (×1.25)." in text
+    )
+    assert (
+        "- peak RSS, prompt 4096, headwise, P=1: standard 300 MB, online_softmax 100 MB "
+        "(standard uses ×3.00)." in text
+    )
+    text, _ = run_report(tmp_path / "never", long_runs(seq_speed_4096=80.0))
+    assert (
+        "- prefill: sequence parallelism never beats head-wise here (4 matched cells); closest at "
+        "prompt 128, P=2, standard: ×1.00 head-wise's tokens/s." in text
+    )
+    text, _ = run_report(tmp_path / "short", matrix_runs())
+    assert "## Long context" not in text
+
+
+def fake_baseline(prompt_len: int = 16, available: bool = True) -> dict:
+    """Test data shaped like pipeline.baseline's output."""
+    if not available:
+        return {
+            "schema_version": 1,
+            "name": "HF transformers (torch)",
+            "available": False,
+            "reason": "torch/transformers not importable: No module named 'torch'",
+        }
+    run = fake_run("headwise", "standard", 1, prompt_len, prefill_tps=50.0, decode_tps=5.0)
+    return {
+        "schema_version": 1,
+        "name": "HF transformers (torch)",
+        "available": True,
+        "cell": {"prompt_len": prompt_len, "gen_len": 4, "iters": 3, "warmup": 1, "threads": 2, "seed": 0},
+        "environment": {"torch": "2.x", "transformers": "5.x", "attn_implementation": "sdpa"},
+        **{k: run[k] for k in ("prefill", "decode", "ttft_ms", "seed_metric", "output")},
+    }
+
+
+def test_report_baseline_row(tmp_path):
+    (tmp_path / "hf_p16.json").write_text(json.dumps(fake_baseline()))
+    text, rows = run_report(tmp_path, matrix_runs(), "--baseline", str(tmp_path / "hf_p16.json"))
+    assert "| *HF transformers (torch)* | sdpa, 2 threads | 320 | 20.00 | 50.0 (49.0–51.0) |" in text
+    assert text.count("| *HF transformers (torch)* |") == 2  # the 1-rank prefill and decode tables
+    assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
+    assert "- prompt 16, prefill: HF transformers (2 threads) 50.0 tokens/s; our fastest cell" in text
+    assert len(rows) == 8  # the CSV stays one row per cell
+    (tmp_path / "hf_none.json").write_text(json.dumps(fake_baseline(available=False)))
+    text, _ = run_report(tmp_path / "b", matrix_runs(), "--baseline", str(tmp_path / "hf_none.json"))
+    assert "The HF transformers baseline did not run: torch/transformers not importable" in text
+    assert "| *HF transformers (torch)* |" not in text
+
+
+def test_baseline_on_the_tiny_preset_matches_the_reference(
+    synthetic_tiny_checkpoint, synthetic_tiny_export, tmp_path
+):
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    from pipeline import baseline
+    from pipeline.reference import ReferenceModel
+    from pipeline.weights import open_export
+
+    out = tmp_path / "hf_p16.json"
+    args = [
+        "--checkpoint",
+        str(synthetic_tiny_checkpoint),
+        "--prompt-len",
+        "16",
+        "--gen-len",
+        "3",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert baseline.main(args) == 0
+    b = json.loads(out.read_text())
+    assert b["available"] and b["cell"]["threads"] == 1 and len(b["prefill"]["seconds"]) == 2
+    vocab = PRESETS["tiny"]["vocab_size"]
+    prompt = np.random.default_rng(0).integers(0, vocab, 16)  # pipeline.bench's prompt
+    assert b["output"]["prompt_ids"] == prompt.tolist()
+    tokens, logits = ReferenceModel(open_export(synthetic_tiny_export)).generate(prompt.tolist(), 4)
+    assert b["output"]["greedy_tokens"] == list(tokens)
+    assert b["output"]["prefill_logits"]["first8"] == pytest.approx(logits[0][:8].tolist(), abs=1e-4)
+    assert b["decode"]["tokens_per_s"] == pytest.approx(3 / b["decode"]["median_s"])
+
+
+def test_baseline_without_torch_says_so(tmp_path, monkeypatch):
+    from pipeline import baseline
+
+    monkeypatch.setattr(baseline, "import_hf", lambda: (None, "torch/transformers not importable: test"))
+    out = tmp_path / "hf.json"
+    assert baseline.main(["--checkpoint", str(tmp_path), "--prompt-len", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {
+        "schema_version": 1,
+        "name": "HF transformers (torch)",
+        "available": False,
+        "reason": "torch/transformers not importable: test",
+    }
 
 
 # ----------------------------------------------------------------------------- Snakemake
@@ -433,8 +658,30 @@ def test_dry_run_default_matrix():
     proc = snakemake("-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    bench_line = next(line for line in out.splitlines() if line.split()[:1] == ["bench"])
-    assert bench_line.split()[1] == "12"  # Qwen3-0.6B has 8 KV heads: 1, 2 and 4 ranks all apply
+    counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
+    assert counts["bench"] == "12"  # Qwen3-0.6B has 8 KV heads: 1, 2 and 4 ranks all apply
+    assert counts["commbench"] == counts["costmodel"] == counts["baseline"] == "1"
+    proc = snakemake("-n", "--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
+    assert proc.returncode == 0, proc.stderr
+    counts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
+    assert counts["bench"] == "24" and "baseline" not in counts
+
+
+def test_dry_run_costmodel_gets_the_cluster_config():
+    proc = snakemake(
+        "-n",
+        "-p",
+        "costmodel",
+        "--config",
+        "synthetic_preset=tiny",
+        'cluster={"cores_per_node": 64, "name": "my cluster", "predict_ranks": [1, 8]}',
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "--comm results/comm.json --cluster 'name=my cluster' cores_per_node=64 ranks_per_node=1 "
+        "net_alpha_s=2e-06 net_bandwidth_gb_s=12.5 --ranks 1 8 --prompt-lens 128 512" in proc.stdout
+    )
+    assert "mpiexec -n 2 python -m mpi4py -m pipeline.commbench --out results/comm.json" in proc.stdout
 
 
 def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
@@ -476,6 +723,8 @@ def test_dry_run_slurm_profile(tmp_path):
         (["algorithms=[flash]"], "algorithms"),
         (["ranks=[2,4]"], "ranks"),
         (["gen_len=0"], "gen_len"),
+        (['cluster={"bogus": 1}'], "'bogus' was unexpected"),
+        (['cluster={"net_bandwidth_gb_s": 0}'], "net_bandwidth_gb_s"),
         (["itres=3"], "itres"),
         (["mpi_launcher=no-such-mpiexec"], "config mpi_launcher: 'no-such-mpiexec' not found on PATH"),
         (["checkpoint=no/such/dir"], "config checkpoint: 'no/such/dir' is not a directory"),
@@ -503,8 +752,9 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     """The whole workflow on the tiny preset in a scratch copy: a complete run, then a run in which
     two cells crash (--keep-going: partial report marking them), then the run that completes it."""
     work = tmp_path / "repo"
-    skip = shutil.ignore_patterns(".git", "results", ".snakemake", "build", ".venv", "venv", "q",
-                                  "*.egg-info", ".pytest_cache")
+    skip = shutil.ignore_patterns(
+        ".git", "results", ".snakemake", "build", ".venv", "venv", "q", "*.egg-info", ".pytest_cache"
+    )
     shutil.copytree(ROOT, work, ignore=skip)
     config = [
         "--config",
@@ -524,6 +774,27 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
         results / "figures" / "cells_p16.png"
     ).exists()
     assert len((results / "summary.csv").read_text().splitlines()) == 9
+    # the MPI sweep, the cost model calibrated on it, and the HF baseline, all in the report
+    comm = json.loads((results / "comm.json").read_text())
+    assert comm["nranks"] == 2 and comm["allreduce"]["alpha_s"] > 0
+    costmodel = json.loads((results / "costmodel.json").read_text())
+    assert len(costmodel["groups"][0]["cells"]) == 8 and costmodel["groups"][0]["curves"]
+    hf = json.loads((results / "baseline" / "hf_p16.json").read_text())
+    text = (results / "report.md").read_text()
+    for section in (
+        "## Cost model",
+        "Prediction error over the 4 held-out cells",
+        "## Appendix: the cost model's",
+        "## Roofline",
+        "% of GEMM ceiling",
+        "## Compute and communication",
+        "## Memory",
+    ):
+        assert section in text
+    assert (results / "figures" / "costmodel.png").exists()
+    assert ("| *HF transformers (torch)* |" in text) == hf["available"]
+    if hf["available"]:
+        assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
 
     # a launcher that crashes the sequence cells on 2 ranks (test double for a failing benchmark)
     launcher = work / "crashing-mpiexec"
@@ -541,11 +812,13 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     assert "| sequence_standard_np2_p16 | missing |" in text
     assert "simulated crash" in (results / "logs" / "bench" / "sequence_standard_np2_p16.log").read_text()
     assert not (results / "verification.json").exists()
+    assert "## Cost model" in text  # the last cost model is kept in the partial report
 
     proc = snakemake("--cores", "2", "report", *config, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = proc.stdout + proc.stderr
-    assert ran.count("rule bench:") == 2  # only the missing cells
+    assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
+    assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -1,0 +1,228 @@
+"""Baseline: Hugging Face transformers' Qwen3ForCausalLM (PyTorch, CPU) on the same checkpoint and prompt.
+
+    python -m pipeline.baseline --checkpoint DIR --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 \
+        --threads 2 --out results/baseline/hf_p128.json
+
+The model is loaded from the checkpoint directory the export was made from, in float32 (a bf16
+checkpoint is widened, as the float32 export is), with `torch.set_num_threads(threads)`. The
+prompt is pipeline.bench's: `np.random.default_rng(seed).integers(0, vocab, prompt_len)`.
+prefill: one forward of the prompt into an empty cache (use_cache=True, logits of the last
+position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
+Warm-up iterations are excluded; median, min and max over the timed ones, as in pipeline.bench.
+
+Without torch or transformers (or a transformers that has no Qwen3), the output says
+{"available": false, "reason": ...} and the command exits 0: the baseline is optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from pipeline.atomic import write_json_atomic
+
+SCHEMA_VERSION = 1
+NAME = "HF transformers (torch)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="Hugging Face Qwen3 checkpoint directory")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (pipeline.bench's)")
+    p.add_argument("--out", required=True, help="result JSON (written atomically)")
+    args = p.parse_args(argv)
+    for name in ("prompt_len", "gen_len", "iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--warmup must be >= 0 and --threads >= 1")
+    return args
+
+
+def unavailable(reason: str) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "name": NAME, "available": False, "reason": reason}
+
+
+def import_hf():
+    """(torch, Qwen3ForCausalLM), or the reason they cannot be used."""
+    try:
+        import torch
+        import transformers
+        from transformers import Qwen3ForCausalLM
+    except ImportError as e:
+        return None, f"torch/transformers not importable: {e}"
+    return (torch, transformers, Qwen3ForCausalLM), None
+
+
+def phase_stats(seconds: list[float], tokens: int) -> dict:
+    med = statistics.median(seconds)
+    return {
+        "seconds": seconds,
+        "median_s": med,
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "std_s": statistics.pstdev(seconds),
+        "tokens": tokens,
+        "tokens_per_s": tokens / med,
+        "tokens_per_s_min": tokens / max(seconds),
+        "tokens_per_s_max": tokens / min(seconds),
+        "ms_per_token": 1e3 * med / tokens,
+    }
+
+
+def digest(logits: np.ndarray) -> dict:
+    return {
+        "first8": [float(x) for x in logits[:8]],
+        "l2": float(np.linalg.norm(logits.astype(np.float64))),
+        "argmax": int(np.argmax(logits)),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(args: argparse.Namespace) -> dict:
+    hf, reason = import_hf()
+    if hf is None:
+        return unavailable(reason)
+    torch, transformers, Qwen3ForCausalLM = hf
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only allowed before the first parallel work; harmless to skip
+        pass
+    model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    prompt = np.random.default_rng(args.seed).integers(0, vocab, args.prompt_len)
+    ids = torch.from_numpy(prompt.astype(np.int64))[None, :]  # (1, T)
+
+    def forward(input_ids, cache=None):
+        return model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    prefill_s, decode_s, steps_ms = [], [], []
+    with torch.inference_mode():
+        for it in range(args.warmup + args.iters):
+            t0 = time.perf_counter()
+            out = forward(ids)
+            t_prefill = time.perf_counter() - t0
+            first = out.logits[0, -1].float().numpy().copy()
+            tokens = [int(first.argmax())]
+            cache, step = out.past_key_values, []
+            t1 = time.perf_counter()
+            for _ in range(args.gen_len):
+                t = time.perf_counter()
+                out = forward(torch.tensor([[tokens[-1]]]), cache)
+                cache = out.past_key_values
+                tokens.append(int(out.logits[0, -1].argmax()))
+                step.append(time.perf_counter() - t)
+            t_decode = time.perf_counter() - t1
+            kind = "warm-up" if it < args.warmup else "iter"
+            print(
+                f"[baseline] {kind} {it + 1}/{args.warmup + args.iters}: prefill {t_prefill:.3f} s, "
+                f"decode {t_decode:.3f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if it >= args.warmup:
+                prefill_s.append(t_prefill)
+                decode_s.append(t_decode)
+                steps_ms += [1e3 * s for s in step]
+    final = out.logits[0, -1].float().numpy()
+    prefill, decode = phase_stats(prefill_s, args.prompt_len), phase_stats(decode_s, args.gen_len)
+    decode["step_ms"] = {
+        "p50": float(np.percentile(steps_ms, 50)),
+        "p90": float(np.percentile(steps_ms, 90)),
+        "max": float(max(steps_ms)),
+    }
+    total_ms = 1e3 * sum(prefill_s)
+    seed_tokens = args.prompt_len * args.iters
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": NAME,
+        "available": True,
+        "cell": {
+            "prompt_len": args.prompt_len,
+            "gen_len": args.gen_len,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "threads": threads,
+            "seed": args.seed,
+        },
+        "environment": {
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count() or 1,
+            "hostname": socket.gethostname(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        },
+        "model": {
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "dtype": "float32",
+            "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        },
+        "prefill": prefill,
+        "decode": decode,
+        "ttft_ms": 1e3 * prefill["median_s"],
+        "seed_metric": {
+            "tokens": seed_tokens,
+            "total_ms": total_ms,
+            "ms_per_token": total_ms / seed_tokens,
+            "tokens_per_s": seed_tokens / (total_ms / 1e3),
+        },
+        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "output": {
+            "prompt_ids": [int(t) for t in prompt],
+            "greedy_tokens": tokens,
+            "prefill_logits": digest(first),
+            "final_logits": digest(final),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    write_json_atomic(args.out, result)
+    if result["available"]:
+        p, d = result["prefill"], result["decode"]
+        print(
+            f"{NAME}, {result['cell']['threads']} threads, prompt {args.prompt_len}: prefill "
+            f"{p['tokens_per_s']:.1f} tok/s, decode {d['tokens_per_s']:.2f} tok/s"
+        )
+    else:
+        print(f"{NAME}: not available ({result['reason']}); wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
