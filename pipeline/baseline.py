@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from pipeline.atomic import write_json_atomic
+from pipeline.machine import cpu_model
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
@@ -94,17 +95,6 @@ def digest(logits: np.ndarray) -> dict:
         "l2": float(np.linalg.norm(logits.astype(np.float64))),
         "argmax": int(np.argmax(logits)),
     }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(args: argparse.Namespace) -> dict:

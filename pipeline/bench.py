@@ -10,11 +10,8 @@ it. A barrier starts each timed region; each time is the slowest rank's. Warm-up
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -25,6 +22,7 @@ from mpi4py import MPI
 from pipeline.atomic import write_json_atomic
 from pipeline.comm import Comm
 from pipeline.jobs import threads_per_rank, validated
+from pipeline.machine import machine_facts
 from pipeline.model import Qwen3Engine, check_job
 from pipeline.roofline import measure_ceilings, roofline_fractions
 from pipeline.strategies import ALGORITHMS, STRATEGIES
@@ -102,24 +100,7 @@ def phase_stats(seconds: list[float], tokens: int, comm_s: list[float], bytes_se
 
 
 def environment(comm: Comm, threads: int) -> dict:
-    cores = os.cpu_count() or 1
-    return {"mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
-            "mpi_version": "{}.{}".format(*MPI.Get_version()), "cpu_model": cpu_model(),
-            "cores": cores, "nranks": comm.size, "threads_per_rank": threads,
-            "oversubscribed": comm.size * threads > cores, "hostname": socket.gethostname(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return machine_facts(comm.size, threads)
 
 
 def memory_mb() -> dict:

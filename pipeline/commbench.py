@@ -18,11 +18,7 @@ ping-pong gives the point-to-point alpha = a and beta = b (s/byte). For the Allr
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
-import platform
-import socket
 import statistics
 import sys
 import time
@@ -31,6 +27,7 @@ import numpy as np
 from mpi4py import MPI
 
 from pipeline.atomic import write_json_atomic
+from pipeline.machine import machine_facts
 
 SCHEMA_VERSION = 1
 PINGPONG_SIZES = [8 << i for i in range(22)]  # 8 B .. 16 MB
@@ -128,25 +125,8 @@ def allreduce(comm: MPI.Comm, sizes: list[int], samples: int, sample_s: float) -
             "formula": "t = 2 ceil(log2 P) alpha + 2 (P-1)/P n beta"}
 
 
-def cpu_model() -> str:
-    # (pipeline.bench has the same; importing it would load the engine and its compiled kernels)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment(comm: MPI.Comm) -> dict:
-    cores = os.cpu_count() or 1
-    return {"mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
-            "mpi_version": "{}.{}".format(*MPI.Get_version()), "cpu_model": cpu_model(),
-            "cores": cores, "nranks": comm.Get_size(), "oversubscribed": comm.Get_size() > cores,
-            "hostname": socket.gethostname(), "python": platform.python_version(), "numpy": np.__version__,
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    return machine_facts(comm.Get_size(), 1)
 
 
 def run(comm: MPI.Comm, samples: int = 7, sample_s: float = 0.005,
