@@ -64,7 +64,11 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
 
     x, out (T, d); w_gate, w_up, w_down_t (I_r, d); ws an MLPWorkspace with max_T >= T (grown once
     if smaller). BLAS threads are whatever set_threads chose; num_threads is for SiLU * up.
+    bf16 weights (uint16 bits, see pipeline.weights.BF16) go to ext.bf16.mlp_bf16.
     """
+    if w_gate.dtype == np.uint16:
+        from ext.bf16 import mlp_bf16
+        return mlp_bf16(x, w_gate, w_up, w_down_t, out, ws, num_threads)
     T, d = x.shape
     I_r = w_gate.shape[0]
     _check("x", x, (T, d))

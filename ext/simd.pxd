@@ -61,11 +61,18 @@ cdef extern from * nogil:
 
     /* bfloat16 weights are stored as their bit patterns (uint16), the high half of a float32:
        widening is exact, a zero-extend and a shift (vpmovzxwd + vpslld). */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>   /* one vpmovzxwd zmm: GCC splits the generic conversion in two halves */
+    static inline f32x16 ldbf16(const unsigned short *p) {
+        return (f32x16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+    }
+    #else
     typedef unsigned short u16x16 __attribute__((vector_size(32)));
     static inline f32x16 ldbf16(const unsigned short *p) {
         u16x16 h; memcpy(&h, p, 32);
         return (f32x16)(__builtin_convertvector(h, i32x16) << 16);
     }
+    #endif
     static inline float bf16f(unsigned short b) {
         unsigned int u = (unsigned int)b << 16; float f; memcpy(&f, &u, 4); return f;
     }

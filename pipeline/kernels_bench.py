@@ -1,6 +1,6 @@
 """Micro-benchmark of the ext/ kernels against the same computation in plain NumPy (float32).
 
-    python -m pipeline.kernels_bench [--threads N] [--out FILE.json] [--quick]
+    python -m pipeline.kernels_bench [--threads N] [--out FILE.json] [--quick] [--only PART ...]
 
 Shapes are Qwen3-0.6B's: attention H=16, Hkv=8, D=128 (prefill T=S in {128, 1024, 4096}, decode
 T=1 against S in {128, 4096}); MLP d=1024, I=3072 at T in {1, 128}. Attention GFLOP/s count the
@@ -11,6 +11,13 @@ after a prange call, and a prange kernel alone and right after a GEMM, under com
 OMP_WAIT_POLICY (passive is what `import ext` sets) and OPENBLAS_THREAD_TIMEOUT (22 is what
 `import ext` sets, 28 OpenBLAS's default), each in a fresh process because both libraries read
 them once, when they load.
+
+bf16 rows (ext.bf16, bf16 weights widened on the fly): decode GEMVs (T=1) at the 0.6B shapes
+against numpy's float32 GEMV on the float32 copy of the same weights, in GB/s of weights read and
+as a speed-up (reading half the bytes, at most 2x if both stream at the memory bandwidth). The
+(I, d) GEMVs cycle through enough distinct matrices to exceed the L3 cache, so both stream from
+memory as in a decode step. Then prefill GEMMs (T=128) through ext.bf16's BLAS path against numpy's
+float32 GEMM, as a GFLOP/s ratio.
 """
 
 from __future__ import annotations
@@ -30,23 +37,30 @@ import numpy as np
 
 H, HKV, D = 16, 8, 128        # Qwen3-0.6B attention
 DM, IM = 1024, 3072           # Qwen3-0.6B hidden and intermediate
+VOCAB = 151936                # Qwen3-0.6B vocabulary (the lm_head GEMV)
+GEMV_COPIES = 8               # distinct (I, d) matrices per GEMV timing: 48 MiB bf16 > 32 MiB L3
+PARTS = ("attention", "mlp", "bf16", "interference")
 POLICIES = ("passive", "active", "default")
 # (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT) pairs for the interference probe; 28 is OpenBLAS's default.
 PROBES = (("passive", "22"), ("passive", "28"), ("active", "28"), ("default", "28"), ("passive", "4"))
 PROBE_T = 1024                # the prange kernel of the interference probe: attention T=S=1024
 
 
-def time_ms(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+def time_ms(fns: dict, repeats: int, settle_s: float = 0.0) -> dict[str, tuple[float, float]]:
     """{name: (median, min) wall ms} of each fn() over `repeats` rounds after one warm-up round.
 
     The functions take turns within each round, so load from other processes on a shared
-    machine falls on all of them alike and the ratios between them stay fair.
+    machine falls on all of them alike and the ratios between them stay fair. `settle_s`: sleep
+    before each timing, so idle BLAS threads (spinning ~1.6 ms after a call) have gone to sleep
+    and do not share a core with the next function's threads.
     """
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -150,6 +164,81 @@ def bench_mlp(threads: int, repeats: int) -> list[dict]:
     return rows
 
 
+def _bf16_pair(rng, shape, copies=1):
+    """`copies` random bf16 matrices (uint16 bits) of `shape` and their exact float32 widenings."""
+    from pipeline.weights import bf16_to_float32
+
+    bits = [rng.integers(0x3C00, 0x3D00, size=shape, dtype=np.uint16) ^ (rng.integers(0, 2, size=shape,
+            dtype=np.uint16) << 15) for _ in range(copies)]   # +-[2^-7, 2^-6): weight-like scale
+    return bits, [bf16_to_float32(b) for b in bits]
+
+
+def bench_bf16(threads: int, repeats: int, quick: bool) -> list[dict]:
+    """ext.bf16 against numpy float32 on the same (widened) weights: GEMV GB/s, GEMM GFLOP/s."""
+    from ext import bf16 as B
+
+    rng = np.random.default_rng(3)
+    rows = []
+    # Decode: (N, K) row-major weights (x @ w.T: gate/up, lm_head) and transposed (x @ w_t: down).
+    cases = [("linear", (IM, DM), GEMV_COPIES), ("linear_t", (IM, DM), GEMV_COPIES)]
+    if not quick:
+        cases.append(("linear", (VOCAB, DM), 1))
+    for op, shape, copies in cases:
+        bits, f32 = _bf16_pair(rng, shape, copies)
+        T, K, N = (1, shape[1], shape[0]) if op == "linear" else (1, shape[0], shape[1])
+        x = rng.standard_normal((T, K), dtype=np.float32)
+        out = np.empty((T, N), np.float32)
+        kernel = B.linear_bf16 if op == "linear" else B.linear_t_bf16
+        if op == "linear":
+            def numpy_f32(f32=f32, x=x, out=out):
+                for w in f32:
+                    np.matmul(w, x[0], out=out[0])
+        else:
+            def numpy_f32(f32=f32, x=x, out=out):
+                for w in f32:
+                    np.matmul(x[0], w, out=out[0])
+
+        def bf16(nt, bits=bits, x=x, out=out, kernel=kernel):
+            for w in bits:
+                kernel(x, w, out, nt)
+
+        # Settled: in a bf16 decode step no BLAS call runs between the GEMVs, so none spins.
+        timed = time_ms({"numpy_f32": numpy_f32, "bf16": lambda: bf16(threads),
+                         "bf16_1thread": lambda: bf16(1)}, repeats * 3, settle_s=0.005)
+        n_el = copies * shape[0] * shape[1]
+        (np_ms, np_min), (ms, ms_min), (ms1, _) = timed["numpy_f32"], timed["bf16"], timed["bf16_1thread"]
+        bf16(threads)
+        want = (x.astype(np.float64) @ f32[-1].T) if op == "linear" else (x.astype(np.float64) @ f32[-1])
+        rows.append({"kernel": f"bf16_{op}", "T": T, "shape": list(shape), "copies": copies,
+                     "ms": ms, "ms_min": ms_min, "bf16_gb_per_s": 2 * n_el / ms / 1e6,
+                     "ms_1thread": ms1, "bf16_gb_per_s_1thread": 2 * n_el / ms1 / 1e6,
+                     "numpy_f32_ms": np_ms, "numpy_f32_ms_min": np_min,
+                     "numpy_f32_gb_per_s": 4 * n_el / np_ms / 1e6, "speedup_vs_numpy_f32": np_ms / ms,
+                     "max_rel_err_vs_f64": float(np.abs(out - want).max() / max(1.0, np.abs(want).max()))})
+        del bits, f32
+    # Prefill: T=128 GEMMs, bf16 through widened blocks + BLAS vs numpy's float32 GEMM.
+    T = 128
+    for op, shape in (("linear", (IM, DM)), ("linear_t", (IM, DM))):
+        (bits,), (f32,) = _bf16_pair(rng, shape)
+        K, N = (shape[1], shape[0]) if op == "linear" else shape
+        x = rng.standard_normal((T, K), dtype=np.float32)
+        out, ref = np.empty((T, N), np.float32), np.empty((T, N), np.float32)
+        kernel = B.linear_bf16 if op == "linear" else B.linear_t_bf16
+        wf = f32.T if op == "linear" else f32
+        fns = {"numpy_f32": lambda x=x, wf=wf, ref=ref: np.matmul(x, wf, out=ref),
+               "bf16": lambda x=x, bits=bits, out=out, kernel=kernel: kernel(x, bits, out, threads)}
+        timed = time_ms(fns, repeats * 3, settle_s=0.005)
+        gflop = 2.0 * T * K * N / 1e9
+        (np_ms, np_min), (ms, ms_min) = timed["numpy_f32"], timed["bf16"]
+        rows.append({"kernel": f"bf16_{op}", "T": T, "shape": list(shape), "copies": 1,
+                     "ms": ms, "ms_min": ms_min, "gflops": gflop / ms * 1e3,
+                     "numpy_f32_ms": np_ms, "numpy_f32_ms_min": np_min,
+                     "numpy_f32_gflops": gflop / np_ms * 1e3, "gflops_ratio_vs_numpy_f32": np_ms / ms,
+                     "max_rel_err_vs_numpy_f32": float(np.abs(out - ref).max()
+                                                       / max(1.0, np.abs(ref).max()))})
+    return rows
+
+
 def probe_interference(threads: int, repeats: int) -> dict:
     """GEMM (128 x 1024 x 3072) alone vs right after a prange kernel, and the converse, in this process.
 
@@ -213,7 +302,7 @@ def print_table(result: dict) -> None:
     print(f"threads={result['threads']}  blas={result['blas']}")
     print(f"{'kernel':<10}{'algo':<16}{'T':>6}{'S':>6}{'ms':>10}{'min ms':>9}{'GFLOP/s':>9}"
           f"{'numpy ms':>10}{'np GF/s':>9}{'x numpy':>9}  note")
-    for r in result["attention"] + result["mlp"]:
+    for r in result.get("attention", []) + result.get("mlp", []):
         note = ""
         if "kv_gb_per_s" in r:
             note = f"KV read {r['kv_gb_per_s']:.1f} GB/s"
@@ -223,6 +312,20 @@ def print_table(result: dict) -> None:
         print(f"{r['kernel']:<10}{r.get('algo', ''):<16}{r['T']:>6}{r.get('S', ''):>6}{r['ms']:>10.3f}"
               f"{r['ms_min']:>9.3f}{r['gflops']:>9.1f}{r['numpy_ms']:>10.3f}{r['numpy_gflops']:>9.1f}"
               f"{r['speedup_vs_numpy']:>9.2f}  {note}")
+    if result.get("bf16"):
+        print("bf16 weights (ext.bf16) vs numpy float32 on the same weights; GEMV: GB/s of weights read")
+        for r in result["bf16"]:
+            what = f"{r['kernel']:<16}T={r['T']:<4}{'x'.join(map(str, r['shape'])):>12} x{r['copies']:<3}"
+            if r["T"] == 1:
+                print(f"  {what} bf16 {r['ms']:8.3f} ms {r['bf16_gb_per_s']:6.1f} GB/s (1 thread "
+                      f"{r['bf16_gb_per_s_1thread']:5.1f}) | numpy f32 {r['numpy_f32_ms']:8.3f} ms "
+                      f"{r['numpy_f32_gb_per_s']:6.1f} GB/s | speed-up {r['speedup_vs_numpy_f32']:.2f}")
+            else:
+                print(f"  {what} bf16 {r['ms']:8.3f} ms {r['gflops']:6.1f} GF/s | numpy f32 "
+                      f"{r['numpy_f32_ms']:8.3f} ms {r['numpy_f32_gflops']:6.1f} GF/s | ratio "
+                      f"{r['gflops_ratio_vs_numpy_f32']:.2f}")
+    if not result.get("interference"):
+        return
     print(f"OpenMP/BLAS interference (GEMM 128x1024x3072; prange = attention T=S={PROBE_T}; medians of "
           "interleaved rounds):")
     for p in result["interference"]:
@@ -247,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no T=S=4096 prefill")
     ap.add_argument("--repeats", type=int, help="timed repeats per measurement (median reported)")
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, metavar="PART",
+                    help=f"run only these parts: {', '.join(PARTS)} (default: all)")
     ap.add_argument("--probe", choices=POLICIES, help=argparse.SUPPRESS)  # internal: one interference run
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -264,10 +369,16 @@ def main(argv: list[str] | None = None) -> int:
               "shapes": {"H": H, "Hkv": HKV, "D": D, "d": DM, "I": IM},
               "blas": [f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)"
                        for b in blas_info()],
-              "attention": bench_attention(args.threads, repeats, args.quick),
-              "mlp": bench_mlp(args.threads, repeats),
-              "interference": [run_probe(p, args.threads, repeats, t) for p, t in PROBES],
-              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "parts": list(args.only)}
+    if "attention" in args.only:
+        result["attention"] = bench_attention(args.threads, repeats, args.quick)
+    if "mlp" in args.only:
+        result["mlp"] = bench_mlp(args.threads, repeats)
+    if "bf16" in args.only:
+        result["bf16"] = bench_bf16(args.threads, repeats, args.quick)
+    if "interference" in args.only:
+        result["interference"] = [run_probe(p, args.threads, repeats, t) for p, t in PROBES]
+    result["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print_table(result)
     if args.out:
         write_json(args.out, result)

@@ -13,26 +13,31 @@ import functools
 import numpy as np
 
 from ext import attention as attention_kernels
+from ext import bf16 as bf16_kernels
 from ext import mlp as mlp_kernels
 from ext import ops
 from pipeline.comm import Comm
 from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.weights import Export
+from pipeline.weights import BF16, Export, take_rows
 
-SUPPORTED_DTYPES = ("float32",)
+SUPPORTED_DTYPES = ("float32", "bfloat16")  # bf16: kernels widen to float32 on the fly
 
 
-def linear(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+def linear(x: np.ndarray, w: np.ndarray, out: np.ndarray, nt: int) -> None:
     """out (T, N) = x (T, K) @ w.T for w (N, K); one token goes through GEMV."""
-    if x.shape[0] == 1:
+    if w.dtype == BF16:
+        bf16_kernels.linear_bf16(x, w, out, nt)
+    elif x.shape[0] == 1:
         np.matmul(w, x[0], out=out[0])
     else:
         np.matmul(x, w.T, out=out)
 
 
-def linear_t(x: np.ndarray, w_t: np.ndarray, out: np.ndarray) -> None:
+def linear_t(x: np.ndarray, w_t: np.ndarray, out: np.ndarray, nt: int) -> None:
     """out (T, N) = x (T, K) @ w_t for w_t (K, N), a transposed (row-sharded) weight."""
-    if x.shape[0] == 1:
+    if w_t.dtype == BF16:
+        bf16_kernels.linear_t_bf16(x, w_t, out, nt)
+    elif x.shape[0] == 1:
         np.matmul(x[0], w_t, out=out[0])
     else:
         np.matmul(x, w_t, out=out)
@@ -86,6 +91,7 @@ class Qwen3Engine:
         self.v = np.zeros((T, Hkv_r, D), np.float32)  # (T, Hkv_r, D)
         self.att = np.zeros((T, H_r, D), np.float32)  # (T, H_r, D) attention output
         self.mlp_ws = mlp_kernels.MLPWorkspace(T, I_r)
+        self.token = np.zeros(1, np.int64)  # (1,) the decode step's input token
         self.h_last = np.zeros((1, d), np.float32)  # (1, d) final-normed last position
         self.logits_r = np.zeros(self.lm_head.shape[0], np.float32)  # (V_r,)
         self.logits = np.zeros(cfg.vocab_size, np.float32)  # (V,) on every rank
@@ -105,7 +111,7 @@ class Qwen3Engine:
         T = len(ids)
         positions = self.strategy.plan_prefill(T)  # the prompt positions this rank computes
         x = self.x[: len(positions)]
-        np.take(self.embed, ids[positions], axis=0, out=x)
+        take_rows(self.embed, ids[positions], x)
         # RoPE tables gathered at this rank's positions (not always one contiguous run).
         rope = (self.cos[positions], self.sin[positions], 0)
         self._forward(x, int(positions[0]), rope, prefill=True)
@@ -119,7 +125,8 @@ class Qwen3Engine:
         if self.pos >= self.max_seq:
             raise RuntimeError(f"KV cache full ({self.max_seq} positions)")
         x = self.x[:1]
-        x[0] = self.embed[token]
+        self.token[0] = token
+        take_rows(self.embed, self.token, x)
         self._forward(x, self.pos, (self.cos, self.sin, self.pos), prefill=False)
         self.pos += 1
         return self._logits(x, None)  # every rank holds the new token
@@ -133,13 +140,13 @@ class Qwen3Engine:
         n, o, q, k, v, att = (b[:T] for b in (self.n, self.o, self.q, self.k, self.v, self.att))
         cos, sin, pos0 = rope  # row t of q/k rotates by the angles of row pos0 + t
         ops.rmsnorm(x, w.attn_norm, eps, n, nt)
-        linear(n, w.wq, q.reshape(T, -1))
-        linear(n, w.wk, k.reshape(T, -1))
-        linear(n, w.wv, v.reshape(T, -1))
+        linear(n, w.wq, q.reshape(T, -1), nt)
+        linear(n, w.wk, k.reshape(T, -1), nt)
+        linear(n, w.wv, v.reshape(T, -1), nt)
         ops.qk_norm_rope(q, w.q_norm, eps, cos, sin, pos0, nt)
         ops.qk_norm_rope(k, w.k_norm, eps, cos, sin, pos0, nt)
         self.strategy.attend(i, q, k, v, att, pos, prefill)
-        linear_t(att.reshape(T, -1), w.wo_t, o)
+        linear_t(att.reshape(T, -1), w.wo_t, o, nt)
         self.strategy.reduce(o)  # o_proj is row-sharded under headwise
         ops.add_rmsnorm(x, o, w.mlp_norm, eps, n, nt)  # x = h; n = rms(h)
         mlp_kernels.mlp(n, w.w_gate, w.w_up, w.w_down_t, o, self.mlp_ws, nt)
@@ -155,7 +162,7 @@ class Qwen3Engine:
             ops.rmsnorm(x_last, self.final_norm, self.cfg.rms_norm_eps, self.h_last, self.threads)
         if owner is not None:
             self.comm.bcast(self.h_last, owner)
-        np.matmul(self.lm_head, self.h_last[0], out=self.logits_r)
+        linear(self.h_last, self.lm_head, self.logits_r.reshape(1, -1), self.threads)
         s = self.strategy
         self.comm.allgatherv(self.logits_r, self.logits, s.vocab_counts, s.vocab_displs)
         return self.logits

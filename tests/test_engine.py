@@ -151,3 +151,26 @@ def test_one_rank_raising_ends_the_whole_job(synthetic_tiny_export):
                    timeout=60)
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def bf16_exports(tiny_checkpoint, tmp_path_factory):
+    """A bf16 checkpoint exported twice: keeping bf16 weights, and widened to float32."""
+    from model_export.export import export_checkpoint
+
+    ckpt = tiny_checkpoint(ENGINE_CONFIGS["untied"], dtype="bfloat16")
+    root = tmp_path_factory.mktemp("bf16_engine")
+    for dtype in ("bfloat16", "float32"):
+        export_checkpoint(ckpt.path, root / dtype, dtype=dtype, progress=lambda msg: None)
+    return root / "bfloat16", root / "float32"
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+@pytest.mark.parametrize("strategy", ["headwise", "sequence"])
+def test_bf16_weights_match_the_float32_export_of_the_same_weights(bf16_exports, strategy, nranks, tmp_path):
+    bf16, f32 = bf16_exports
+    assert open_export(bf16).dtype_name == "bfloat16"
+    ref_tokens, ref_logits = ReferenceModel(open_export(f32)).generate(PROMPT, NEW_TOKENS)
+    tokens, logits = generate_cell(bf16, strategy, "online_softmax", nranks, tmp_path)
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
+    assert tokens == ref_tokens

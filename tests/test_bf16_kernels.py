@@ -1,0 +1,175 @@
+"""ext.bf16 (bf16 weights, float32 compute) against NumPy float64 references on the widened weights.
+
+The references widen the bf16 bits with pipeline.weights.bf16_to_float32 (exact) and compute in
+float64, so the only error left is the kernels' float32 rounding. Tolerance as in test_kernels:
+1e-5 relative to the output's scale (sums of up to a few thousand float32 terms leave ~100 ulp of
+headroom; a wrong row, column or tail is off by O(1)).
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ext import bf16 as B
+from ext import mlp as M
+from pipeline.weights import BF16, bf16_to_float32
+
+RTOL = 1e-5
+TOKENS = (1, 2, 5, 13, 128, 300)
+# (N, K): Qwen-like, odd sizes that are not multiples of the 16-lane vector, the 64-row GEMV
+# block, the 256-row chunk or the BLAS scratch block, and a single row / column.
+SHAPES = ((256, 128), (1000, 520), (37, 21), (515, 1031), (1, 17), (3, 1))
+
+
+def close(got, want, rtol=RTOL):
+    """max |got - want| <= rtol * max(1, max |want|)."""
+    want = np.asarray(want, dtype=np.float64)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    err = float(np.abs(np.asarray(got, dtype=np.float64) - want).max(initial=0.0))
+    assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol:g} x scale {scale:.3g}"
+
+
+def bf16_weights(rng, *shape, scale=0.05):
+    """Random bf16 bit patterns (uint16): float32 normals rounded to nearest even bf16."""
+    f = (rng.standard_normal(shape, dtype=np.float32) * scale).view(np.uint32)
+    return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(BF16)
+
+
+def widened(w):
+    return bf16_to_float32(w).astype(np.float64)
+
+
+def x_of(rng, T, K):
+    return rng.standard_normal((T, K), dtype=np.float32)
+
+
+@pytest.mark.parametrize("N, K", SHAPES)
+@pytest.mark.parametrize("T", TOKENS)
+def test_linear_bf16(T, N, K):
+    rng = np.random.default_rng(T * 1000 + N + K)
+    w, x = bf16_weights(rng, N, K), x_of(rng, T, K)
+    want = x.astype(np.float64) @ widened(w).T
+    outs = []
+    for threads in (1, 2):
+        out = np.full((T, N), np.nan, np.float32)
+        B.linear_bf16(x, w, out, num_threads=threads)
+        close(out, want)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])  # the thread count does not change a bit
+
+
+@pytest.mark.parametrize("N, K", SHAPES + ((1024, 1100),))   # K > 2 x 256: several partial sums
+@pytest.mark.parametrize("T", TOKENS)
+def test_linear_t_bf16(T, N, K):
+    rng = np.random.default_rng(T * 1000 + N + K + 1)
+    w_t, x = bf16_weights(rng, K, N), x_of(rng, T, K)
+    want = x.astype(np.float64) @ widened(w_t)
+    outs = []
+    for threads in (1, 2):
+        out = np.full((T, N), np.nan, np.float32)
+        B.linear_t_bf16(x, w_t, out, num_threads=threads)
+        close(out, want)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def ref_mlp(x, wg, wu, wd):
+    x = x.astype(np.float64)
+    g, u = x @ widened(wg).T, x @ widened(wu).T
+    return (g / (1.0 + np.exp(-g)) * u) @ widened(wd)
+
+
+@pytest.mark.parametrize("d, I", ((64, 128), (100, 600), (1024, 3072)))
+@pytest.mark.parametrize("T", TOKENS)
+def test_mlp_bf16(T, d, I):
+    rng = np.random.default_rng(T + d + I)
+    wg, wu, wd = (bf16_weights(rng, I, d) for _ in range(3))
+    x = x_of(rng, T, d)
+    want = ref_mlp(x, wg, wu, wd)
+    ws = M.MLPWorkspace(2, I)   # grown on demand
+    outs = []
+    for threads in (1, 2):
+        out = np.full((T, d), np.nan, np.float32)
+        B.mlp_bf16(x, wg, wu, wd, out, ws, num_threads=threads)
+        close(out, want)
+        outs.append(out)
+        out2 = np.full((T, d), np.nan, np.float32)
+        M.mlp(x, wg, wu, wd, out2, ws, num_threads=threads)   # ext.mlp.mlp dispatches on uint16
+        np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_read_only_memmap_weights(tmp_path):
+    """Export weights are read-only memmaps of uint16 bits: accepted as they are, no copy."""
+    rng = np.random.default_rng(7)
+    w = bf16_weights(rng, 300, 200)
+    path = tmp_path / "w.bin"
+    w.tofile(path)
+    wm = np.memmap(path, dtype=BF16, mode="r", shape=w.shape)
+    x = x_of(rng, 3, 200)
+    for T in (1, 20):
+        out = np.empty((T, 300), np.float32)
+        B.linear_bf16(x[:1].repeat(T, 0), wm, out)
+        close(out, x[:1].astype(np.float64).repeat(T, 0) @ widened(w).T)
+        out_t = np.empty((T, 200), np.float32)
+        xt = np.ascontiguousarray(x_of(rng, T, 300))
+        B.linear_t_bf16(xt, wm, out_t)
+        close(out_t, xt.astype(np.float64) @ widened(w))
+
+
+@pytest.mark.parametrize("fn", ["linear_bf16", "linear_t_bf16"])
+def test_bad_input(fn):
+    rng = np.random.default_rng(0)
+    w = bf16_weights(rng, 8, 8)
+    x, out = x_of(rng, 2, 8), np.empty((2, 8), np.float32)
+    kernel = getattr(B, fn)
+    with pytest.raises(ValueError, match="uint16"):
+        kernel(x, bf16_to_float32(w), out)              # float32 weights: not this kernel's
+    with pytest.raises(ValueError, match="float32"):
+        kernel(x.astype(np.float64), w, out)
+    with pytest.raises(ValueError, match="shape"):
+        kernel(x, w, np.empty((2, 9), np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel(np.asfortranarray(x), w, out)
+    with pytest.raises(ValueError, match="num_threads"):
+        kernel(x, w, out, num_threads=0)
+
+
+def _rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+@pytest.mark.parametrize("T", (1, 5, 128))
+def test_no_float32_copy_of_the_weights(T):
+    """A 3072 x 8192 weight (96 MiB in float32, 48 MiB as bf16): neither NumPy allocations
+    (tracemalloc) nor the process's resident memory grow by more than a small fraction of its
+    float32 size: the kernels widen O(block) at a time."""
+    rng = np.random.default_rng(3)
+    N, K = 3072, 8192
+    w = rng.integers(0x3C00, 0x3D00, size=(N, K), dtype=np.uint16)   # bf16 in [2^-7, 2^-6)
+    f32_bytes = N * K * 4
+    x = x_of(rng, T, K)
+    out = np.empty((T, N), np.float32)
+    x_t = x_of(rng, T, N)
+    out_t = np.empty((T, K), np.float32)
+    B.linear_bf16(x[:1, :64].copy(), w[:16, :64].copy(), out[:1, :16].copy())   # import-time state
+    gc.collect()
+    rss0 = _rss_kb()
+    tracemalloc.start()
+    try:
+        B.linear_bf16(x, w, out, num_threads=2)
+        B.linear_t_bf16(x_t, w, out_t, num_threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grown = (_rss_kb() - rss0) * 1024
+    assert peak < f32_bytes / 8, f"NumPy allocations peaked at {peak / 2**20:.1f} MiB"
+    assert grown < f32_bytes / 8, f"resident memory grew by {grown / 2**20:.1f} MiB"
+    close(out[:, :5], x.astype(np.float64) @ widened(w[:5]).T)
+    close(out_t[:, :7], x_t.astype(np.float64) @ widened(w[:, :7]))
