@@ -174,3 +174,29 @@ def test_bf16_weights_match_the_float32_export_of_the_same_weights(bf16_exports,
     tokens, logits = generate_cell(bf16, strategy, "online_softmax", nranks, tmp_path)
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
     assert tokens == ref_tokens
+
+
+def test_generate_with_a_tokenizer_prints_the_text(synthetic_tiny_checkpoint, tmp_path):
+    """A checkpoint with tokenizer.json: --prompt is encoded, the export carries the tokenizer,
+    and the generated text is printed (a word-level tokenizer over the tiny vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from model_export.export import export_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(synthetic_tiny_checkpoint, ckpt)
+    vocab_size = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab_size)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(ckpt / "tokenizer.json"))
+    export_checkpoint(ckpt, tmp_path / "export", progress=lambda msg: None)
+    proc = run_mpi(2, ["-m", "pipeline.generate", "--export", str(tmp_path / "export"),
+                       "--parallel-strategy", "sequence", "--prompt", "w5 w17 w99 w3 w250",
+                       "--max-new-tokens", "4"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    assert lines["prompt ids"] == "5,17,99,3,250"
+    tokens = [int(t) for t in lines["generated ids"].split(",")]
+    ref_tokens, _ = ReferenceModel(open_export(tmp_path / "export")).generate([5, 17, 99, 3, 250], 4)
+    assert tokens == ref_tokens
+    assert lines["text"].split() == [f"w{t}" for t in tokens]
