@@ -58,7 +58,8 @@ def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len:
                          f"max_position_embeddings={cfg.max_position_embeddings}")
     if export.dtype_name not in SUPPORTED_DTYPES:
         raise ValueError(f"{export.path}: the engine computes with {list(SUPPORTED_DTYPES)} weights, "
-                         f"this export holds {export.dtype_name}; re-export with --dtype float32")
+                         f"this export holds {export.dtype_name}; re-export with --dtype bf16 "
+                         "(or float32)")
     STRATEGIES[strategy].check(cfg, nranks, prompt_len)
 
 
