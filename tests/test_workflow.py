@@ -648,6 +648,12 @@ def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def plan(*args: str) -> subprocess.CompletedProcess:
+    """A dry run of the repository's workflow that plans every job (--forceall), so what it lists
+    does not depend on which results this working tree already holds."""
+    return snakemake("-n", "--forceall", *args)
+
+
 def test_snakemake_lint_is_clean():
     proc = snakemake("--lint")
     assert proc.returncode == 0, proc.stderr
@@ -655,21 +661,20 @@ def test_snakemake_lint_is_clean():
 
 
 def test_dry_run_default_matrix():
-    proc = snakemake("-n", "--quiet", "rules")
+    proc = plan("--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
     assert counts["bench"] == "12"  # Qwen3-0.6B has 8 KV heads: 1, 2 and 4 ranks all apply
     assert counts["commbench"] == counts["costmodel"] == counts["baseline"] == "1"
-    proc = snakemake("-n", "--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
+    proc = plan("--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
     assert proc.returncode == 0, proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
     assert counts["bench"] == "24" and "baseline" not in counts
 
 
 def test_dry_run_costmodel_gets_the_cluster_config():
-    proc = snakemake(
-        "-n",
+    proc = plan(
         "-p",
         "costmodel",
         "--config",
@@ -687,9 +692,8 @@ def test_dry_run_costmodel_gets_the_cluster_config():
 def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
     nkv = PRESETS["tiny"]["num_key_value_heads"]
     p = next(p for p in range(2, 64) if nkv % p)  # a rank count head-wise cannot split the KV heads over
-    proc = snakemake(
-        "-n", "-p", "report", "--config", "synthetic_preset=tiny", f"ranks=[1,{p}]", "prompt_lengths=[2,16]"
-    )
+    proc = plan("-p", "report", "--config", "synthetic_preset=tiny", f"ranks=[1,{p}]",
+                "prompt_lengths=[2,16]")
     assert proc.returncode == 0, proc.stderr
     jobs = proc.stdout.split("rule verify")[0]
     assert f"results/runs/sequence_online_softmax_np{p}_p16.json" in jobs
@@ -711,7 +715,7 @@ def test_dry_run_slurm_profile(tmp_path):
         profile.mkdir()
         lines = (ROOT / "profiles" / "slurm" / "config.yaml").read_text().splitlines()
         (profile / "config.yaml").write_text("\n".join(x for x in lines if not x.startswith("executor:")))
-    proc = snakemake("-n", "-p", "--profile", str(profile), "report", "--config", "synthetic_preset=tiny")
+    proc = plan("-p", "--profile", str(profile), "report", "--config", "synthetic_preset=tiny")
     assert proc.returncode == 0, proc.stderr
     assert "srun -n 2 python -m mpi4py -m pipeline.bench" in proc.stdout + proc.stderr
 
