@@ -18,7 +18,7 @@ COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
 LINK_ARGS = ["-fopenmp"]
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
               "cdivision": True, "initializedcheck": False}
-KERNELS = ["attention", "bf16", "mlp", "ops"]
+KERNELS = ["attention", "linear", "mlp", "ops"]
 
 
 def check_toolchain() -> None:

@@ -1,15 +1,23 @@
-"""SwiGLU MLP, out = (silu(x w_gate^T) * (x w_up^T)) w_down_t, with the GEMMs in BLAS.
+"""SwiGLU MLP, out = (silu(x w_gate^T) * (x w_up^T)) w_down_t, float32 or bf16 weights.
 
-The three GEMMs go through numpy.matmul with out= buffers: numpy's OpenBLAS, the one BLAS of the
-process, whose threads pipeline.threads.set_threads controls. Transposed weights are passed as
-views, so BLAS reads the memmapped weights in place (no copy). Only SiLU * up is ours.
+Few tokens (T <= SMALL_T: decode): the three products and SiLU * up in one OpenMP region of our
+SIMD GEMV (ext/gemv.pxd), one thread wake-up per MLP. More tokens: the products go through
+ext.linear (BLAS: numpy's OpenBLAS, whose threads pipeline.threads.set_threads controls); only
+SiLU * up is ours.
 """
 
 import numpy as np
 
+cimport numpy as cnp
 from cython.parallel cimport parallel, prange
 
+from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
+                       reduce_parts, set_flag, wait_flag)
 from ext.simd cimport silu_mul_f32
+
+from ext.linear import BF16, WEIGHT_DTYPES, check_array, linear, linear_t, scratch
+
+cnp.import_array()
 
 cdef enum:
     # Elements per parallel chunk of the SiLU * up pass; smaller work runs on one thread.
@@ -53,42 +61,77 @@ def silu_mul(float[:, ::1] g, const float[:, ::1] u, int num_threads=1):
         _silu_mul(&g[0, 0], &u[0, 0], g.shape[0] * g.shape[1], num_threads)
 
 
-def _check(name, a, shape):
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
-        raise ValueError(f"mlp: {name} must be C-contiguous float32 of shape {shape}, "
-                         f"got {a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
+cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, const void *wg,
+                     const void *wu, const void *wd, float *gate, float *up, float *out,
+                     float *parts, int bf, int n) noexcept nogil:
+    """The MLP for T <= SMALL_T in one parallel region (one thread wake-up instead of four):
+    gate, up = x @ wg.T, x @ wu.T; gate = silu(gate) * up; out = gate @ wd. gate, up (T, I);
+    parts: room for nchunks_of(I) * T * d floats."""
+    cdef Py_ssize_t b, n0, n1, ch
+    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t nchunks = nchunks_of(I)
+    cdef int gate_up_done = 0, act_ready = 0, down_done = 0
+    if nchunks == 1:
+        parts = out
+    with nogil, parallel(num_threads=n):
+        for b in prange(2 * nb, schedule="dynamic"):   # gate's row blocks, then up's
+            n0 = (b % nb) * ROW_BLOCK
+            n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < I else I
+            if b < nb:
+                gemv_rows(x, <int>T, d, wg, d, n0, n1, gate, I, bf)
+            else:
+                gemv_rows(x, <int>T, d, wu, d, n0, n1, up, I, bf)
+            if last_done(&gate_up_done, <int>(2 * nb)):
+                silu_mul_f32(gate, up, T * I)   # T * I floats: microseconds
+                set_flag(&act_ready)
+        wait_flag(&act_ready)
+        for ch in prange(nchunks, schedule="dynamic"):
+            gemvt_rows(gate, <int>T, I, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks,
+                       parts + ch * T * d, bf)
+            if nchunks > 1 and last_done(&down_done, <int>nchunks):
+                reduce_parts(parts, nchunks, T * d, out)
 
 
 def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
     """out = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down_t  (a rank's partial sum under TP).
 
-    x, out (T, d); w_gate, w_up, w_down_t (I_r, d); ws an MLPWorkspace with max_T >= T (grown once
-    if smaller). BLAS threads are whatever set_threads chose; num_threads is for SiLU * up.
-    bf16 weights (uint16 bits, see pipeline.weights.BF16) go to ext.bf16.mlp_bf16.
+    x, out (T, d) float32; w_gate, w_up, w_down_t (I_r, d), all float32 or all bf16 bits (uint16,
+    pipeline.weights.BF16); ws an MLPWorkspace with I_r columns (grown once if max_T < T).
+    T <= SMALL_T: num_threads OpenMP threads for everything; more: BLAS threads for the products.
     """
-    if w_gate.dtype == np.uint16:
-        from ext.bf16 import mlp_bf16
-        return mlp_bf16(x, w_gate, w_up, w_down_t, out, ws, num_threads)
+    if x.ndim != 2 or w_gate.ndim != 2:
+        raise ValueError(f"mlp: x and w_gate must be 2-D, got {x.shape}, {w_gate.shape}")
     T, d = x.shape
     I_r = w_gate.shape[0]
-    _check("x", x, (T, d))
-    _check("w_gate", w_gate, (I_r, d))
-    _check("w_up", w_up, (I_r, d))
-    _check("w_down_t", w_down_t, (I_r, d))
-    _check("out", out, (T, d))
+    check_array("mlp: x", x, (np.float32,), (T, d))
+    for name, w in (("w_gate", w_gate), ("w_up", w_up), ("w_down_t", w_down_t)):
+        check_array(f"mlp: {name}", w, (w_gate.dtype,) if w_gate.dtype in WEIGHT_DTYPES
+                    else WEIGHT_DTYPES, (I_r, d))
+    check_array("mlp: out", out, (np.float32,), (T, d))
     if ws.I_r != I_r:
         raise ValueError(f"MLPWorkspace is for I_r={ws.I_r}, weights have I_r={I_r}")
+    if num_threads < 1:
+        raise ValueError(f"mlp: num_threads must be >= 1, got {num_threads}")
     ws.reserve(T)
     gate = ws.gate[:T]   # (T, I_r)
     up = ws.up[:T]       # (T, I_r)
-    if T == 1:
-        # One token: BLAS's GEMV is about 10% faster here than a GEMM with one row.
-        np.matmul(w_gate, x[0], out=gate[0])
-        np.matmul(w_up, x[0], out=up[0])
+    if T > SMALL_T or d == 0:
+        linear(x, w_gate, gate, num_threads)
+        linear(x, w_up, up, num_threads)
         silu_mul(gate, up, num_threads)
-        np.matmul(w_down_t.T, gate[0], out=out[0])
-    else:
-        np.matmul(x, w_gate.T, out=gate)
-        np.matmul(x, w_up.T, out=up)
-        silu_mul(gate, up, num_threads)
-        np.matmul(gate, w_down_t, out=out)
+        linear_t(gate, w_down_t, out, num_threads)
+        return
+    if T == 0:
+        return
+    cdef float[::1] pv = scratch(nchunks_of(I_r) * T * d, "parts")
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const void *wg = <const void *>cnp.PyArray_DATA(w_gate)
+    cdef const void *wu = <const void *>cnp.PyArray_DATA(w_up)
+    cdef const void *wd = <const void *>cnp.PyArray_DATA(w_down_t)
+    cdef float *gp = <float *>cnp.PyArray_DATA(gate)
+    cdef float *up_p = <float *>cnp.PyArray_DATA(up)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t Tc = T, dc = d, Ic = I_r
+    cdef int bf = w_gate.dtype == BF16
+    with nogil:
+        _mlp_small(xp, Tc, dc, Ic, wg, wu, wd, gp, up_p, op, &pv[0], bf, num_threads)

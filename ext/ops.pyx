@@ -11,6 +11,15 @@ from libc.math cimport sqrt
 
 from ext.simd cimport sumsq_f32
 
+cdef enum:
+    # Below this many elements an op runs on the calling thread: a decode step's norms touch a few
+    # thousand floats (about a microsecond), less than waking a sleeping OpenMP thread costs.
+    PARALLEL_MIN = 32768
+
+
+cdef inline int _threads_for(Py_ssize_t elems, int n) noexcept nogil:
+    return n if elems >= PARALLEL_MIN else 1
+
 
 def rope_table(Py_ssize_t max_pos, int D, double theta):
     """cos, sin (max_pos, D//2) of pos * theta^(-2i/D), computed in float64, returned as float32."""
@@ -34,6 +43,7 @@ cdef void _rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:
                    int n) noexcept nogil:
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w."""
     cdef Py_ssize_t t, d = x.shape[1]
+    n = _threads_for(x.shape[0] * d, n)
     with nogil, parallel(num_threads=n):
         for t in prange(x.shape[0], schedule="static"):
             _norm_row(&x[t, 0], &w[0], eps, &out[t, 0], d)
@@ -50,6 +60,7 @@ cdef void _add_rmsnorm(float[:, ::1] x, const float[:, ::1] delta, const float[:
                        float[:, ::1] out, int n) noexcept nogil:
     """x[t] += delta[t]; out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w."""
     cdef Py_ssize_t t, i, d = x.shape[1]
+    n = _threads_for(x.shape[0] * d, n)
     with nogil, parallel(num_threads=n):
         for t in prange(x.shape[0], schedule="static"):
             for i in range(d):
@@ -73,6 +84,7 @@ cdef void _qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const
     cdef Py_ssize_t nh = x.shape[1], D = x.shape[2], half = x.shape[2] // 2
     cdef Py_ssize_t row, t, h, i
     cdef float a, b, c, s
+    n = _threads_for(x.shape[0] * nh * D, n)
     with nogil, parallel(num_threads=n):
         for row in prange(x.shape[0] * nh, schedule="static"):
             t = row // nh

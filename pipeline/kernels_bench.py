@@ -6,18 +6,19 @@ Shapes are Qwen3-0.6B's: attention H=16, Hkv=8, D=128 (prefill T=S in {128, 1024
 T=1 against S in {128, 4096}); MLP d=1024, I=3072 at T in {1, 128}. Attention GFLOP/s count the
 causal work only (4 D flops per visible query-key pair and head), for the kernel and NumPy alike,
 although NumPy computes the full square. The MLP is also held against numpy's own GEMM rate at the
-same shapes (the BLAS ceiling). Last, the OpenMP/BLAS interference check: GEMM rate alone and right
-after a prange call, and a prange kernel alone and right after a GEMM, under combinations of
-OMP_WAIT_POLICY (passive is what `import ext` sets) and OPENBLAS_THREAD_TIMEOUT (22 is what
-`import ext` sets, 28 OpenBLAS's default), each in a fresh process because both libraries read
-them once, when they load.
+same shapes (the BLAS ceiling). Last, the OpenMP/BLAS interference check: numpy's GEMM (OpenBLAS's
+own threads) and ext.linear's GEMM (sgemm on our OpenMP threads) alone and right after a prange
+call, and a prange kernel alone and right after numpy's GEMM, under combinations of
+OMP_WAIT_POLICY (default: what `import ext` sets, GOMP_SPINCOUNT=100000) and
+OPENBLAS_THREAD_TIMEOUT (22 is what `import ext` sets, 28 OpenBLAS's default), each in a fresh
+process because both libraries read them once, when they load.
 
-bf16 rows (ext.bf16, bf16 weights widened on the fly): decode GEMVs (T=1) at the 0.6B shapes
+bf16 rows (ext.linear with bf16 weights widened on the fly): decode GEMVs (T=1) at the 0.6B shapes
 against numpy's float32 GEMV on the float32 copy of the same weights, in GB/s of weights read and
 as a speed-up (reading half the bytes, at most 2x if both stream at the memory bandwidth). The
 (I, d) GEMVs cycle through enough distinct matrices to exceed the L3 cache, so both stream from
-memory as in a decode step. Then prefill GEMMs (T=128) through ext.bf16's BLAS path against numpy's
-float32 GEMM, as a GFLOP/s ratio.
+memory as in a decode step. Then prefill GEMMs (T=128) through ext.linear against numpy's float32
+GEMM, as a GFLOP/s ratio. numpy runs with --threads BLAS threads throughout.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ GEMV_COPIES = 8               # distinct (I, d) matrices per GEMV timing: 48 MiB
 PARTS = ("attention", "mlp", "bf16", "interference")
 POLICIES = ("passive", "active", "default")
 # (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT) pairs for the interference probe; 28 is OpenBLAS's default.
-PROBES = (("passive", "22"), ("passive", "28"), ("active", "28"), ("default", "28"), ("passive", "4"))
+PROBES = (("default", "22"), ("passive", "22"), ("passive", "28"), ("active", "28"), ("passive", "4"))
 PROBE_T = 1024                # the prange kernel of the interference probe: attention T=S=1024
 
 
@@ -141,7 +142,7 @@ def bench_mlp(threads: int, repeats: int) -> list[dict]:
         gflop = 3 * 2.0 * T * DM * IM / 1e9
 
         def gemms(x=x, g=g, u=u, out=out):
-            if x.shape[0] == 1:    # the GEMV form, as ext.mlp uses for one token
+            if x.shape[0] == 1:    # numpy's GEMV form for one token
                 np.matmul(wg, x[0], out=g[0])
                 np.matmul(wu, x[0], out=u[0])
                 np.matmul(wd.T, g[0], out=out[0])
@@ -152,7 +153,7 @@ def bench_mlp(threads: int, repeats: int) -> list[dict]:
 
         timed = time_ms({"gemms": gemms, "numpy": lambda x=x: numpy_mlp(x, wg, wu, wd),
                          "mlp": lambda x=x, out=out: M.mlp(x, wg, wu, wd, out, ws, num_threads=threads)},
-                        repeats * 3)
+                        repeats * 3, settle_s=0.005)   # settled: the other pool's threads asleep
         (ceil_ms, ceil_min), (np_ms, np_min), (ms, ms_min) = timed["gemms"], timed["numpy"], timed["mlp"]
         M.mlp(x, wg, wu, wd, out, ws, num_threads=threads)
         rows.append({"kernel": "mlp", "T": T, "ms": ms, "ms_min": ms_min, "gflops": gflop / ms * 1e3,
@@ -174,8 +175,8 @@ def _bf16_pair(rng, shape, copies=1):
 
 
 def bench_bf16(threads: int, repeats: int, quick: bool) -> list[dict]:
-    """ext.bf16 against numpy float32 on the same (widened) weights: GEMV GB/s, GEMM GFLOP/s."""
-    from ext import bf16 as B
+    """ext.linear on bf16 weights against numpy float32 on the same (widened) weights."""
+    from ext import linear as B
 
     rng = np.random.default_rng(3)
     rows = []
@@ -188,7 +189,7 @@ def bench_bf16(threads: int, repeats: int, quick: bool) -> list[dict]:
         T, K, N = (1, shape[1], shape[0]) if op == "linear" else (1, shape[0], shape[1])
         x = rng.standard_normal((T, K), dtype=np.float32)
         out = np.empty((T, N), np.float32)
-        kernel = B.linear_bf16 if op == "linear" else B.linear_t_bf16
+        kernel = B.linear if op == "linear" else B.linear_t
         if op == "linear":
             def numpy_f32(f32=f32, x=x, out=out):
                 for w in f32:
@@ -223,7 +224,7 @@ def bench_bf16(threads: int, repeats: int, quick: bool) -> list[dict]:
         K, N = (shape[1], shape[0]) if op == "linear" else shape
         x = rng.standard_normal((T, K), dtype=np.float32)
         out, ref = np.empty((T, N), np.float32), np.empty((T, N), np.float32)
-        kernel = B.linear_bf16 if op == "linear" else B.linear_t_bf16
+        kernel = B.linear if op == "linear" else B.linear_t
         wf = f32.T if op == "linear" else f32
         fns = {"numpy_f32": lambda x=x, wf=wf, ref=ref: np.matmul(x, wf, out=ref),
                "bf16": lambda x=x, bits=bits, out=out, kernel=kernel: kernel(x, bits, out, threads)}
@@ -246,6 +247,7 @@ def probe_interference(threads: int, repeats: int) -> dict:
     machine hits all of them alike; medians over the rounds.
     """
     from ext import attention as A
+    from ext import linear as L
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((128, DM), dtype=np.float32)
@@ -259,6 +261,9 @@ def probe_interference(threads: int, repeats: int) -> dict:
     def gemm():
         np.matmul(x, w.T, out=y)
 
+    def ours():
+        L.linear(x, w, y, threads)
+
     def prange_kernel():
         A.attention(q, kv, kv, o, 0, 0, D ** -0.5, num_threads=threads)
 
@@ -269,6 +274,7 @@ def probe_interference(threads: int, repeats: int) -> dict:
         return time.perf_counter() - t0
 
     pairs = {"gemm_alone": (gemm, gemm), "gemm_after_prange": (prange_kernel, gemm),
+             "ours_alone": (ours, ours), "ours_after_prange": (prange_kernel, ours),
              "prange_alone": (prange_kernel, prange_kernel), "prange_after_gemm": (gemm, prange_kernel)}
     for before, fn in pairs.values():
         after(before, fn)
@@ -277,17 +283,20 @@ def probe_interference(threads: int, repeats: int) -> dict:
         for name, (before, fn) in pairs.items():
             times[name].append(after(before, fn))
     ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
-    return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+    return {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY",
+                                              f"(unset; GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})"),
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset: 28)"),
             "gemm_alone_gflops": gflop / ms["gemm_alone"] * 1e3,
             "gemm_after_prange_gflops": gflop / ms["gemm_after_prange"] * 1e3,
+            "ours_alone_gflops": gflop / ms["ours_alone"] * 1e3,
+            "ours_after_prange_gflops": gflop / ms["ours_after_prange"] * 1e3,
             "prange_alone_ms": ms["prange_alone"], "prange_after_gemm_ms": ms["prange_after_gemm"]}
 
 
 def run_probe(policy: str, threads: int, repeats: int, blas_timeout: str) -> dict:
     """probe_interference in a fresh process with the given OMP_WAIT_POLICY and OpenBLAS timeout."""
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy.upper()
     # Read when OpenBLAS loads: idle BLAS threads spin for 2^n cycles, then sleep.
@@ -313,7 +322,7 @@ def print_table(result: dict) -> None:
               f"{r['ms_min']:>9.3f}{r['gflops']:>9.1f}{r['numpy_ms']:>10.3f}{r['numpy_gflops']:>9.1f}"
               f"{r['speedup_vs_numpy']:>9.2f}  {note}")
     if result.get("bf16"):
-        print("bf16 weights (ext.bf16) vs numpy float32 on the same weights; GEMV: GB/s of weights read")
+        print("bf16 weights (ext.linear) vs numpy float32 on the same weights; GEMV: GB/s of weights read")
         for r in result["bf16"]:
             what = f"{r['kernel']:<16}T={r['T']:<4}{'x'.join(map(str, r['shape'])):>12} x{r['copies']:<3}"
             if r["T"] == 1:
@@ -332,7 +341,9 @@ def print_table(result: dict) -> None:
         label = (f"OMP_WAIT_POLICY={p['omp_wait_policy']}, "
                  f"OPENBLAS_THREAD_TIMEOUT={p['openblas_thread_timeout']}")
         print(f"  {label:<60} GEMM alone {p['gemm_alone_gflops']:7.1f} GF/s, after prange "
-              f"{p['gemm_after_prange_gflops']:7.1f} GF/s | prange alone {p['prange_alone_ms']:.3f} ms, "
+              f"{p['gemm_after_prange_gflops']:7.1f} GF/s | ext.linear GEMM alone "
+              f"{p['ours_alone_gflops']:7.1f}, after prange {p['ours_after_prange_gflops']:7.1f}"
+              f" | prange alone {p['prange_alone_ms']:.3f} ms, "
               f"after GEMM {p['prange_after_gemm_ms']:.3f} ms")
 
 
@@ -356,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
 
-    if args.probe == "default":
-        os.environ.pop("OMP_WAIT_POLICY", None)   # `import ext` set it; libgomp (not loaded yet) won't see it
-    from pipeline.threads import blas_info, set_threads
+    from threadpoolctl import threadpool_limits
 
-    set_threads(args.threads)
+    from pipeline.threads import blas_info
+
+    # numpy with its own threads; ext.linear's GEMM sets BLAS to 1 thread for its own calls.
+    blas_limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 (kept alive)
     if args.probe:
         print(json.dumps(probe_interference(args.threads, repeats)))
         return 0

@@ -13,34 +13,14 @@ import functools
 import numpy as np
 
 from ext import attention as attention_kernels
-from ext import bf16 as bf16_kernels
 from ext import mlp as mlp_kernels
 from ext import ops
+from ext.linear import linear, linear_many, linear_t
 from pipeline.comm import Comm
 from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.weights import BF16, Export, take_rows
+from pipeline.weights import Export, take_rows
 
 SUPPORTED_DTYPES = ("float32", "bfloat16")  # bf16: kernels widen to float32 on the fly
-
-
-def linear(x: np.ndarray, w: np.ndarray, out: np.ndarray, nt: int) -> None:
-    """out (T, N) = x (T, K) @ w.T for w (N, K); one token goes through GEMV."""
-    if w.dtype == BF16:
-        bf16_kernels.linear_bf16(x, w, out, nt)
-    elif x.shape[0] == 1:
-        np.matmul(w, x[0], out=out[0])
-    else:
-        np.matmul(x, w.T, out=out)
-
-
-def linear_t(x: np.ndarray, w_t: np.ndarray, out: np.ndarray, nt: int) -> None:
-    """out (T, N) = x (T, K) @ w_t for w_t (K, N), a transposed (row-sharded) weight."""
-    if w_t.dtype == BF16:
-        bf16_kernels.linear_t_bf16(x, w_t, out, nt)
-    elif x.shape[0] == 1:
-        np.matmul(x[0], w_t, out=out[0])
-    else:
-        np.matmul(x, w_t, out=out)
 
 
 def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len: int,
@@ -141,9 +121,7 @@ class Qwen3Engine:
         n, o, q, k, v, att = (b[:T] for b in (self.n, self.o, self.q, self.k, self.v, self.att))
         cos, sin, pos0 = rope  # row t of q/k rotates by the angles of row pos0 + t
         ops.rmsnorm(x, w.attn_norm, eps, n, nt)
-        linear(n, w.wq, q.reshape(T, -1), nt)
-        linear(n, w.wk, k.reshape(T, -1), nt)
-        linear(n, w.wv, v.reshape(T, -1), nt)
+        linear_many(n, (w.wq, w.wk, w.wv), (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)), nt)
         ops.qk_norm_rope(q, w.q_norm, eps, cos, sin, pos0, nt)
         ops.qk_norm_rope(k, w.k_norm, eps, cos, sin, pos0, nt)
         self.strategy.attend(i, q, k, v, att, pos, prefill)

@@ -1,11 +1,11 @@
 """One way to set the threads of the process: BLAS through threadpoolctl, OpenMP per call.
 
-- BLAS (numpy's OpenBLAS, the one BLAS the engine uses): `set_threads(n)` limits it with
-  threadpoolctl; the limit stays for the life of the process (or until the next call).
 - OpenMP (the ext/ kernels): every kernel takes `num_threads` explicitly; pass the same n.
   OMP_NUM_THREADS is not relied upon (Snakemake sets it to the rule's threads, 1 by default).
-- `import ext` sets OMP_WAIT_POLICY=PASSIVE before libgomp loads, so idle OpenMP threads sleep
-  instead of spinning on the cores BLAS needs next (see ext/__init__.py).
+- BLAS (numpy's OpenBLAS): ext.linear calls its sgemm from the OpenMP threads, one thread each,
+  so `set_threads(n)` limits BLAS's own pool to 1 thread with threadpoolctl (n where that sgemm
+  cannot be found and numpy.matmul does the GEMMs); the limit stays for the life of the process.
+- `import ext` sets how long idle OpenMP threads spin before sleeping (see ext/__init__.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,18 @@ _limits = None  # the active threadpoolctl limiter, kept so it is not garbage co
 
 
 def set_threads(n: int) -> int:
-    """Limit BLAS to n threads for the rest of the process; returns n for the kernels' num_threads."""
+    """Set the process up for n threads; returns n for the kernels' num_threads.
+
+    When ext.linear runs BLAS's sgemm on its own OpenMP threads (gemm_in_openmp()), BLAS's
+    pool is limited to 1 thread: n OpenMP threads each call a single-threaded sgemm. Otherwise
+    BLAS gets the n threads itself.
+    """
     global _limits
+    from ext.linear import gemm_in_openmp
+
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    _limits = threadpool_limits(limits=n, user_api="blas")
+    _limits = threadpool_limits(limits=1 if gemm_in_openmp() else n, user_api="blas")
     return n
 
 

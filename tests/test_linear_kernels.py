@@ -1,7 +1,8 @@
-"""ext.bf16 (bf16 weights, float32 compute) against NumPy float64 references on the widened weights.
+"""ext.linear and ext.mlp (float32 or bf16 weights, float32 compute) against NumPy float64 references.
 
-The references widen the bf16 bits with pipeline.weights.bf16_to_float32 (exact) and compute in
-float64, so the only error left is the kernels' float32 rounding. Tolerance as in test_kernels:
+bf16 references widen the bits with pipeline.weights.bf16_to_float32 (exact) and compute in
+float64, so the only error left is the kernels' float32 rounding. Token counts cover both paths:
+our GEMV (T <= 16) and the GEMM (BLAS's sgemm on our OpenMP threads). Tolerance as in test_kernels:
 1e-5 relative to the output's scale (sums of up to a few thousand float32 terms leave ~100 ulp of
 headroom; a wrong row, column or tail is off by O(1)).
 """
@@ -15,7 +16,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from ext import bf16 as B
+from ext import linear as L
 from ext import mlp as M
 from pipeline.weights import BF16, bf16_to_float32
 
@@ -40,39 +41,50 @@ def bf16_weights(rng, *shape, scale=0.05):
     return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(BF16)
 
 
+def weights(dtype, rng, *shape):
+    """Random weights of one of the two weight dtypes: "bf16" (uint16 bits) or "float32"."""
+    w = bf16_weights(rng, *shape)
+    return w if dtype == "bf16" else bf16_to_float32(w)
+
+
 def widened(w):
-    return bf16_to_float32(w).astype(np.float64)
+    return (bf16_to_float32(w) if w.dtype == BF16 else w).astype(np.float64)
+
+
+DTYPES = ("bf16", "float32")
 
 
 def x_of(rng, T, K):
     return rng.standard_normal((T, K), dtype=np.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, K", SHAPES)
 @pytest.mark.parametrize("T", TOKENS)
-def test_linear_bf16(T, N, K):
+def test_linear(T, N, K, dtype):
     rng = np.random.default_rng(T * 1000 + N + K)
-    w, x = bf16_weights(rng, N, K), x_of(rng, T, K)
+    w, x = weights(dtype, rng, N, K), x_of(rng, T, K)
     want = x.astype(np.float64) @ widened(w).T
     outs = []
     for threads in (1, 2):
         out = np.full((T, N), np.nan, np.float32)
-        B.linear_bf16(x, w, out, num_threads=threads)
+        L.linear(x, w, out, num_threads=threads)
         close(out, want)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])  # the thread count does not change a bit
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, K", SHAPES + ((1024, 1100),))   # K > 2 x 256: several partial sums
 @pytest.mark.parametrize("T", TOKENS)
-def test_linear_t_bf16(T, N, K):
+def test_linear_t(T, N, K, dtype):
     rng = np.random.default_rng(T * 1000 + N + K + 1)
-    w_t, x = bf16_weights(rng, K, N), x_of(rng, T, K)
+    w_t, x = weights(dtype, rng, K, N), x_of(rng, T, K)
     want = x.astype(np.float64) @ widened(w_t)
     outs = []
     for threads in (1, 2):
         out = np.full((T, N), np.nan, np.float32)
-        B.linear_t_bf16(x, w_t, out, num_threads=threads)
+        L.linear_t(x, w_t, out, num_threads=threads)
         close(out, want)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -84,24 +96,43 @@ def ref_mlp(x, wg, wu, wd):
     return (g / (1.0 + np.exp(-g)) * u) @ widened(wd)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d, I", ((64, 128), (100, 600), (1024, 3072)))
 @pytest.mark.parametrize("T", TOKENS)
-def test_mlp_bf16(T, d, I):
+def test_mlp(T, d, I, dtype):
     rng = np.random.default_rng(T + d + I)
-    wg, wu, wd = (bf16_weights(rng, I, d) for _ in range(3))
+    wg, wu, wd = (weights(dtype, rng, I, d) for _ in range(3))
     x = x_of(rng, T, d)
     want = ref_mlp(x, wg, wu, wd)
     ws = M.MLPWorkspace(2, I)   # grown on demand
     outs = []
     for threads in (1, 2):
         out = np.full((T, d), np.nan, np.float32)
-        B.mlp_bf16(x, wg, wu, wd, out, ws, num_threads=threads)
+        M.mlp(x, wg, wu, wd, out, ws, num_threads=threads)
         close(out, want)
         outs.append(out)
-        out2 = np.full((T, d), np.nan, np.float32)
-        M.mlp(x, wg, wu, wd, out2, ws, num_threads=threads)   # ext.mlp.mlp dispatches on uint16
-        np.testing.assert_array_equal(out2, out)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", (1, 3, 16, 17, 40))
+def test_linear_many_is_each_linear(T, dtype):
+    """q, k, v in one call (one parallel region for T <= 16): the same bits as three linear calls."""
+    rng = np.random.default_rng(T)
+    ws = [weights(dtype, rng, n, 200) for n in (256, 70, 70)]
+    x = x_of(rng, T, 200)
+    outs = [np.full((T, w.shape[0]), np.nan, np.float32) for w in ws]
+    L.linear_many(x, ws, outs, num_threads=2)
+    for w, out in zip(ws, outs, strict=True):
+        single = np.empty_like(out)
+        L.linear(x, w, single, num_threads=1)
+        np.testing.assert_array_equal(out, single)
+        close(out, x.astype(np.float64) @ widened(w).T)
+    with pytest.raises(ValueError, match="one dtype"):
+        L.linear_many(x, [ws[0], weights("float32" if dtype == "bf16" else "bf16", rng, 70, 200)],
+                      outs[:2])
+    with pytest.raises(ValueError, match="one output each"):
+        L.linear_many(x, ws, outs[:2])
 
 
 def test_read_only_memmap_weights(tmp_path):
@@ -114,22 +145,22 @@ def test_read_only_memmap_weights(tmp_path):
     x = x_of(rng, 3, 200)
     for T in (1, 20):
         out = np.empty((T, 300), np.float32)
-        B.linear_bf16(x[:1].repeat(T, 0), wm, out)
+        L.linear(x[:1].repeat(T, 0), wm, out)
         close(out, x[:1].astype(np.float64).repeat(T, 0) @ widened(w).T)
         out_t = np.empty((T, 200), np.float32)
         xt = np.ascontiguousarray(x_of(rng, T, 300))
-        B.linear_t_bf16(xt, wm, out_t)
+        L.linear_t(xt, wm, out_t)
         close(out_t, xt.astype(np.float64) @ widened(w))
 
 
-@pytest.mark.parametrize("fn", ["linear_bf16", "linear_t_bf16"])
+@pytest.mark.parametrize("fn", ["linear", "linear_t"])
 def test_bad_input(fn):
     rng = np.random.default_rng(0)
     w = bf16_weights(rng, 8, 8)
     x, out = x_of(rng, 2, 8), np.empty((2, 8), np.float32)
-    kernel = getattr(B, fn)
-    with pytest.raises(ValueError, match="uint16"):
-        kernel(x, bf16_to_float32(w), out)              # float32 weights: not this kernel's
+    kernel = getattr(L, fn)
+    with pytest.raises(ValueError, match="float32 or uint16"):
+        kernel(x, bf16_to_float32(w).astype(np.float64), out)   # float64 weights: neither dtype
     with pytest.raises(ValueError, match="float32"):
         kernel(x.astype(np.float64), w, out)
     with pytest.raises(ValueError, match="shape"):
@@ -158,13 +189,13 @@ def test_no_float32_copy_of_the_weights(T):
     out = np.empty((T, N), np.float32)
     x_t = x_of(rng, T, N)
     out_t = np.empty((T, K), np.float32)
-    B.linear_bf16(x[:1, :64].copy(), w[:16, :64].copy(), out[:1, :16].copy())   # import-time state
+    L.linear(x[:1, :64].copy(), w[:16, :64].copy(), out[:1, :16].copy())   # import-time state
     gc.collect()
     rss0 = _rss_kb()
     tracemalloc.start()
     try:
-        B.linear_bf16(x, w, out, num_threads=2)
-        B.linear_t_bf16(x_t, w, out_t, num_threads=2)
+        L.linear(x, w, out, num_threads=2)
+        L.linear_t(x_t, w, out_t, num_threads=2)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -1,0 +1,161 @@
+# The GEMV core of the few-token (decode) linear layers and MLP, as C: ext/linear.pyx and
+# ext/mlp.pyx cimport it. Weights are float32 or bfloat16 bit patterns (uint16, widened on the fly:
+# bits << 16 is the float32 of the same value, exactly); `bf` says which. Every function takes it
+# at run time and dispatches once to a copy compiled for that type (always_inline + a constant).
+# Each thread streams whole weight rows, one sequential prefetched stream: memory bound, so bf16
+# (half the bytes) runs up to twice as fast as float32. Work items are fixed by the shapes, never
+# by the thread count, so results do not depend on num_threads, bit for bit.
+
+from ext.simd cimport f32x16
+
+cdef extern from * nogil:
+    """
+    /* Software prefetch distance, in bytes (16 KiB) ahead of the read position. One sequential
+       stream per thread plus this prefetch measured 47 GB/s of bf16 on one core; several
+       interleaved row streams (a rows x tokens register tile) without it, 15 GB/s. */
+    #define PF_BYTES 16384
+    #define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+    /* Hand-offs between the loops of one parallel region without a barrier: under
+       OMP_WAIT_POLICY=PASSIVE every barrier puts the early threads to sleep, and waking them cost
+       15-100 us per barrier on this VM (a whole 2 MiB GEMV takes 50). Instead, the thread that
+       completes the last item of a loop (counted atomically) does the short serial step, and
+       threads that need its result spin on a flag for the few microseconds that takes. */
+    static inline int last_done(int *counter, int total) {
+        return __atomic_add_fetch(counter, 1, __ATOMIC_ACQ_REL) == total;
+    }
+    static inline void set_flag(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELEASE); }
+    static inline void wait_flag(int *flag) {
+        while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+        }
+    }
+
+    /* 16 weights from element i of w, widened to float32; bf: the weights are bf16 bits. */
+    ALWAYS_INLINE f32x16 ldw(const void *w, Py_ssize_t i, const int bf) {
+        return bf ? ldbf16((const unsigned short *)w + i) : ld16((const float *)w + i);
+    }
+    ALWAYS_INLINE float ldw1(const void *w, Py_ssize_t i, const int bf) {
+        return bf ? bf16f(((const unsigned short *)w)[i]) : ((const float *)w)[i];
+    }
+    ALWAYS_INLINE const void *w_at(const void *w, Py_ssize_t i, const int bf) {
+        return (const char *)w + i * (bf ? 2 : 4);
+    }
+    /* One prefetch per 64-byte line: every 16 floats, every 32 bf16. */
+    ALWAYS_INLINE void prefetch_w(const void *w, Py_ssize_t i, const int bf) {
+        __builtin_prefetch((const char *)w_at(w, i, bf) + PF_BYTES);
+    }
+
+    /* out[t*ldo] = sum_k x[t*ldx + k] * w[k] for t < TT: one weight row streamed once, U vectors
+       per step and token (U * TT <= 8 independent accumulators); TT, U, bf constant at each call. */
+    ALWAYS_INLINE void gemv_row(const float *x, Py_ssize_t ldx, const void *w, Py_ssize_t K,
+                                float *out, Py_ssize_t ldo, const int TT, const int U, const int bf) {
+        f32x16 acc[8];
+        for (int i = 0; i < U * TT; i++) acc[i] = (f32x16){0};
+        Py_ssize_t k = 0;
+        for (; k + 16 * U <= K; k += 16 * U) {
+            for (int u = 0; u < U; u += (bf ? 2 : 1)) prefetch_w(w, k + 16 * u, bf);
+            for (int u = 0; u < U; u++) {
+                f32x16 wv = ldw(w, k + 16 * u, bf);
+                for (int t = 0; t < TT; t++) acc[t * U + u] += ld16(x + t * ldx + k + 16 * u) * wv;
+            }
+        }
+        for (; k + 16 <= K; k += 16) {
+            f32x16 wv = ldw(w, k, bf);
+            for (int t = 0; t < TT; t++) acc[t * U] += ld16(x + t * ldx + k) * wv;
+        }
+        for (int t = 0; t < TT; t++) {
+            f32x16 a = acc[t * U];
+            for (int u = 1; u < U; u++) a += acc[t * U + u];
+            float s = hsum16(a);
+            for (Py_ssize_t kk = k; kk < K; kk++) s += x[t * ldx + kk] * ldw1(w, kk, bf);
+            out[t * ldo] = s;
+        }
+    }
+
+    #define GEMV_ROWS(TT, U) for (Py_ssize_t n = n0; n < n1; n++) \
+        gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, TT, U, bf);
+
+    /* out[t*ldo + n] = sum_k x[t*ldx + k] w[n*K + k] for n0 <= n < n1, t < T: groups of up to 8
+       tokens, each group one pass over the rows (from L2 after the first: a block is <= 256 KiB). */
+    ALWAYS_INLINE void gemv_rows_as(const float *x, int T, Py_ssize_t ldx, const void *w,
+                                    Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1, float *out,
+                                    Py_ssize_t ldo, const int bf) {
+        for (int t0 = 0; t0 < T; t0 += 8, x += 8 * ldx, out += 8 * ldo) {
+            switch (T - t0 < 8 ? T - t0 : 8) {
+                case 1: GEMV_ROWS(1, 4) break;
+                case 2: GEMV_ROWS(2, 4) break;
+                case 3: GEMV_ROWS(3, 2) break;
+                case 4: GEMV_ROWS(4, 2) break;
+                case 5: GEMV_ROWS(5, 1) break;
+                case 6: GEMV_ROWS(6, 1) break;
+                case 7: GEMV_ROWS(7, 1) break;
+                default: GEMV_ROWS(8, 1) break;
+            }
+        }
+    }
+    static void gemv_rows(const float *x, int T, Py_ssize_t ldx, const void *w, Py_ssize_t K,
+                          Py_ssize_t n0, Py_ssize_t n1, float *out, Py_ssize_t ldo, int bf) {
+        if (bf) gemv_rows_as(x, T, ldx, w, K, n0, n1, out, ldo, 1);
+        else gemv_rows_as(x, T, ldx, w, K, n0, n1, out, ldo, 0);
+    }
+
+    /* o[c] += a * w[c] for c < N: one weight row (streamed, prefetched) into one output row. */
+    ALWAYS_INLINE void axpy_w(float a, const void *w, Py_ssize_t N, float *o, const int bf) {
+        Py_ssize_t c = 0;
+        for (; c + 32 <= N; c += 32) {
+            prefetch_w(w, c, bf);
+            if (!bf) prefetch_w(w, c + 16, bf);
+            st16(o + c, ld16(o + c) + ldw(w, c, bf) * a);
+            st16(o + c + 16, ld16(o + c + 16) + ldw(w, c + 16, bf) * a);
+        }
+        for (; c + 16 <= N; c += 16) st16(o + c, ld16(o + c) + ldw(w, c, bf) * a);
+        for (; c < N; c++) o[c] += ldw1(w, c, bf) * a;
+    }
+
+    /* p[t*N + c] = sum_{k0 <= k < k1} x[t*ldx + k] w[k*N + c] for t < T, c < N; w (K, N). */
+    ALWAYS_INLINE void gemvt_rows_as(const float *x, int T, Py_ssize_t ldx, const void *w,
+                                     Py_ssize_t N, Py_ssize_t k0, Py_ssize_t k1, float *p,
+                                     const int bf) {
+        memset(p, 0, (size_t)T * N * sizeof(float));
+        for (Py_ssize_t k = k0; k < k1; k++)
+            for (int t = 0; t < T; t++)
+                axpy_w(x[t * ldx + k], w_at(w, k * N, bf), N, p + (Py_ssize_t)t * N, bf);
+    }
+    static void gemvt_rows(const float *x, int T, Py_ssize_t ldx, const void *w, Py_ssize_t N,
+                           Py_ssize_t k0, Py_ssize_t k1, float *p, int bf) {
+        if (bf) gemvt_rows_as(x, T, ldx, w, N, k0, k1, p, 1);
+        else gemvt_rows_as(x, T, ldx, w, N, k0, k1, p, 0);
+    }
+
+    /* out[i] = sum over chunks ch, in order, of parts[ch*n + i], i < n. */
+    static void reduce_parts(const float *parts, Py_ssize_t nchunks, Py_ssize_t n, float *out) {
+        memcpy(out, parts, n * sizeof(float));
+        for (Py_ssize_t ch = 1; ch < nchunks; ch++) {
+            const float *p = parts + ch * n;
+            Py_ssize_t i = 0;
+            for (; i + 16 <= n; i += 16) st16(out + i, ld16(out + i) + ld16(p + i));
+            for (; i < n; i++) out[i] += p[i];
+        }
+    }
+    """
+    bint last_done(int *counter, int total)
+    void set_flag(int *flag)
+    void wait_flag(int *flag)
+    void gemv_rows(const float *x, int T, Py_ssize_t ldx, const void *w, Py_ssize_t K,
+                   Py_ssize_t n0, Py_ssize_t n1, float *out, Py_ssize_t ldo, int bf)
+    void gemvt_rows(const float *x, int T, Py_ssize_t ldx, const void *w, Py_ssize_t N,
+                    Py_ssize_t k0, Py_ssize_t k1, float *p, int bf)
+    void reduce_parts(const float *parts, Py_ssize_t nchunks, Py_ssize_t n, float *out)
+
+cdef enum:
+    SMALL_T = 16       # up to this many tokens: our SIMD GEMV; more: BLAS (GEMM)
+    ROW_BLOCK = 64     # weight rows per parallel work item of the GEMV (out = x @ w.T)
+    K_CHUNK = 128      # weight rows per partial sum of the transposed GEMV (out = x @ w_t)
+
+
+cdef inline Py_ssize_t nchunks_of(Py_ssize_t K) noexcept nogil:
+    """Row chunks of a transposed weight with K rows: set by K alone, never by the thread count."""
+    return K // K_CHUNK if K >= 2 * K_CHUNK else 1
