@@ -1,5 +1,12 @@
 """Causal grouped-query attention, `standard` and `online_softmax`, and the merge of partials.
 
+The two algorithms differ in what they hold. `standard` is the textbook (and Hugging Face
+"eager") algorithm: the full score tensor, every query head x query x key, is materialised,
+softmaxed and multiplied by V: O(H T S) floats (1 GiB for 16 heads at T = S = 4096). The caller
+may pass it as a reusable workspace (`scores`, standard_scores_size floats); otherwise it is
+allocated per call. `online_softmax` streams over blocks of keys with a running max and sum and
+holds one (block x rows) score tile per thread: O(block) memory, whatever T and S.
+
 Work is split over (KV head g, query block): the G = H // Hkv query heads that share KV head g
 and BQ consecutive queries form the R = BQ * G rows of one work item, so every K and V row
 loaded from memory is reused for R rows. Scores are kept key-major, St[c, r], so that the
@@ -256,7 +263,8 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
         nvis[r] = <int>_visible(t0 + r // G, q_start, k_start, S) if r < R else 0
 
     # online: stream over key blocks, the (block, Rp) score tile is all the extra memory.
-    # standard: one "block" holding every visible key's score (kend, Rp): materialise, mask, softmax.
+    # standard: one "block" holding every visible key's score (kend, Rp), this item's part of the
+    # whole score tensor: materialise, mask, softmax.
     if not online:
         block = <int>kend
     c0 = 0
@@ -285,22 +293,42 @@ cdef void _attend_item(const float *q, const float *k, const float *v, float *ou
             l_out[(t0 + r // G) * H + g * G + r % G] = lrow[r]
 
 
+cdef inline Py_ssize_t _block_queries(Py_ssize_t H, Py_ssize_t Hkv) noexcept nogil:
+    """BQ: queries per work item, so that BQ * G rows fill the ROWS-row register tile."""
+    cdef Py_ssize_t G = H // Hkv
+    return ROWS // G if G < ROWS else 1
+
+
+cdef inline Py_ssize_t _padded_rows(Py_ssize_t H, Py_ssize_t Hkv) noexcept nogil:
+    return ((_block_queries(H, Hkv) * (H // Hkv) + ROWS - 1) // ROWS) * ROWS
+
+
+def standard_scores_size(Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t S):
+    """Floats of the standard algorithm's score tensor for T queries of H heads over S keys:
+    (work items) x (padded rows per item) x S, about H x T x S."""
+    if T <= 0 or H <= 0 or Hkv <= 0 or S <= 0 or H % Hkv:
+        return 0
+    cdef Py_ssize_t nitems = Hkv * ((T + _block_queries(H, Hkv) - 1) // _block_queries(H, Hkv))
+    return nitems * _padded_rows(H, Hkv) * S
+
+
 cdef int _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
                     float[:, :, ::1] out, float *m_out, float *l_out,
                     Py_ssize_t q_start, Py_ssize_t k_start, float scale, bint online, int block,
-                    int n) noexcept nogil:
+                    float *scores, int n) noexcept nogil:
     """out[t,h] = softmax_s(q[t,h].k[s,h//G] * scale, s: k_start+s <= q_start+t) @ v[:, h//G].
 
+    scores: standard only, standard_scores_size(T, H, Hkv, S) floats, or NULL to allocate them.
     Returns the number of work items skipped for want of scratch memory (0 on success).
     """
     cdef Py_ssize_t T = q.shape[0], S = k.shape[0]
     cdef int H = <int>q.shape[1], Hkv = <int>k.shape[1], D = <int>q.shape[2]
-    cdef int G = H // Hkv
-    cdef int BQ = ROWS // G if G < ROWS else 1
-    cdef int Rp = ((BQ * G + ROWS - 1) // ROWS) * ROWS
+    cdef int BQ = <int>_block_queries(H, Hkv)
+    cdef int Rp = <int>_padded_rows(H, Hkv)
     cdef Py_ssize_t nitems = Hkv * ((T + BQ - 1) // BQ)
-    cdef Py_ssize_t ncols = block if online and block < S else S
+    cdef Py_ssize_t ncols = block if block < S else S
     cdef Py_ssize_t item
+    cdef float *owned = NULL
     cdef float *qs = NULL
     cdef float *acc = NULL
     cdef float *St = NULL
@@ -308,12 +336,17 @@ cdef int _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const fl
     cdef int *nvis = NULL
     cdef float *Vb = NULL
     cdef int skipped = 0
+    if not online and scores == NULL:
+        owned = <float *>malloc(<size_t>nitems * Rp * S * sizeof(float))
+        if owned == NULL:
+            return <int>nitems
+        scores = owned
     with nogil, parallel(num_threads=n):
-        # Thread-local scratch: Q tile, output accumulator, score tile, row max / sum / rescale,
-        # visible key count per row, packed V rows.
+        # Thread-local scratch: Q tile, output accumulator, score tile (online; standard's are
+        # slices of `scores`), row max / sum / rescale, visible key count per row, packed V rows.
         qs = <float *>malloc(<size_t>Rp * D * sizeof(float))
         acc = <float *>malloc(<size_t>Rp * D * sizeof(float))
-        St = <float *>malloc(<size_t>ncols * Rp * sizeof(float))
+        St = <float *>malloc(<size_t>(ncols if online else 1) * Rp * sizeof(float))
         mrow = <float *>malloc(<size_t>3 * Rp * sizeof(float))
         nvis = <int *>malloc(<size_t>Rp * sizeof(int))
         Vb = <float *>malloc(<size_t>PV_PACK * D * sizeof(float))
@@ -324,29 +357,34 @@ cdef int _attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const fl
             else:
                 _attend_item(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], m_out, l_out,
                              T, S, H, Hkv, D, q_start, k_start, scale, online, block, BQ, item,
-                             qs, acc, St, mrow, mrow + Rp, mrow + 2 * Rp, nvis, Vb)
+                             qs, acc, St if online else scores + item * Rp * S,
+                             mrow, mrow + Rp, mrow + 2 * Rp, nvis, Vb)
         free(qs)
         free(acc)
         free(St)
         free(mrow)
         free(nvis)
         free(Vb)
+    free(owned)
     return skipped
 
 
 def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:, :, ::1] v,
               float[:, :, ::1] out, Py_ssize_t q_start, Py_ssize_t k_start, float scale,
               algo="online_softmax", int block=64, float[:, ::1] m=None, float[:, ::1] l=None,
-              int num_threads=1):
+              int num_threads=1, float[::1] scores=None):
     """out = softmax(q k^T * scale + causal mask) v, per query head h against KV head h // (H // Hkv).
 
     q (T, H, D), k/v (S, Hkv, D), out (T, H, D); query t sits at absolute position q_start + t and
     sees key s iff k_start + s <= q_start + t. m, l (T, H), if given, receive the row max of the
     scaled scores and the row sum of exp(score - m); a row with no visible key gets out 0, m -inf, l 0.
+    scores: for `standard`, a workspace of at least standard_scores_size(T, H, Hkv, S) floats for
+    the score tensor (allocated per call when None); `online_softmax` does not use it.
     """
     cdef bint online
     cdef float *mp = NULL
     cdef float *lp = NULL
+    cdef float *sp = NULL
     if algo == "online_softmax":
         online = True
     elif algo == "standard":
@@ -381,8 +419,15 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
             m[:, :] = -INFINITY
             l[:, :] = 0.0
         return
-    if _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, num_threads):
-        raise MemoryError(f"attention: no memory for the per-thread scratch ({algo}, S={S}, block={block})")
+    if scores is not None and not online:
+        need = standard_scores_size(T, H, Hkv, S)
+        if scores.shape[0] < need:
+            raise ValueError(f"scores workspace has {scores.shape[0]} floats, standard attention "
+                             f"needs {need} (standard_scores_size)")
+        sp = &scores[0]
+    if _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, sp, num_threads):
+        raise MemoryError(f"attention: no memory for the scratch ({algo}, T={T}, S={S}, "
+                          f"block={block})")
 
 
 cdef void _merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,

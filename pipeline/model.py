@@ -76,10 +76,17 @@ class Qwen3Engine:
         self.h_last = np.zeros((1, d), np.float32)  # (1, d) final-normed last position
         self.logits_r = np.zeros(self.lm_head.shape[0], np.float32)  # (V_r,)
         self.logits = np.zeros(cfg.vocab_size, np.float32)  # (V,) on every rank
+        self.scores = np.zeros(0, np.float32)  # standard attention's score tensor, grown on demand
 
     def _attend(self, q, k, v, out, q_start, k_start, m=None, l=None, *, algo, block, scale):
+        scores = None
+        if algo == "standard":  # the whole (heads x queries x keys) score tensor, kept for reuse
+            need = attention_kernels.standard_scores_size(q.shape[0], q.shape[1], k.shape[1], k.shape[0])
+            if self.scores.shape[0] < need:
+                self.scores = np.empty(need, np.float32)
+            scores = self.scores
         attention_kernels.attention(q, k, v, out, q_start, k_start, scale, algo, block, m, l,
-                                    self.threads)
+                                    self.threads, scores)
 
     def reset(self) -> None:
         self.pos = 0

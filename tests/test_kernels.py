@@ -177,6 +177,26 @@ def test_merge_of_key_ranges_equals_full_attention(parts, T, S, ratio, D, kind, 
     close(l / wl, np.ones_like(wl))
 
 
+def test_standard_materialises_the_score_tensor():
+    """standard holds every head x query x key score at once (the O(H T S) memory online_softmax
+    avoids): a NaN-filled workspace ends up holding the causal half of H x T x S scores."""
+    T, H, Hkv, D = 300, 4, 2, 32
+    rng = np.random.default_rng(5)
+    q, k, v = rand(rng, T, H, D), rand(rng, T, Hkv, D), rand(rng, T, Hkv, D)
+    need = A.standard_scores_size(T, H, Hkv, T)
+    assert need >= H * T * T
+    scores = np.full(need, np.nan, np.float32)
+    out, out2 = np.empty_like(q), np.empty_like(q)
+    A.attention(q, k, v, out, 0, 0, D ** -0.5, algo="standard", num_threads=2, scores=scores)
+    A.attention(q, k, v, out2, 0, 0, D ** -0.5, algo="standard", num_threads=2)   # allocates its own
+    np.testing.assert_array_equal(out, out2)
+    close(out, ref_attention(q, k, v, 0, 0, D ** -0.5)[0])
+    written = np.isfinite(scores).sum()
+    assert written >= 0.45 * H * T * T, f"only {written} of {H * T * T} scores were held"
+    with pytest.raises(ValueError, match="standard_scores_size"):
+        A.attention(q, k, v, out, 0, 0, D ** -0.5, algo="standard", scores=scores[: need - 1])
+
+
 def test_online_softmax_long_sequence_memory_is_linear():
     """S = 16384 for one head: a score matrix would be 16384^2 x 4 B = 1 GiB; we must stay far below."""
     S, D = 16384, 64
