@@ -7,6 +7,12 @@ may pass it as a reusable workspace (`scores`, standard_scores_size floats); oth
 allocated per call. `online_softmax` streams over blocks of keys with a running max and sum and
 holds one (block x rows) score tile per thread: O(block) memory, whatever T and S.
 
+One query (T = 1: decode) takes its own path, split over blocks of DECODE_KEYS keys instead
+(flash-decoding): the KV cache is (S, Hkv, D), so a block of keys for all heads is one
+contiguous stretch of memory, streamed in order, where one head's keys are 512-byte pieces 4 KiB
+apart. online_softmax: each block's partial (max, sum, output) per head, merged in block order.
+standard: the whole (H, S) score row materialised, one softmax, then P V by blocks.
+
 Work is split over (KV head g, query block): the G = H // Hkv query heads that share KV head g
 and BQ consecutive queries form the R = BQ * G rows of one work item, so every K and V row
 loaded from memory is reused for R rows. Scores are kept key-major, St[c, r], so that the
@@ -197,7 +203,76 @@ cdef extern from * nogil:
             st16(m + r0, mnew);
         }
     }
+
+    static inline float dot_f32(const float *a, const float *b, int n) {
+        f32x16 x = {0}, y = {0};
+        int i = 0;
+        for (; i + 32 <= n; i += 32) {
+            x += ld16(a + i) * ld16(b + i);
+            y += ld16(a + i + 16) * ld16(b + i + 16);
+        }
+        for (; i + 16 <= n; i += 16) x += ld16(a + i) * ld16(b + i);
+        float s = hsum16(x + y);
+        for (; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+
+    /* s[h*lds + c] = scale * q[h] . K[c0 + c, h / G] for h < H, c < nk: the keys of all heads,
+       row after row, in memory order. */
+    static void decode_scores(const float *q, const float *K, int H, int Hkv, int D,
+                              Py_ssize_t c0, int nk, float scale, float *s, Py_ssize_t lds) {
+        int G = H / Hkv;
+        Py_ssize_t ld = (Py_ssize_t)Hkv * D;
+        for (int c = 0; c < nk; c++) {
+            const float *krow = K + (c0 + c) * ld;
+            for (int h = 0; h < H; h++)
+                s[h * lds + c] = scale * dot_f32(q + (Py_ssize_t)h * D, krow + (Py_ssize_t)(h / G) * D, D);
+        }
+    }
+
+    /* Per row h < H of nk scores: m[h] = max, s <- e^(s - m[h]), l[h] = sum of the new s. */
+    static void softmax_rows(float *s, int H, int nk, Py_ssize_t lds, float *m, float *l) {
+        for (int h = 0; h < H; h++) {
+            float *row = s + h * lds;
+            float mx = -__builtin_inff();
+            for (int c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
+            f32x16 acc = {0};
+            int c = 0;
+            for (; c + 16 <= nk; c += 16) {
+                f32x16 p = exp16(ld16(row + c) - mx);
+                st16(row + c, p);
+                acc += p;
+            }
+            float sum = hsum16(acc);
+            for (; c < nk; c++) { row[c] = expf(row[c] - mx); sum += row[c]; }
+            m[h] = mx;
+            l[h] = sum;
+        }
+    }
+
+    /* o[h] = sum_c s[h*lds + c] V[c0 + c, h / G] for h < H, c < nk (o is overwritten). */
+    static void decode_pv(const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
+                          Py_ssize_t c0, int nk, float *o) {
+        int G = H / Hkv;
+        Py_ssize_t ld = (Py_ssize_t)Hkv * D;
+        memset(o, 0, (size_t)H * D * sizeof(float));
+        for (int c = 0; c < nk; c++) {
+            const float *vrow = V + (c0 + c) * ld;
+            for (int h = 0; h < H; h++) {
+                const float *x = vrow + (Py_ssize_t)(h / G) * D;
+                float *y = o + (Py_ssize_t)h * D, a = s[h * lds + c];
+                int i = 0;
+                for (; i + 16 <= D; i += 16) st16(y + i, ld16(y + i) + ld16(x + i) * a);
+                for (; i < D; i++) y[i] += x[i] * a;
+            }
+        }
+    }
     """
+    void decode_scores(const float *q, const float *K, int H, int Hkv, int D, Py_ssize_t c0,
+                       int nk, float scale, float *s, Py_ssize_t lds)
+    void softmax_rows(float *s, int H, int nk, Py_ssize_t lds, float *m, float *l)
+    void decode_pv(const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
+                   Py_ssize_t c0, int nk, float *o)
     void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,
                  float *St, int lds)
     void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk, float *St)
@@ -208,6 +283,9 @@ cdef extern from * nogil:
                       float *alpha)
 
 cdef enum:
+    # Keys per work item of one-query (decode) attention: fixed, so results do not depend on the
+    # thread count; 128 keys of 8 KV heads x 128 dims are 512 KiB of K and of V.
+    DECODE_KEYS = 128
     # Rows of one work item (query block x group heads): 32 fills the 2-vector register tile.
     ROWS = 32
     # Below this many rows the transposed (row-vectorised) tile wastes more than it saves: decode.
@@ -301,6 +379,93 @@ cdef inline Py_ssize_t _block_queries(Py_ssize_t H, Py_ssize_t Hkv) noexcept nog
 
 cdef inline Py_ssize_t _padded_rows(Py_ssize_t H, Py_ssize_t Hkv) noexcept nogil:
     return ((_block_queries(H, Hkv) * (H // Hkv) + ROWS - 1) // ROWS) * ROWS
+
+
+cdef int _attention_decode(const float *q, const float *k, const float *v, float *out,
+                           float *m_out, float *l_out, Py_ssize_t kend, int H, int Hkv, int D,
+                           float scale, bint online, float *scores, int n) noexcept nogil:
+    """One query against its kend visible keys, over blocks of DECODE_KEYS keys (all heads).
+
+    online: per block, the scores' max m_b, sum l_b and unnormalised output o_b per head, merged
+    in block order: out = sum_b o_b e^(m_b - M) / L, M = max_b m_b, L = sum_b l_b e^(m_b - M).
+    standard: the (H, kend) scores in `scores` (NULL: allocated), one softmax per head over all of
+    them, then the blocks' P V partials summed in block order. Returns 1 if out of memory.
+    """
+    cdef Py_ssize_t nb = (kend + DECODE_KEYS - 1) // DECODE_KEYS, b, c0
+    cdef Py_ssize_t per = <Py_ssize_t>H * D + 2 * H   # o_b (H, D), m_b (H), l_b (H)
+    cdef float *parts = <float *>malloc(<size_t>nb * per * sizeof(float))
+    cdef float *owned = NULL
+    cdef float *p = NULL
+    cdef float *ob
+    cdef int h, i, nk, failed = 0
+    cdef float M, L, w, inv
+    if parts == NULL:
+        return 1
+    if not online and scores == NULL:
+        owned = <float *>malloc(<size_t>H * kend * sizeof(float))
+        if owned == NULL:
+            free(parts)
+            return 1
+        scores = owned
+    if nb < 2:
+        n = 1
+    if online:
+        with nogil, parallel(num_threads=n):
+            p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))   # this thread's scores
+            for b in prange(nb, schedule="static"):
+                c0 = b * DECODE_KEYS
+                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                if p != NULL:
+                    decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
+                    softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
+                                 parts + b * per + H * D + H)
+                    decode_pv(p, DECODE_KEYS, v, H, Hkv, D, c0, nk, parts + b * per)
+                else:
+                    failed += 1   # no scratch on this thread (a reduction: the only shared write)
+            free(p)
+    else:
+        with nogil, parallel(num_threads=n):
+            for b in prange(nb, schedule="static"):
+                c0 = b * DECODE_KEYS
+                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                decode_scores(q, k, H, Hkv, D, c0, nk, scale, scores + c0, kend)
+        # The whole row's softmax, H x kend exponentials: microseconds. Its m, l go to block 0.
+        softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
+        with nogil, parallel(num_threads=n):
+            for b in prange(nb, schedule="static"):
+                c0 = b * DECODE_KEYS
+                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
+    if failed:
+        free(parts)
+        free(owned)
+        return 1
+    for h in range(H):
+        if online:
+            M = -INFINITY
+            for b in range(nb):
+                if parts[b * per + H * D + h] > M:
+                    M = parts[b * per + H * D + h]
+            L = 0.0
+            for b in range(nb):
+                L = L + parts[b * per + H * D + H + h] * expf(parts[b * per + H * D + h] - M)
+        else:
+            M = parts[H * D + h]
+            L = parts[H * D + H + h]
+        inv = 1.0 / L
+        for i in range(D):
+            out[h * D + i] = 0.0
+        for b in range(nb):
+            w = inv * (expf(parts[b * per + H * D + h] - M) if online else 1.0)
+            ob = parts + b * per + h * D
+            for i in range(D):
+                out[h * D + i] += w * ob[i]
+        if m_out != NULL:
+            m_out[h] = M
+            l_out[h] = L
+    free(parts)
+    free(owned)
+    return 0
 
 
 def standard_scores_size(Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t S):
@@ -418,6 +583,20 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
         if mp != NULL:
             m[:, :] = -INFINITY
             l[:, :] = 0.0
+        return
+    if T == 1:
+        kend = _visible(0, q_start, k_start, S)
+        if kend == 0:
+            out[:, :, :] = 0.0
+            if mp != NULL:
+                m[:, :] = -INFINITY
+                l[:, :] = 0.0
+            return
+        if scores is not None and not online and scores.shape[0] >= H * kend:
+            sp = &scores[0]
+        if _attention_decode(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], mp, lp, kend,
+                             H, Hkv, D, scale, online, sp, num_threads):
+            raise MemoryError(f"attention: no memory for the decode scratch ({algo}, S={S})")
         return
     if scores is not None and not online:
         need = standard_scores_size(T, H, Hkv, S)

@@ -5,7 +5,7 @@
 
 The model is loaded from the checkpoint directory the export was made from, in float32 (a bf16
 checkpoint is widened, as the float32 export is), with `torch.set_num_threads(threads)`. The
-prompt is pipeline.bench's: `np.random.default_rng(seed).integers(0, vocab, prompt_len)`.
+prompt is pipeline.bench's: `pipeline.prompts.random_prompt(seed, vocab, prompt_len)`.
 prefill: one forward of the prompt into an empty cache (use_cache=True, logits of the last
 position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
 Warm-up iterations are excluded; median, min and max over the timed ones, as in pipeline.bench.
@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.atomic import write_json_atomic
 from pipeline.machine import cpu_model
+from pipeline.prompts import random_prompt
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         pass
     model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
     vocab = model.config.vocab_size
-    prompt = np.random.default_rng(args.seed).integers(0, vocab, args.prompt_len)
+    prompt = random_prompt(args.seed, vocab, args.prompt_len)
     ids = torch.from_numpy(prompt.astype(np.int64))[None, :]  # (1, T)
 
     def forward(input_ids, cache=None):

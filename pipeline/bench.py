@@ -24,6 +24,7 @@ from pipeline.comm import Comm
 from pipeline.jobs import threads_per_rank, validated
 from pipeline.machine import machine_facts
 from pipeline.model import Qwen3Engine, check_job
+from pipeline.prompts import random_prompt
 from pipeline.roofline import measure_ceilings, roofline_fractions
 from pipeline.strategies import ALGORITHMS, STRATEGIES
 from pipeline.strategies.sequence import LAYOUTS
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     export = validated(comm, setup)
     cfg = export.cfg
-    prompt = np.random.default_rng(args.seed).integers(0, cfg.vocab_size, args.prompt_len)
+    prompt = random_prompt(args.seed, cfg.vocab_size, args.prompt_len)
     engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
                          max_seq=args.prompt_len + args.gen_len + 1, block=args.block,
                          sequence_layout=args.sequence_layout)

@@ -137,7 +137,7 @@ def get_kernel_libraries():
 
 def get_engine_sources():
     """The engine's Python sources: editing them reruns the benchmarks."""
-    names = ["bench", "model", "comm", "weights", "threads", "generate"]
+    names = ["bench", "model", "comm", "weights", "threads", "generate", "jobs", "prompts", "roofline"]
     files = [f"pipeline/{name}.py" for name in names] + glob("pipeline/strategies/*.py")
     return sorted(f for f in files if os.path.exists(f))
 

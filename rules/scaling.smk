@@ -48,7 +48,7 @@ rule costmodel:
 rule baseline:
     input:
         checkpoint=get_checkpoint_files(),
-        code="pipeline/baseline.py",
+        code=["pipeline/baseline.py", "pipeline/prompts.py"],
     output:
         "results/baseline/hf_p{prompt_len}.json",
     params:

@@ -109,6 +109,30 @@ def test_attention_matches_float64(case):
     close(got["standard"][0], got["online_softmax"][0])
 
 
+@pytest.mark.parametrize("Hkv, G", [(1, 1), (2, 4), (8, 2)])
+@pytest.mark.parametrize("S, q_start", [(1, 0), (127, 126), (128, 127), (129, 128), (1000, 999),
+                                        (1000, 700), (300, -1)])
+def test_decode_attention_matches_float64(S, q_start, Hkv, G):
+    """One query (the split-over-keys decode path): every block boundary, keys the query does not
+    see (q_start < S - 1: only the first q_start + 1 count), none visible, m and l, threads."""
+    rng = np.random.default_rng(S + q_start + Hkv)
+    H, D = Hkv * G, 64
+    q, k, v = rand(rng, 1, H, D) * 2, rand(rng, S, Hkv, D) * 2, rand(rng, S, Hkv, D)
+    want, wm, wl = ref_attention(q, k, v, q_start, 0, D ** -0.5)
+    for algo in ("standard", "online_softmax"):
+        for threads in (1, 2):
+            o, m, l = run(q, k, v, q_start, 0, D ** -0.5, algo, threads=threads)
+            close(o, want)
+            fin = np.isfinite(wm)
+            np.testing.assert_array_equal(np.isinf(m), ~fin)
+            close(m[fin], wm[fin])
+            close(l / np.maximum(wl, 1), wl / np.maximum(wl, 1))
+    out = np.empty_like(q)
+    scores = np.full(A.standard_scores_size(1, H, Hkv, S), np.nan, np.float32)
+    A.attention(q, k, v, out, q_start, 0, D ** -0.5, algo="standard", num_threads=2, scores=scores)
+    close(out, want)
+
+
 @pytest.mark.parametrize("algo", ["standard", "online_softmax"])
 def test_attention_threads_agree(algo):
     rng = np.random.default_rng(1)
