@@ -468,6 +468,24 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
     return 0
 
 
+def scratch_floats(algo, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t D, Py_ssize_t S,
+                   int block=64, int num_threads=1):
+    """Floats of working memory one attention call holds beyond q, k, v and out, all threads
+    together (what the algorithms differ in): standard's score tensor plus per-thread tiles,
+    online_softmax's per-thread tiles only. Mirrors the allocations of the kernels below."""
+    if T <= 0 or H <= 0 or Hkv <= 0 or S <= 0 or H % Hkv:
+        return 0
+    online = algo == "online_softmax"
+    if T == 1:   # decode: per-block partials; online: a block of scores per thread; standard: (H, S)
+        nb = (S + DECODE_KEYS - 1) // DECODE_KEYS
+        return nb * (H * D + 2 * H) + (num_threads * H * DECODE_KEYS if online else H * S)
+    Rp = _padded_rows(H, Hkv)
+    tile = 2 * Rp * D + 4 * Rp + PV_PACK * D   # Q tile, accumulator, row stats, packed V
+    if online:
+        return num_threads * (tile + min(block, S) * Rp)
+    return num_threads * (tile + Rp) + standard_scores_size(T, H, Hkv, S)
+
+
 def standard_scores_size(Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t S):
     """Floats of the standard algorithm's score tensor for T queries of H heads over S keys:
     (work items) x (padded rows per item) x S, about H x T x S."""

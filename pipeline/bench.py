@@ -104,8 +104,9 @@ def environment(comm: Comm, threads: int) -> dict:
     return machine_facts(comm.size, threads)
 
 
-def memory_mb() -> dict:
-    """Peak resident set (VmHWM) and private anonymous memory now (RssAnon), in MB."""
+def memory_mb(attention_scratch_bytes: int = 0) -> dict:
+    """Peak resident set (VmHWM), private anonymous memory now (RssAnon) and the attention
+    kernels' largest working memory (from the engine), in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     anon = 0.0
     try:
@@ -115,7 +116,7 @@ def memory_mb() -> dict:
                     anon = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return {"peak_rss_mb": peak, "anon_mb": anon}
+    return {"peak_rss_mb": peak, "anon_mb": anon, "attention_scratch_mb": attention_scratch_bytes / 1e6}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> dict | None:
                   f"decode {r['steps'].sum():.3f} s", file=sys.stderr, flush=True)
         if it >= args.warmup:
             runs.append(r)
-    result = summarise(args, comm, export, threads, prompt, runs)
+    result = summarise(args, comm, export, threads, prompt, runs, engine.attention_scratch_bytes)
     ceilings = ceilings_on_rank0(comm, export.cfg, args.prompt_len, threads)
     if result is not None:
         result["roofline"] = roofline(export, args, result, ceilings)
@@ -181,7 +182,8 @@ def roofline(export, args, result: dict, ceilings: dict) -> dict:
     return {**fractions, "ceilings": ceilings}
 
 
-def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict]) -> dict | None:
+def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict],
+              attention_scratch_bytes: int = 0) -> dict | None:
     """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
     local = np.array([[r["prefill_s"], r["steps"].sum(), r["prefill_comm"][0], r["decode_comm"][0]]
                       for r in runs])
@@ -191,7 +193,7 @@ def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: 
         comm.comm.Allreduce(MPI.IN_PLACE, steps, op=MPI.MAX)
     bytes_sent = comm.comm.allreduce(runs[-1]["prefill_comm"][1], op=MPI.MAX), \
         comm.comm.allreduce(runs[-1]["decode_comm"][1], op=MPI.MAX)
-    mem = comm.comm.gather(memory_mb(), root=0)
+    mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
     if comm.rank:
         return None
     prefill = phase_stats(list(local[:, 0]), args.prompt_len, list(local[:, 2]), bytes_sent[0])
@@ -221,7 +223,8 @@ def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: 
         "seed_metric": {"tokens": seed_tokens, "total_ms": total_ms, "ms_per_token": total_ms / seed_tokens,
                         "tokens_per_s": seed_tokens / (total_ms / 1e3)},
         "memory": {"peak_rss_mb": [m["peak_rss_mb"] for m in mem],
-                   "anon_mb": [m["anon_mb"] for m in mem]},
+                   "anon_mb": [m["anon_mb"] for m in mem],
+                   "attention_scratch_mb": [m["attention_scratch_mb"] for m in mem]},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},
     }

@@ -77,11 +77,15 @@ class Qwen3Engine:
         self.logits_r = np.zeros(self.lm_head.shape[0], np.float32)  # (V_r,)
         self.logits = np.zeros(cfg.vocab_size, np.float32)  # (V,) on every rank
         self.scores = np.zeros(0, np.float32)  # standard attention's score tensor, grown on demand
+        self.attention_scratch_bytes = 0  # the most working memory one attention call held
 
     def _attend(self, q, k, v, out, q_start, k_start, m=None, l=None, *, algo, block, scale):
+        (T, H, D), (S, Hkv) = q.shape, k.shape[:2]
+        floats = attention_kernels.scratch_floats(algo, T, H, Hkv, D, S, block, self.threads)
+        self.attention_scratch_bytes = max(self.attention_scratch_bytes, 4 * floats)
         scores = None
         if algo == "standard":  # the whole (heads x queries x keys) score tensor, kept for reuse
-            need = attention_kernels.standard_scores_size(q.shape[0], q.shape[1], k.shape[1], k.shape[0])
+            need = attention_kernels.standard_scores_size(T, H, Hkv, S)
             if self.scores.shape[0] < need:
                 self.scores = np.empty(need, np.float32)
             scores = self.scores

@@ -840,16 +840,19 @@ def memory_section(cells: list[Cell]) -> list[str]:
     if not measured:
         return []
     anon = any(c.run["memory"].get("anon_mb") for c in measured)
+    scratch = any(c.run["memory"].get("attention_scratch_mb") for c in measured)
     rows = []
     for c in measured:
         mem = c.run["memory"]
         row = [c.name, fnum(max(mem["peak_rss_mb"])), ", ".join(fnum(x) for x in mem["peak_rss_mb"])]
         if anon:
             row.append(", ".join(fnum(x) for x in mem.get("anon_mb") or []) or "—")
+        if scratch:
+            row.append(fnum(max(mem.get("attention_scratch_mb") or [math.nan]), 2))
         rows.append(row)
     head = ["cell", "peak RSS max MB", "peak RSS per rank MB"] + (
         ["private (anon) per rank MB"] if anon else []
-    )
+    ) + (["attention working memory MB (largest rank)"] if scratch else [])
     return [
         "## Memory",
         "",
@@ -859,6 +862,12 @@ def memory_section(cells: list[Cell]) -> list[str]:
             "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds."
             if anon
             else "."
+        )
+        + (
+            " Attention working memory: the most one attention call held (standard: the whole "
+            "heads x queries x keys score tensor; online_softmax: one block of scores per thread)."
+            if scratch
+            else ""
         ),
         "",
         *table(head, rows),
@@ -947,10 +956,17 @@ def long_context_section(cells: list[Cell]) -> list[str]:
         key=lambda m: (m[0].prompt_len, m[0].nranks, m[0].strategy),
     ):
         ma, mb = (max(c.run.get("memory", {}).get("peak_rss_mb") or [math.nan]) for c in (a, b))
+        sa, sb = (max(c.run.get("memory", {}).get("attention_scratch_mb") or [math.nan]) for c in (a, b))
         if math.isfinite(ma) and math.isfinite(mb) and ma > 0:
+            work = (
+                f"; attention working memory standard {fnum(sb)} MB, online_softmax {fnum(sa, 2)} MB "
+                f"(×{sb / sa:.0f})"
+                if math.isfinite(sa) and math.isfinite(sb) and sa > 0
+                else ""
+            )
             lines.append(
                 f"- peak RSS, prompt {a.prompt_len}, {a.strategy}, P={a.nranks}: standard {fnum(mb)} MB, "
-                f"online_softmax {fnum(ma)} MB (standard uses ×{mb / ma:.2f})."
+                f"online_softmax {fnum(ma)} MB (standard uses ×{mb / ma:.2f}){work}."
             )
     return lines + [""]
 

@@ -103,6 +103,8 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     schema = json.loads((REPO / "pipeline" / "schemas" / "bench.schema.json").read_text())
     jsonschema.validate(result, schema)
     assert result["cell"]["nranks"] == 2 and len(result["prefill"]["seconds"]) == 2
+    assert len(result["memory"]["attention_scratch_mb"]) == 2
+    assert min(result["memory"]["attention_scratch_mb"]) > 0
     assert len(result["output"]["greedy_tokens"]) == 5
     ref_tokens, ref_logits = ReferenceModel(open_export(synthetic_tiny_export)).generate(
         result["output"]["prompt_ids"], 5)

@@ -219,6 +219,10 @@ def test_standard_materialises_the_score_tensor():
     assert written >= 0.45 * H * T * T, f"only {written} of {H * T * T} scores were held"
     with pytest.raises(ValueError, match="standard_scores_size"):
         A.attention(q, k, v, out, 0, 0, D ** -0.5, algo="standard", scores=scores[: need - 1])
+    # The working memory the bench reports: O(H T S) for standard, O(threads x block) online.
+    big = A.scratch_floats("standard", 4096, 16, 8, 128, 4096, 64, 2)
+    small = A.scratch_floats("online_softmax", 4096, 16, 8, 128, 4096, 64, 2)
+    assert big >= 16 * 4096 * 4096 and small < big / 1000
 
 
 def test_online_softmax_long_sequence_memory_is_linear():
