@@ -13,6 +13,7 @@
 #   results/comm.json                        MPI ping-pong + Allreduce sweep (2 ranks): alpha, beta
 #   results/costmodel.json                   alpha-beta model: calibration, predicted vs measured, curves
 #   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
+#   results/dtype_compare.json, results/dtype_compare/*.json   float32 vs bf16 exports, back to back
 #   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png,
 #   results/figures/costmodel.png            (predicted curves beyond this machine)
 #   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)
@@ -46,6 +47,7 @@ MPI_LAUNCHER = get_mpi_launcher()
 
 
 wildcard_constraints:
+    dtype="float32|bf16",
     strategy="headwise|sequence",
     algo="standard|online_softmax",
     nranks=r"\d+",
@@ -86,19 +88,18 @@ rule export:
     input:
         get_checkpoint_files(),
     output:
-        directory(get_export_dir()),
+        directory(get_export_dir("{dtype}")),
     params:
         checkpoint=get_checkpoint_param,
-        dtype=config["export_dtype"],
     log:
-        "results/logs/export.log",
+        "results/logs/export_{dtype}.log",
     benchmark:
-        "results/logs/benchmarks/export.tsv"
+        "results/logs/benchmarks/export_{dtype}.tsv"
     conda:
         "envs/workflow.yaml"
     shell:
         "python -m model_export --checkpoint {params.checkpoint} --out {output} --force"
-        " --dtype {params.dtype} > {log} 2>&1"
+        " --dtype {wildcards.dtype} > {log} 2>&1"
 
 
 rule build:
@@ -178,6 +179,7 @@ rule report:
         verification="results/verification.json",
         costmodel="results/costmodel.json",
         baseline=get_baseline_files(),
+        dtype_compare=get_dtype_compare_files(),
         code=["pipeline/report.py", "pipeline/figures.py"],
     output:
         md="results/report.md",
@@ -196,6 +198,7 @@ rule report:
     shell:
         "python -m pipeline.report --runs {input.runs} --verification {input.verification}"
         " --costmodel {input.costmodel} --baseline {input.baseline}"
+        " --dtype-compare {input.dtype_compare}"
         " --cells {params.cells} --not-applicable {params.not_applicable:q}"
         " --workflow-config {params.workflow_config:q} --logs-dir {params.logs}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"

@@ -875,6 +875,62 @@ def memory_section(cells: list[Cell]) -> list[str]:
     ]
 
 
+BF16_DECODE_TARGET = 1.6  # bf16 decode over float32 decode, 1 rank (llama.cpp's is 1.5)
+
+
+def dtype_section(d: dict | None) -> list[str]:
+    """float32 vs bf16 exports benchmarked back to back (pipeline.dtype_compare)."""
+    if not d or not d.get("groups"):
+        return []
+    rows, verdicts = [], []
+    for g in d["groups"]:
+        f32, bf = g["dtypes"].get("float32"), g["dtypes"].get("bfloat16")
+        if not (f32 and bf):
+            continue
+        tpr = f32["threads_per_rank"]
+        rows.append(
+            [
+                f"{g['nranks']} x {tpr}",
+                fnum(f32["decode_tokens_per_s"], 2),
+                fnum(bf["decode_tokens_per_s"], 2),
+                f"×{g['decode_speedup']:.2f}",
+                fnum(f32["decode_gb_s"]),
+                fnum(bf["decode_gb_s"]),
+                fnum(f32["prefill_tokens_per_s"]),
+                fnum(bf["prefill_tokens_per_s"]),
+                fnum(f32["peak_rss_mb"], 0),
+                fnum(bf["peak_rss_mb"], 0),
+                "yes" if g.get("same_greedy_tokens") else "**no**",
+            ]
+        )
+        if g["nranks"] == 1:
+            ok = g["decode_speedup"] >= BF16_DECODE_TARGET
+            verdicts.append(
+                f"- 1 rank x {tpr} threads: bf16 decode ×{g['decode_speedup']:.2f} float32's "
+                f"(target ×{BF16_DECODE_TARGET}: {'**met**' if ok else '**not met**'})."
+            )
+    if not rows:
+        return []
+    head = [
+        "ranks x threads", "float32 decode tok/s", "bf16 decode tok/s", "bf16 speed-up",
+        "float32 GB/s", "bf16 GB/s", "float32 prefill tok/s", "bf16 prefill tok/s",
+        "float32 peak RSS MB", "bf16 peak RSS MB", "same greedy tokens",
+    ]
+    return [
+        "## bf16 weights",
+        "",
+        f"The same model exported with float32 and with bf16 weights, benchmarked back to back "
+        f"({d['strategy']} + {d['algo']}, prompt {d['prompt_len']}, {d['gen_len']} decode steps; "
+        f"medians of {d['rounds']} alternating rounds, pipeline/dtype_compare.py). Decode streams "
+        "every weight once per token: bf16 reads half the bytes, widened to float32 in the kernels.",
+        "",
+        *table(head, rows),
+        "",
+        *verdicts,
+        "",
+    ]
+
+
 LONG_CONTEXT = 1024  # prompt lengths from here on get the long-context section
 
 
@@ -1307,6 +1363,7 @@ def build(
     partial: bool = False,
     baselines: dict[int, dict] | None = None,
     costmodel_figure: str | None = None,
+    dtype_compare: dict | None = None,
 ) -> str:
     checks = {c["cell"]: c for c in result["cells"]} if result else {}
     for c in cells:
@@ -1334,7 +1391,8 @@ def build(
     lines += verification_section(cells, result) + findings_section(cells, result)
     lines += targets_section(cells) + baseline_findings(cells, baselines or {})
     lines += (
-        long_context_section(cells)
+        dtype_section(dtype_compare)
+        + long_context_section(cells)
         + comm_section(cells)
         + roofline_section(cells)
         + memory_section(cells)
@@ -1409,6 +1467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baseline", nargs="*", default=[], help="pipeline.baseline results (JSON), one per length"
     )
+    p.add_argument(
+        "--dtype-compare", nargs="*", default=[], help="pipeline.dtype_compare result (JSON), if run"
+    )
     p.add_argument("--logs-dir", default="results/logs/bench", help="where the bench logs are")
     p.add_argument("--out-md", required=True, help="the report (figures go to figures/ beside it)")
     p.add_argument("--out-csv", required=True, help="one row per cell")
@@ -1453,6 +1514,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         baselines = load_baselines(args.baseline)
+        dtype_compare = [json.loads(Path(p).read_text()) for p in args.dtype_compare]
     except (OSError, ValueError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 2
@@ -1470,6 +1532,7 @@ def main(argv: list[str] | None = None) -> int:
         args.partial,
         baselines,
         costmodel_figure,
+        dtype_compare[0] if dtype_compare else None,
     )
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)

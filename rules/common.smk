@@ -121,8 +121,19 @@ def get_checkpoint_param(wildcards, input):
     return get_checkpoint_dir()
 
 
-def get_export_dir():
-    return f"results/work/export/{get_model_id()}-{config['export_dtype']}"
+def get_export_dir(dtype=None):
+    """The export of the configured dtype (or of `dtype`, which may be the "{dtype}" wildcard)."""
+    return f"results/work/export/{get_model_id()}-{dtype or config['export_dtype']}"
+
+
+def get_dtype_compare_ranks():
+    """Rank counts of the dtype comparison: 1 and, where head-wise allows it, 2."""
+    return " ".join(str(p) for p in (1, 2) if p == 1 or get_not_applicable_reason("headwise", p, 128) is None)
+
+
+def get_dtype_compare_files():
+    """The float32 vs bf16 comparison (none when config dtype_comparison is off)."""
+    return ["results/dtype_compare.json"] if config["dtype_comparison"] else []
 
 
 def get_kernel_sources():
@@ -276,6 +287,7 @@ def get_partial_report_command():
     baseline = [f for f in get_baseline_files() if os.path.exists(f)]
     if baseline:
         args += ["--baseline", *baseline]
+    args += ["--dtype-compare", *[f for f in get_dtype_compare_files() if os.path.exists(f)]]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
              "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]

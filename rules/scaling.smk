@@ -70,3 +70,34 @@ rule baseline:
         "{params.timeout} python -m pipeline.baseline --checkpoint {params.checkpoint}"
         " --prompt-len {wildcards.prompt_len} --gen-len {params.gen_len} --iters {params.iters}"
         " --warmup {params.warmup} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule dtype_compare:
+    input:
+        exports=[get_export_dir("float32"), get_export_dir("bf16")],
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+        code="pipeline/dtype_compare.py",
+    output:
+        "results/dtype_compare.json",
+    params:
+        ranks=get_dtype_compare_ranks(),
+        gen_len=config["gen_len"],
+        iters=config["iters"],
+        warmup=config["warmup"],
+        mpi=MPI_LAUNCHER,
+        timeout=config["bench_timeout"] or 0,
+    threads: get_machine_cores()
+    resources:
+        bench=1,
+    log:
+        "results/logs/dtype_compare.log",
+    benchmark:
+        "results/logs/benchmarks/dtype_compare.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline.dtype_compare --exports {input.exports} --ranks {params.ranks}"
+        " --threads {threads} --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters}"
+        " --warmup {params.warmup} --rounds 2 --mpi {params.mpi:q} --timeout {params.timeout}"
+        " --out {output} > {log} 2>&1"

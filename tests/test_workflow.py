@@ -588,6 +588,38 @@ def test_report_baseline_row(tmp_path):
     assert "| *HF transformers (torch)* |" not in text
 
 
+def fake_dtype_compare(speedup_p1, same_tokens=True):
+    """TEST DATA shaped like pipeline.dtype_compare's output: float32 at 10 tok/s decode."""
+
+    def dtype(name, decode, tokens):
+        return {"dtype": name, "export": f"/x/{name}", "threads_per_rank": 2, "decode_tokens_per_s": decode,
+                "prefill_tokens_per_s": 200.0, "decode_rounds": [decode], "prefill_rounds": [200.0],
+                "decode_gb_s": 30.0, "peak_rss_mb": 1000.0, "greedy_tokens": tokens}
+
+    groups = []
+    for p, speedup in ((1, speedup_p1), (2, 2.0)):
+        f32 = dtype("float32", 10.0, [1, 2])
+        bf = dtype("bfloat16", 10.0 * speedup, [1, 2] if same_tokens else [1, 3])
+        groups.append({"nranks": p, "threads": 2, "dtypes": {"float32": f32, "bfloat16": bf},
+                       "decode_speedup": speedup, "prefill_ratio": 1.0,
+                       "same_greedy_tokens": same_tokens})
+    return {"schema_version": 1, "strategy": "headwise", "algo": "online_softmax", "prompt_len": 128,
+            "gen_len": 32, "iters": 3, "rounds": 2, "groups": groups}
+
+
+@pytest.mark.parametrize("speedup, same, verdict", [(1.75, True, "**met**"), (1.2, False, "**not met**")])
+def test_report_bf16_section(tmp_path, speedup, same, verdict):
+    (tmp_path / "dtype.json").write_text(json.dumps(fake_dtype_compare(speedup, same)))
+    text, _ = run_report(tmp_path, matrix_runs(), "--dtype-compare", str(tmp_path / "dtype.json"))
+    assert "## bf16 weights" in text
+    assert f"| 1 x 2 | 10.00 | {10 * speedup:.2f} | ×{speedup:.2f} |" in text
+    assert f"- 1 rank x 2 threads: bf16 decode ×{speedup:.2f} float32's (target ×1.6: {verdict})." in text
+    assert ("| 1,000 | 1,000 | yes |" in text) == same
+    assert ("| 1,000 | 1,000 | **no** |" in text) == (not same)
+    text, _ = run_report(tmp_path / "none", matrix_runs())
+    assert "## bf16 weights" not in text
+
+
 def test_baseline_on_the_tiny_preset_matches_the_reference(
     synthetic_tiny_checkpoint, synthetic_tiny_export, tmp_path
 ):
@@ -796,6 +828,11 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     ):
         assert section in text
     assert (results / "figures" / "costmodel.png").exists()
+    # float32 against bf16 exports of the same model, back to back: same tokens, a speed-up row each
+    dtypes = json.loads((results / "dtype_compare.json").read_text())
+    assert [g["nranks"] for g in dtypes["groups"]] == [1, 2]
+    assert all(g["same_greedy_tokens"] and g["decode_speedup"] > 0 for g in dtypes["groups"])
+    assert "## bf16 weights" in text and "| 1 x 2 |" in text
     assert ("| *HF transformers (torch)* |" in text) == hf["available"]
     if hf["available"]:
         assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
@@ -823,6 +860,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     ran = proc.stdout + proc.stderr
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
+    assert "rule dtype_compare:" not in ran
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr

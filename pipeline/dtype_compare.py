@@ -1,0 +1,126 @@
+"""float32 against bf16 weights, measured back to back: the bf16 decode speed-up.
+
+    python -m pipeline.dtype_compare --exports EXPORT_F32 EXPORT_BF16 --ranks 1 2 --threads 2 \
+        --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 2 --out results/dtype_compare.json
+
+Both exports hold the same model (the synthetic and Hugging Face Qwen3 checkpoints are bf16, so
+the float32 export widens them exactly). For each rank count, `rounds` rounds run pipeline.bench
+(head-wise, online_softmax) on each export in turn, ABAB..., so load from other processes falls
+on both alike; each dtype's figure is the median over its rounds of the bench medians. The
+speed-up is bf16 over float32 at the same ranks and threads, and the greedy tokens of the two
+must be the same. The bench JSONs are kept beside the output, in `<out stem>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.atomic import write_json_atomic
+from pipeline.weights import open_export
+
+SCHEMA_VERSION = 1
+STRATEGY, ALGO = "headwise", "online_softmax"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.dtype_compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exports", nargs="+", required=True, help="export directories, one per dtype")
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--threads", type=int, required=True, help="cores for each job (all its ranks)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per bench run (0: none)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1 or any(n < 1 for n in args.ranks):
+        p.error("--rounds, --threads and --ranks must be >= 1")
+    return args
+
+
+def dtypes_of(exports: list[str]) -> dict[str, str]:
+    """{dtype: export dir}, checked up front: readable exports of one model, distinct dtypes."""
+    found, configs = {}, set()
+    for path in exports:
+        export = open_export(path)  # raises a clear error for a missing or malformed export
+        if export.dtype_name in found:
+            raise ValueError(f"two exports hold {export.dtype_name}: {found[export.dtype_name]}, {path}")
+        found[export.dtype_name] = path
+        configs.add(json.dumps(export.cfg.to_dict(), sort_keys=True))
+    if len(configs) > 1:
+        raise ValueError(f"the exports hold different models: {exports}")
+    return found
+
+
+def bench(args: argparse.Namespace, export: str, nranks: int, out: Path) -> dict:
+    cmd = [*shlex.split(args.mpi), "-n", str(nranks), sys.executable, "-m", "mpi4py", "-m", "pipeline.bench",
+           "--export", export, "--parallel-strategy", STRATEGY, "--attention-algo", ALGO,
+           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--iters", str(args.iters),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--out", str(out)]
+    print("[dtype_compare] " + shlex.join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout or None)
+    if proc.returncode:
+        raise RuntimeError(f"bench failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def summary(runs: list[dict]) -> dict:
+    first = runs[0]
+    return {"dtype": first["model"]["dtype"], "export": first["model"]["export"],
+            "threads_per_rank": first["cell"]["threads_per_rank"],
+            "decode_tokens_per_s": statistics.median(r["decode"]["tokens_per_s"] for r in runs),
+            "prefill_tokens_per_s": statistics.median(r["prefill"]["tokens_per_s"] for r in runs),
+            "decode_rounds": [r["decode"]["tokens_per_s"] for r in runs],
+            "prefill_rounds": [r["prefill"]["tokens_per_s"] for r in runs],
+            "decode_gb_s": statistics.median(r["roofline"]["decode_gb_s"] for r in runs),
+            "peak_rss_mb": max(max(r["memory"]["peak_rss_mb"]) for r in runs),
+            "greedy_tokens": first["output"]["greedy_tokens"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        exports = dtypes_of(args.exports)
+    except Exception as e:  # noqa: BLE001  (one clear line before any heavy work)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    raw = Path(args.out).with_suffix("")
+    raw.mkdir(parents=True, exist_ok=True)
+    groups = []
+    for nranks in args.ranks:
+        runs: dict[str, list[dict]] = {dtype: [] for dtype in exports}
+        for rnd in range(args.rounds):
+            for dtype, export in exports.items():
+                out = raw / f"{STRATEGY}_{ALGO}_np{nranks}_t{args.threads}_{dtype}_r{rnd}.json"
+                runs[dtype].append(bench(args, export, nranks, out))
+        by_dtype = {dtype: summary(r) for dtype, r in runs.items()}
+        group = {"nranks": nranks, "threads": args.threads, "dtypes": by_dtype}
+        if {"float32", "bfloat16"} <= by_dtype.keys():
+            f32, bf16 = by_dtype["float32"], by_dtype["bfloat16"]
+            group["decode_speedup"] = bf16["decode_tokens_per_s"] / f32["decode_tokens_per_s"]
+            group["prefill_ratio"] = bf16["prefill_tokens_per_s"] / f32["prefill_tokens_per_s"]
+            group["same_greedy_tokens"] = bf16["greedy_tokens"] == f32["greedy_tokens"]
+        groups.append(group)
+        print(f"[dtype_compare] P={nranks}: " + ", ".join(
+            f"{d} decode {s['decode_tokens_per_s']:.2f} tok/s" for d, s in by_dtype.items())
+            + (f", bf16 x{group['decode_speedup']:.2f}" if "decode_speedup" in group else ""),
+            file=sys.stderr, flush=True)
+    write_json_atomic(args.out, {
+        "schema_version": SCHEMA_VERSION, "strategy": STRATEGY, "algo": ALGO,
+        "prompt_len": args.prompt_len, "gen_len": args.gen_len, "iters": args.iters,
+        "rounds": args.rounds, "groups": groups})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
