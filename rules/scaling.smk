@@ -85,10 +85,10 @@ rule dtype_compare:
         gen_len=config["gen_len"],
         iters=config["iters"],
         warmup=config["warmup"],
-        mpi=MPI_LAUNCHER,
         timeout=config["bench_timeout"] or 0,
     threads: get_machine_cores()
     resources:
+        mpi=MPI_LAUNCHER,  # a resource, as in rule bench: a launcher change alone reruns nothing
         bench=1,
     log:
         "results/logs/dtype_compare.log",
@@ -99,5 +99,5 @@ rule dtype_compare:
     shell:
         "python -m pipeline.dtype_compare --exports {input.exports} --ranks {params.ranks}"
         " --threads {threads} --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters}"
-        " --warmup {params.warmup} --rounds 2 --mpi {params.mpi:q} --timeout {params.timeout}"
+        " --warmup {params.warmup} --rounds 2 --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"
