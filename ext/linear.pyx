@@ -120,7 +120,7 @@ cdef void _gemv_many(const float *x, int T, Py_ssize_t K, int m, const void **w,
     if start[m] < 2:
         n = 1
     with nogil, parallel(num_threads=n):
-        for b in prange(start[m], schedule="dynamic"):
+        for b in prange(start[m], schedule="static"):
             j = 0
             while b >= start[j + 1]:
                 j = j + 1
@@ -142,7 +142,7 @@ cdef void _gemvt(const float *x, int T, Py_ssize_t K, const void *w_t, Py_ssize_
         parts = out
         n = 1
     with nogil, parallel(num_threads=n):
-        for ch in prange(nchunks, schedule="dynamic"):
+        for ch in prange(nchunks, schedule="static"):
             gemvt_rows(x, T, K, w_t, N, K * ch // nchunks, K * (ch + 1) // nchunks,
                        parts + ch * T * N, bf)
             if nchunks > 1 and last_done(&done, <int>nchunks):

@@ -74,7 +74,7 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
     if nchunks == 1:
         parts = out
     with nogil, parallel(num_threads=n):
-        for b in prange(2 * nb, schedule="dynamic"):   # gate's row blocks, then up's
+        for b in prange(2 * nb, schedule="static"):   # gate's row blocks, then up's
             n0 = (b % nb) * ROW_BLOCK
             n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < I else I
             if b < nb:
@@ -85,7 +85,7 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
                 silu_mul_f32(gate, up, T * I)   # T * I floats: microseconds
                 set_flag(&act_ready)
         wait_flag(&act_ready)
-        for ch in prange(nchunks, schedule="dynamic"):
+        for ch in prange(nchunks, schedule="static"):
             gemvt_rows(gate, <int>T, I, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks,
                        parts + ch * T * d, bf)
             if nchunks > 1 and last_done(&down_done, <int>nchunks):
