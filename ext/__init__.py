@@ -5,9 +5,9 @@ OpenMP threads (ext/linear.pyx), so no second pool takes turns with it. Then idl
 should spin a little between parallel regions rather than sleep: a decode step runs about four
 regions per layer, and waking a sleeping thread cost 15-200 us on these 2-vCPU VMs (an idle
 vCPU halts, and waking it goes through the hypervisor). Measured with python -m pipeline.bench,
-synthetic Qwen3-0.6B, 1 rank x 2 threads, two runs back to back (noisy VM): decode 13.9 tok/s (float32) and 22.6 (bf16)
-with threads sleeping at once (OMP_WAIT_POLICY=PASSIVE), 19.4 and 34.9 with GOMP_SPINCOUNT=100000
-(about 1 ms of spinning), prefill unchanged (214 and 209 tok/s).
+synthetic Qwen3-0.6B, 1 rank x 2 threads, two runs back to back (noisy VM): decode 13.9 tok/s
+(float32) and 22.6 (bf16) with threads sleeping at once (OMP_WAIT_POLICY=PASSIVE), 19.4 and 34.9
+with GOMP_SPINCOUNT=100000 (about 1 ms of spinning), prefill unchanged (214 and 209 tok/s).
 The spin is read once, when libgomp loads (the first ext module), so it is set here;
 GOMP_SPINCOUNT for GCC's libgomp, KMP_BLOCKTIME (ms) for LLVM's libomp. An explicit
 OMP_WAIT_POLICY, GOMP_SPINCOUNT or KMP_BLOCKTIME in the environment wins.
