@@ -595,21 +595,15 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
             lp = &l[0, 0]
     if T == 0 or H == 0 or D == 0:
         return
-    if S == 0:
-        # No keys at all: every row is empty.
+    kend = _visible(0, q_start, k_start, S) if T == 1 else S
+    if kend == 0:
+        # No visible keys: every row is empty.
         out[:, :, :] = 0.0
         if mp != NULL:
             m[:, :] = -INFINITY
             l[:, :] = 0.0
         return
     if T == 1:
-        kend = _visible(0, q_start, k_start, S)
-        if kend == 0:
-            out[:, :, :] = 0.0
-            if mp != NULL:
-                m[:, :] = -INFINITY
-                l[:, :] = 0.0
-            return
         if scores is not None and not online and scores.shape[0] >= H * kend:
             sp = &scores[0]
         if _attention_decode(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], mp, lp, kend,

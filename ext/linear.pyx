@@ -82,6 +82,7 @@ def gemm_in_openmp():
     call sets it to one and back, so the two pools never run at once."""
     return _sgemm != NULL
 
+
 BF16 = np.dtype(np.uint16)
 WEIGHT_DTYPES = (np.dtype(np.float32), BF16)
 
