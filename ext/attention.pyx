@@ -43,14 +43,14 @@ cdef extern from * nogil:
                 const float *q = Q + (Py_ssize_t)r * D;
                 float s;
                 int i = 0;
-                if (D % 16 == 0) {
-                    f32x16 a = {0}, b = {0};
-                    for (; i + 32 <= D; i += 32) {
-                        a += ld16(q + i) * ld16(k + i);
-                        b += ld16(q + i + 16) * ld16(k + i + 16);
+                if (D % VL == 0) {
+                    vf a = {0}, b = {0};
+                    for (; i + 2 * VL <= D; i += 2 * VL) {
+                        a += vld(q + i) * vld(k + i);
+                        b += vld(q + i + VL) * vld(k + i + VL);
                     }
-                    for (; i < D; i += 16) a += ld16(q + i) * ld16(k + i);
-                    s = hsum16(a + b);
+                    for (; i < D; i += VL) a += vld(q + i) * vld(k + i);
+                    s = hsumv(a + b);
                 } else {
                     s = 0.f;
                     for (; i < D; i++) s += q[i] * k[i];
@@ -60,73 +60,76 @@ cdef extern from * nogil:
         }
     }
 
-    /* St[c*Rp + r] = sum_i Qt[i*Rp + r] K[c, i] for r < Rp (multiple of 32), c < nk.
-       Register tile: 32 rows (2 vectors) x 4 keys = 8 accumulators, no horizontal sums. */
+    /* St[c*Rp + r] = sum_i Qt[i*Rp + r] K[c, i] for rows r0 .. r0 + 2 VL - 1 and keys c .. c + NK - 1:
+       a register tile of 2 vectors of rows x NK keys (NK constant), no horizontal sums. */
+    static inline __attribute__((always_inline)) void qk_tile(
+            const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int c, int r0,
+            float *St, const int NK) {
+        vf a[4], b[4];
+        const float *k[4];
+        for (int j = 0; j < NK; j++) {
+            a[j] = (vf){0};
+            b[j] = (vf){0};
+            k[j] = K + (Py_ssize_t)(c + j) * ldk;
+        }
+        const float *qt = Qt + r0;
+        for (int i = 0; i < D; i++, qt += Rp) {
+            vf qa = vld(qt), qb = vld(qt + VL);
+            IN_REG(qa);
+            IN_REG(qb);
+            for (int j = 0; j < NK; j++) {
+                float x = k[j][i];
+                a[j] += qa * x;
+                b[j] += qb * x;
+            }
+        }
+        float *s = St + (Py_ssize_t)c * Rp + r0;
+        for (int j = 0; j < NK; j++) { vst(s + j * Rp, a[j]); vst(s + j * Rp + VL, b[j]); }
+    }
+
+    /* St[c*Rp + r] = sum_i Qt[i*Rp + r] K[c, i] for r < Rp (a multiple of 2 VL), c < nk:
+       tiles of 4 keys, 8 accumulators. */
     static __attribute__((noinline))   /* own register allocation, away from the caller's */
     void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int nk, float *St) {
-        for (int r0 = 0; r0 < Rp; r0 += 32) {
+        for (int r0 = 0; r0 < Rp; r0 += 2 * VL) {
             int c = 0;
-            for (; c + 4 <= nk; c += 4) {
-                const float *k0 = K + c * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
-                f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-                const float *qt = Qt + r0;
-                for (int i = 0; i < D; i++, qt += Rp) {
-                    f32x16 qa = ld16(qt), qb = ld16(qt + 16);
-                    IN_REG(qa);
-                    IN_REG(qb);
-                    float x0 = k0[i], x1 = k1[i], x2 = k2[i], x3 = k3[i];
-                    a0 += qa * x0; b0 += qb * x0;
-                    a1 += qa * x1; b1 += qb * x1;
-                    a2 += qa * x2; b2 += qb * x2;
-                    a3 += qa * x3; b3 += qb * x3;
-                }
-                float *s = St + (Py_ssize_t)c * Rp + r0;
-                st16(s, a0); st16(s + 16, b0);
-                st16(s + Rp, a1); st16(s + Rp + 16, b1);
-                st16(s + 2 * Rp, a2); st16(s + 2 * Rp + 16, b2);
-                st16(s + 3 * Rp, a3); st16(s + 3 * Rp + 16, b3);
-            }
-            for (; c < nk; c++) {
-                const float *k0 = K + c * ldk;
-                f32x16 a0 = {0}, b0 = {0};
-                for (int i = 0; i < D; i++) {
-                    a0 += ld16(Qt + (Py_ssize_t)i * Rp + r0) * k0[i];
-                    b0 += ld16(Qt + (Py_ssize_t)i * Rp + r0 + 16) * k0[i];
-                }
-                float *s = St + (Py_ssize_t)c * Rp + r0;
-                st16(s, a0); st16(s + 16, b0);
-            }
+            for (; c + 4 <= nk; c += 4) qk_tile(Qt, Rp, D, K, ldk, c, r0, St, 4);
+            for (; c < nk; c++) qk_tile(Qt, Rp, D, K, ldk, c, r0, St, 1);
         }
     }
 
-    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for rows r0, r0+1 and columns i0 .. i0 + 16*NV:
-       the 2 x 16*NV block of O stays in registers over the key loop and each V row is read once,
+    /* O[r, :] += sum_c St[c*lds + r] V[c, :] for rows r0, r0+1 and columns i0 .. i0 + VL*NV:
+       the 2 x VL*NV block of O stays in registers over the key loop and each V row is read once,
        contiguously (V rows are Hkv*D floats apart, so column-chunked passes would thrash L1 sets). */
     static inline __attribute__((always_inline)) void pv_tile(
             const float *St, int lds, int r0, int nrow, const float *V, Py_ssize_t ldv, int nk,
             float *O, int D, int i0, const int NV, const int pf) {
-        f32x16 a[8], b[8];
+        vf a[8], b[8];
         float *o0 = O + (Py_ssize_t)r0 * D + i0, *o1 = o0 + D;
-        for (int j = 0; j < NV; j++) { a[j] = ld16(o0 + 16 * j); b[j] = nrow > 1 ? ld16(o1 + 16 * j) : a[j]; }
+        for (int j = 0; j < NV; j++) { a[j] = vld(o0 + VL * j); b[j] = nrow > 1 ? vld(o1 + VL * j) : a[j]; }
         for (int c = 0; c < nk; c++) {
             const float *v = V + c * ldv + i0;
-            if (pf) prefetch_floats(v + PF_ROWS * ldv, 16 * NV);
+            if (pf) prefetch_floats(v + PF_ROWS * ldv, VL * NV);
             float p0 = St[(Py_ssize_t)c * lds + r0], p1 = St[(Py_ssize_t)c * lds + r0 + (nrow > 1)];
             for (int j = 0; j < NV; j++) {
-                f32x16 x = ld16(v + 16 * j);
+                vf x = vld(v + VL * j);
                 IN_REG(x);
                 a[j] += x * p0;
                 b[j] += x * p1;
             }
         }
-        for (int j = 0; j < NV; j++) { st16(o0 + 16 * j, a[j]); if (nrow > 1) st16(o1 + 16 * j, b[j]); }
+        for (int j = 0; j < NV; j++) { vst(o0 + VL * j, a[j]); if (nrow > 1) vst(o1 + VL * j, b[j]); }
     }
+
+    /* Vectors per row of a pv tile: its 2 x PV_NV accumulators fill half the vector registers
+       (32 with AVX-512, 16 otherwise); more would spill. */
+    #define PV_NV (VL == 16 ? 8 : 4)
 
     /* O[r, :] += sum_c St[c*lds + r] V[c, :] for r < R, c < nk, V rows ldv floats apart. */
     static void pv_direct(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
                           float *O, int D, const int pf) {
-        for (int i0 = 0; i0 < D; i0 += 128) {
-            int nv = (D - i0 >= 128 ? 128 : D - i0) / 16;
+        for (int i0 = 0; i0 < D; i0 += VL * PV_NV) {
+            int nv = (D - i0 >= VL * PV_NV ? VL * PV_NV : D - i0) / VL;
             for (int r = 0; r < R; r += 2) {
                 int nrow = R - r >= 2 ? 2 : 1;
                 switch (nv) {   /* constant NV: the tile is unrolled and kept in registers */
@@ -136,7 +139,7 @@ cdef extern from * nogil:
                     case 1: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 1, pf); break;
                     default:
                         for (int k = 0; k < nv; k++)
-                            pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + 16 * k, 1, pf);
+                            pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + VL * k, 1, pf);
                 }
             }
         }
@@ -149,7 +152,7 @@ cdef extern from * nogil:
        reuse it; packing PV_PACK rows contiguously keeps the block in L1 for all R/2 row tiles. */
     static void pv_rows(const float *St, int lds, int R, const float *V, Py_ssize_t ldv, int nk,
                         float *O, int D, float *Vb) {
-        if (D % 16) {
+        if (D % VL) {
             for (int r = 0; r < R; r++)
                 for (int c = 0; c < nk; c++) {
                     float p = St[(Py_ssize_t)c * lds + r];
@@ -173,46 +176,46 @@ cdef extern from * nogil:
         }
     }
 
-    /* Online-softmax step for rows r < Rp (a multiple of 16) over key columns c < nk, keys
+    /* Online-softmax step for rows r < Rp (a multiple of VL) over key columns c < nk, keys
        c0 + c, visible to row r iff c0 + c < nvis[r]:
        m' = max(m, max_c St), alpha = e^(m - m'), St <- e^(St - m') (0 if masked),
        l <- l alpha + sum_c St, m <- m'. Vectorised over rows (St is key-major). */
     static void softmax_cols(float *St, int Rp, int nk, int c0, const int *nvis,
                              float *m, float *l, float *alpha) {
-        const f32x16 ninf = (f32x16){0} - __builtin_inff(), zero = {0};
-        for (int r0 = 0; r0 < Rp; r0 += 16) {
-            i32x16 lim = ldi16(nvis + r0) - c0;
-            f32x16 bm = ninf;
+        const vf ninf = (vf){0} - __builtin_inff(), zero = {0};
+        for (int r0 = 0; r0 < Rp; r0 += VL) {
+            vi lim = vldi(nvis + r0) - c0;
+            vf bm = ninf;
             for (int c = 0; c < nk; c++) {
-                i32x16 vis = ((i32x16){0} + c) < lim;
-                bm = max16(bm, sel16(vis, ld16(St + (Py_ssize_t)c * Rp + r0), ninf));
+                vi vis = ((vi){0} + c) < lim;
+                bm = maxv(bm, selv(vis, vld(St + (Py_ssize_t)c * Rp + r0), ninf));
             }
-            f32x16 mold = ld16(m + r0), mnew = max16(mold, bm);
-            f32x16 shift = sel16(mnew > ninf, mnew, zero);   /* no key yet: avoid -inf - -inf */
-            f32x16 sum = zero;
+            vf mold = vld(m + r0), mnew = maxv(mold, bm);
+            vf shift = selv(mnew > ninf, mnew, zero);   /* no key yet: avoid -inf - -inf */
+            vf sum = zero;
             for (int c = 0; c < nk; c++) {
-                i32x16 vis = ((i32x16){0} + c) < lim;
+                vi vis = ((vi){0} + c) < lim;
                 float *s = St + (Py_ssize_t)c * Rp + r0;
-                f32x16 p = sel16(vis, exp16(ld16(s) - shift), zero);
-                st16(s, p);
+                vf p = selv(vis, expv(vld(s) - shift), zero);
+                vst(s, p);
                 sum += p;
             }
-            f32x16 a = exp16(mold - shift);
-            st16(alpha + r0, a);
-            st16(l + r0, ld16(l + r0) * a + sum);
-            st16(m + r0, mnew);
+            vf a = expv(mold - shift);
+            vst(alpha + r0, a);
+            vst(l + r0, vld(l + r0) * a + sum);
+            vst(m + r0, mnew);
         }
     }
 
     static inline float dot_f32(const float *a, const float *b, int n) {
-        f32x16 x = {0}, y = {0};
+        vf x = {0}, y = {0};
         int i = 0;
-        for (; i + 32 <= n; i += 32) {
-            x += ld16(a + i) * ld16(b + i);
-            y += ld16(a + i + 16) * ld16(b + i + 16);
+        for (; i + 2 * VL <= n; i += 2 * VL) {
+            x += vld(a + i) * vld(b + i);
+            y += vld(a + i + VL) * vld(b + i + VL);
         }
-        for (; i + 16 <= n; i += 16) x += ld16(a + i) * ld16(b + i);
-        float s = hsum16(x + y);
+        for (; i + VL <= n; i += VL) x += vld(a + i) * vld(b + i);
+        float s = hsumv(x + y);
         for (; i < n; i++) s += a[i] * b[i];
         return s;
     }
@@ -236,14 +239,14 @@ cdef extern from * nogil:
             float *row = s + h * lds;
             float mx = -__builtin_inff();
             for (int c = 0; c < nk; c++) mx = row[c] > mx ? row[c] : mx;
-            f32x16 acc = {0};
+            vf acc = {0};
             int c = 0;
-            for (; c + 16 <= nk; c += 16) {
-                f32x16 p = exp16(ld16(row + c) - mx);
-                st16(row + c, p);
+            for (; c + VL <= nk; c += VL) {
+                vf p = expv(vld(row + c) - mx);
+                vst(row + c, p);
                 acc += p;
             }
-            float sum = hsum16(acc);
+            float sum = hsumv(acc);
             for (; c < nk; c++) { row[c] = expf(row[c] - mx); sum += row[c]; }
             m[h] = mx;
             l[h] = sum;
@@ -262,7 +265,7 @@ cdef extern from * nogil:
                 const float *x = vrow + (Py_ssize_t)(h / G) * D;
                 float *y = o + (Py_ssize_t)h * D, a = s[h * lds + c];
                 int i = 0;
-                for (; i + 16 <= D; i += 16) st16(y + i, ld16(y + i) + ld16(x + i) * a);
+                for (; i + VL <= D; i += VL) vst(y + i, vld(y + i) + vld(x + i) * a);
                 for (; i < D; i++) y[i] += x[i] * a;
             }
         }

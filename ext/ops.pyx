@@ -1,6 +1,6 @@
 """Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE, argmax.
 
-Each is one pass over a row, parallel over rows; sums of squares go through 16 float lanes whose
+Each is one pass over a row, parallel over rows; sums of squares go through VL float lanes whose
 partial sums are added in double (vectorised, and well inside the 1e-5 relative contract).
 """
 
@@ -9,7 +9,7 @@ import numpy as np
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 
-from ext.simd cimport sumsq_f32
+from ext.simd cimport VL, sumsq_f32
 
 cdef enum:
     # Below this many elements an op runs on the calling thread: a decode step's norms touch a few
@@ -19,6 +19,11 @@ cdef enum:
 
 cdef inline int _threads_for(Py_ssize_t elems, int n) noexcept nogil:
     return n if elems >= PARALLEL_MIN else 1
+
+
+def vector_lanes() -> int:
+    """float32 lanes per SIMD vector the kernels were compiled for: 16 (AVX-512), 8 (AVX2) or 4."""
+    return VL
 
 
 def rope_table(Py_ssize_t max_pos, int D, double theta):

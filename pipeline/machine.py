@@ -9,6 +9,8 @@ import socket
 
 import numpy as np
 
+from ext.ops import vector_lanes
+
 
 def cpu_model() -> str:
     try:
@@ -27,7 +29,7 @@ def machine_facts(nranks: int, threads_per_rank: int) -> dict:
     facts = {"cpu_model": cpu_model(), "cores": cores, "nranks": nranks,
              "threads_per_rank": threads_per_rank, "oversubscribed": nranks * threads_per_rank > cores,
              "hostname": socket.gethostname(), "python": platform.python_version(),
-             "numpy": np.__version__,
+             "numpy": np.__version__, "simd_lanes": vector_lanes(),
              "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     try:
         from mpi4py import MPI

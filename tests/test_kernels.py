@@ -348,3 +348,17 @@ def test_silu_mul_wide_range(threads):
     # relative error per element where the value is not tiny
     big = np.abs(want) > 1e-3
     assert np.max(np.abs(g[big] - want[big]) / np.abs(want[big])) < 1e-5
+
+
+def test_vector_width_matches_the_cpu():
+    """The kernels are built with -march=native: their vectors must be the CPU's register width.
+
+    A vector wider than the registers compiles but runs through the stack (10x slower).
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
+    assert O.vector_lanes() == expected
