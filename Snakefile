@@ -126,8 +126,8 @@ rule bench:
         json="results/runs/{strategy}_{algo}_np{nranks}_p{prompt_len}.json",
     params:
         gen_len=config["gen_len"],
-        iters=config["iters"],
-        warmup=config["warmup"],
+        iters=get_iters,
+        warmup=get_warmup,
         timeout=get_timeout_prefix(),
     threads: get_bench_threads
     resources:

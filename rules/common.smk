@@ -246,6 +246,18 @@ def get_job_threads(wildcards, threads):
     return threads
 
 
+def is_long_prompt(wildcards):
+    return 0 < config["long_prompt_from"] <= int(wildcards.prompt_len)
+
+
+def get_iters(wildcards):
+    return config["long_prompt_iters"] if is_long_prompt(wildcards) else config["iters"]
+
+
+def get_warmup(wildcards):
+    return config["long_prompt_warmup"] if is_long_prompt(wildcards) else config["warmup"]
+
+
 def get_tasks(wildcards):
     return int(wildcards.nranks)
 
