@@ -721,6 +721,18 @@ def test_dry_run_costmodel_gets_the_cluster_config():
     assert "mpiexec -n 2 python -m mpi4py -m pipeline.commbench --out results/comm.json" in proc.stdout
 
 
+def test_dry_run_long_prompts_get_their_own_iterations():
+    targets = [f"results/runs/headwise_standard_np1_p{n}.json" for n in (8, 16)]
+    proc = plan("-p", *targets, "--config", "synthetic_preset=tiny", "prompt_lengths=[8,16]", "iters=3",
+                "warmup=1", "long_prompt_from=16", "long_prompt_iters=2", "long_prompt_warmup=0")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "pipeline.bench" in line]
+    assert len(lines) == 2
+    for line in lines:
+        expected = "--iters 2 --warmup 0" if "--prompt-len 16 " in line else "--iters 3 --warmup 1"
+        assert expected in line
+
+
 def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
     nkv = PRESETS["tiny"]["num_key_value_heads"]
     p = next(p for p in range(2, 64) if nkv % p)  # a rank count head-wise cannot split the KV heads over
