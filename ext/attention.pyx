@@ -99,8 +99,9 @@ cdef extern from * nogil:
     }
 
     /* O[r, :] += sum_c St[c*lds + r] V[c, :] for rows r0, r0+1 and columns i0 .. i0 + VL*NV:
-       the 2 x VL*NV block of O stays in registers over the key loop and each V row is read once,
-       contiguously (V rows are Hkv*D floats apart, so column-chunked passes would thrash L1 sets). */
+       the 2 x VL*NV block of O stays in registers over the key loop, and the tile reads VL*NV
+       contiguous floats of each V row (all of a 128-wide row with AVX-512; a quarter with AVX2,
+       so pv_direct passes over the keys D / (VL*PV_NV) times). */
     static inline __attribute__((always_inline)) void pv_tile(
             const float *St, int lds, int r0, int nrow, const float *V, Py_ssize_t ldv, int nk,
             float *O, int D, int i0, const int NV, const int pf) {

@@ -15,7 +15,9 @@ cdef extern from * nogil:
     """
     /* Software prefetch distance, in bytes (16 KiB) ahead of the read position. One sequential
        stream per thread plus this prefetch measured 47 GB/s of bf16 on one core; several
-       interleaved row streams (a rows x tokens register tile) without it, 15 GB/s. */
+       interleaved row streams (a rows x tokens register tile) without it, 15 GB/s (AVX-512 EPYC).
+       On an AVX2 EPYC (Zen 3) bf16 reads the same either way, but float32 streams faster as eight
+       rows at once without it (gemv_8rows, axpy_8rows: one-token products only). */
     #define PF_BYTES 16384
     #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -78,6 +80,25 @@ cdef extern from * nogil:
         }
     }
 
+    /* out[r] = sum_k x[k] w[r*K + k] for 8 float32 rows r (one token): eight weight streams,
+       which the hardware prefetchers follow. AVX2 EPYC, 100 (3072, 1024) matrices, 2 threads,
+       alternating in one run: 19.1 GB/s (median of 11) against 15.2 for one row at a time with
+       the software prefetch; the engine's decode step 112-129 ms against 151-170. */
+    ALWAYS_INLINE void gemv_8rows(const float *x, const float *w, Py_ssize_t K, float *out) {
+        vf acc[8];
+        for (int r = 0; r < 8; r++) acc[r] = (vf){0};
+        Py_ssize_t k = 0;
+        for (; k + VL <= K; k += VL) {
+            vf xv = vld(x + k);
+            for (int r = 0; r < 8; r++) acc[r] += vld(w + r * K + k) * xv;
+        }
+        for (int r = 0; r < 8; r++) {
+            float s = hsumv(acc[r]);
+            for (Py_ssize_t kk = k; kk < K; kk++) s += x[kk] * w[r * K + kk];
+            out[r] = s;
+        }
+    }
+
     #define GEMV_ROWS(TT, U) for (Py_ssize_t n = n0; n < n1; n++) \
         gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, TT, U, bf);
 
@@ -88,7 +109,13 @@ cdef extern from * nogil:
                                     Py_ssize_t ldo, const int bf) {
         for (int t0 = 0; t0 < T; t0 += 8, x += 8 * ldx, out += 8 * ldo) {
             switch (T - t0 < 8 ? T - t0 : 8) {
-                case 1: GEMV_ROWS(1, 4) break;
+                case 1: {
+                    Py_ssize_t n = n0;
+                    if (!bf)
+                        for (; n + 8 <= n1; n += 8) gemv_8rows(x, (const float *)w + n * K, K, out + n);
+                    for (; n < n1; n++) gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, 1, 4, bf);
+                    break;
+                }
                 case 2: GEMV_ROWS(2, 4) break;
                 case 3: GEMV_ROWS(3, 2) break;
                 case 4: GEMV_ROWS(4, 2) break;
@@ -117,11 +144,26 @@ cdef extern from * nogil:
         for (; c < N; c++) o[c] += ldw1(w, c, bf) * a;
     }
 
+    /* o[c] += sum_r a[r] * w[r*N + c] for 8 float32 rows r, added in row order (the bits of
+       eight axpy_w calls): eight weight streams, o loaded and stored once per 8 rows. */
+    ALWAYS_INLINE void axpy_8rows(const float *a, const float *w, Py_ssize_t N, float *o) {
+        Py_ssize_t c = 0;
+        for (; c + VL <= N; c += VL) {
+            vf s = vld(o + c);
+            for (int r = 0; r < 8; r++) s += vld(w + r * N + c) * a[r];
+            vst(o + c, s);
+        }
+        for (; c < N; c++)
+            for (int r = 0; r < 8; r++) o[c] += w[r * N + c] * a[r];
+    }
+
     /* p[t*N + c] = sum_{k0 <= k < k1} x[t*ldx + k] w[k*N + c] for t < T, c < N; w (K, N). */
     ALWAYS_INLINE void gemvt_rows_as(const float *x, int T, Py_ssize_t ldx, const void *w,
                                      Py_ssize_t N, Py_ssize_t k0, Py_ssize_t k1, float *p,
                                      const int bf) {
         memset(p, 0, (size_t)T * N * sizeof(float));
+        if (T == 1 && !bf)
+            for (; k0 + 8 <= k1; k0 += 8) axpy_8rows(x + k0, (const float *)w + k0 * N, N, p);
         for (Py_ssize_t k = k0; k < k1; k++)
             for (int t = 0; t < T; t++)
                 axpy_w(x[t * ldx + k], w_at(w, k * N, bf), N, p + (Py_ssize_t)t * N, bf);

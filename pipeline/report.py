@@ -780,7 +780,9 @@ def roofline_section(cells: list[Cell]) -> list[str]:
         "Ceilings measured in the same run with the job's cores: NumPy's float32 GEMM at the model's "
         "prefill shapes (median; best repeat in brackets) and the bandwidth of GEMVs streaming distinct "
         "weights from DRAM. Prefill GFLOP/s = the model's FLOPs of the prompt / prefill time; decode "
-        "GB/s = the weights and KV cache read by the decode steps / decode time (pipeline/roofline.py).",
+        "GB/s = the weights and KV cache read by the decode steps / decode time (pipeline/roofline.py). "
+        "The ceilings are NumPy's (OpenBLAS) rates, not the hardware's peaks: above 100% our kernels "
+        "stream or compute faster than NumPy's on the same shapes.",
         "",
         *table(head, rows),
         "",
