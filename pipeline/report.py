@@ -189,7 +189,8 @@ def header(cells: list[Cell], workflow_config: dict | None, generated: str) -> l
         [
             "machine",
             f"{distinct(lambda r: env(r).get('cpu_model', '?'))}, "
-            f"{distinct(lambda r: env(r).get('cores', '?'))} cores "
+            f"{distinct(lambda r: env(r).get('cores', '?'))} cores, "
+            f"{distinct(lambda r: env(r).get('simd_lanes', '?'))}-lane float vectors "
             f"(host {distinct(lambda r: env(r).get('hostname', '?'))})",
         ],
         [
@@ -805,7 +806,9 @@ def targets_section(cells: list[Cell]) -> list[str]:
     lines = []
 
     def verdict(x: float, target: float) -> str:
-        return f"{pct(x)} (target {pct(target)}: {'**met**' if x >= target else '**not met**'})"
+        # Truncated to one decimal: rounded, 0.8996 would read "90% (target 90%: not met)".
+        shown = math.floor(1000 * x) / 10
+        return f"{shown:.1f}% (target {pct(target)}: {'**met**' if x >= target else '**not met**'})"
 
     for c in cells:
         if not (
