@@ -807,7 +807,8 @@ def targets_section(cells: list[Cell]) -> list[str]:
 
     def verdict(x: float, target: float) -> str:
         # Truncated to one decimal: rounded, 0.8996 would read "90% (target 90%: not met)".
-        shown = math.floor(1000 * x) / 10
+        # (+1e-9: 1.001 * 1000 is 1000.9999... in binary and must still read 100.1%.)
+        shown = math.floor(1000 * x + 1e-9) / 10
         return f"{shown:.1f}% (target {pct(target)}: {'**met**' if x >= target else '**not met**'})"
 
     for c in cells:
