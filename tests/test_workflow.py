@@ -89,6 +89,7 @@ def fake_run(
             "hostname": "testhost",
             "python": "3.11",
             "numpy": "2.0",
+            "simd_lanes": 8,
             "timestamp": "2026-01-01T00:00:00+00:00",
         },
         "model": {
@@ -486,6 +487,16 @@ def test_report_optional_sections(tmp_path):
     assert "† marks oversubscribed cells" in text and "online_softmax †" in text
     assert rows[0]["roofline.prefill_fraction"] == "0.8" and rows[0]["anon_mb_per_rank"] == "12.5"
     assert {r["sequence_layout"] for r in rows if r["strategy"] == "sequence"} == {"zigzag"}
+
+
+def test_report_names_the_vector_width_and_flags_a_mix(tmp_path):
+    """Cells from CPUs of different SIMD width (an AVX-512 and an AVX2 VM) must not pass as one machine."""
+    runs = matrix_runs()
+    text, _ = run_report(tmp_path / "same", runs)
+    assert "Test CPU, 2 cores, 8-lane float vectors (host testhost)" in text
+    runs[0]["environment"]["simd_lanes"] = 16
+    text, _ = run_report(tmp_path / "mixed", runs)
+    assert "16 / 8 (differs between cells!)-lane float vectors" in text
 
 
 def test_report_without_costmodel_file_leaves_the_section_out(tmp_path):
