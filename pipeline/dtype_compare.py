@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.alternate import run_bench, summary
 from pipeline.atomic import write_json_atomic
 from pipeline.weights import open_export
 
@@ -62,31 +60,6 @@ def dtypes_of(exports: list[str]) -> dict[str, str]:
     return found
 
 
-def bench(args: argparse.Namespace, export: str, nranks: int, out: Path) -> dict:
-    cmd = [*shlex.split(args.mpi), "-n", str(nranks), sys.executable, "-m", "mpi4py", "-m", "pipeline.bench",
-           "--export", export, "--parallel-strategy", STRATEGY, "--attention-algo", ALGO,
-           "--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len), "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--out", str(out)]
-    print("[dtype_compare] " + shlex.join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout or None)
-    if proc.returncode:
-        raise RuntimeError(f"bench failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
-    return json.loads(out.read_text())
-
-
-def summary(runs: list[dict]) -> dict:
-    first = runs[0]
-    return {"dtype": first["model"]["dtype"], "export": first["model"]["export"],
-            "threads_per_rank": first["cell"]["threads_per_rank"],
-            "decode_tokens_per_s": statistics.median(r["decode"]["tokens_per_s"] for r in runs),
-            "prefill_tokens_per_s": statistics.median(r["prefill"]["tokens_per_s"] for r in runs),
-            "decode_rounds": [r["decode"]["tokens_per_s"] for r in runs],
-            "prefill_rounds": [r["prefill"]["tokens_per_s"] for r in runs],
-            "decode_gb_s": statistics.median(r["roofline"]["decode_gb_s"] for r in runs),
-            "peak_rss_mb": max(max(r["memory"]["peak_rss_mb"]) for r in runs),
-            "greedy_tokens": first["output"]["greedy_tokens"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -102,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for dtype, export in exports.items():
                 out = raw / f"{STRATEGY}_{ALGO}_np{nranks}_t{args.threads}_{dtype}_r{rnd}.json"
-                runs[dtype].append(bench(args, export, nranks, out))
+                runs[dtype].append(run_bench(
+                    args.mpi, nranks, args.threads, export, STRATEGY, ALGO, args.prompt_len, args.gen_len,
+                    args.iters, args.warmup, out, args.timeout, tag="dtype_compare"))
         by_dtype = {dtype: summary(r) for dtype, r in runs.items()}
         group = {"nranks": nranks, "threads": args.threads, "dtypes": by_dtype}
         if {"float32", "bfloat16"} <= by_dtype.keys():

@@ -136,6 +136,22 @@ def get_dtype_compare_files():
     return ["results/dtype_compare.json"] if config["dtype_comparison"] else []
 
 
+def get_rank_compare_cores():
+    """C of the ranks-against-threads comparison: the most of this machine's CPUs head-wise can
+    split over (0: none). From the machine, not --cores, so a dry run plans the same report."""
+    usable = [p for p in range(2, (os.cpu_count() or 1) + 1)
+              if get_not_applicable_reason("headwise", p, 128) is None]
+    return max(usable, default=0)
+
+
+def get_rank_compare_files():
+    """Head-wise on C ranks x 1 thread against 1 rank x C threads, back to back (none when config
+    rank_comparison_rounds is 0 or this machine has no C >= 2 head-wise can use)."""
+    if not config["rank_comparison_rounds"] or not get_rank_compare_cores():
+        return []
+    return ["results/rank_compare.json"]
+
+
 def get_kernel_sources():
     return sorted(glob("ext/*.pyx") + glob("ext/*.pxd")) + ["setup.py"]
 
@@ -300,6 +316,7 @@ def get_partial_report_command():
     if baseline:
         args += ["--baseline", *baseline]
     args += ["--dtype-compare", *[f for f in get_dtype_compare_files() if os.path.exists(f)]]
+    args += ["--rank-compare", *[f for f in get_rank_compare_files() if os.path.exists(f)]]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
              "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]

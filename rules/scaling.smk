@@ -77,7 +77,7 @@ rule dtype_compare:
         exports=[get_export_dir("float32"), get_export_dir("bf16")],
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
-        code="pipeline/dtype_compare.py",
+        code=["pipeline/dtype_compare.py", "pipeline/alternate.py"],
     output:
         "results/dtype_compare.json",
     params:
@@ -100,4 +100,36 @@ rule dtype_compare:
         "python -m pipeline.dtype_compare --exports {input.exports} --ranks {params.ranks}"
         " --threads {threads} --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters}"
         " --warmup {params.warmup} --rounds 2 --mpi {resources.mpi:q} --timeout {params.timeout}"
+        " --out {output} > {log} 2>&1"
+
+
+rule rank_compare:
+    input:
+        export=get_export_dir(),
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+        code=["pipeline/rank_compare.py", "pipeline/alternate.py"],
+    output:
+        "results/rank_compare.json",
+    params:
+        gen_len=config["gen_len"],
+        iters=config["iters"],
+        warmup=config["warmup"],
+        rounds=config["rank_comparison_rounds"],
+        cores=get_rank_compare_cores(),
+        timeout=config["bench_timeout"] or 0,
+    threads: max(1, get_rank_compare_cores())  # Snakemake caps it at --cores; the job runs C ranks
+    resources:
+        mpi=MPI_LAUNCHER,
+        bench=1,
+    log:
+        "results/logs/rank_compare.log",
+    benchmark:
+        "results/logs/benchmarks/rank_compare.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline.rank_compare --export {input.export} --cores {params.cores}"
+        " --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters} --warmup {params.warmup}"
+        " --rounds {params.rounds} --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"

@@ -632,6 +632,112 @@ def test_report_bf16_section(tmp_path, speedup, same, verdict):
     assert "## bf16 weights" not in text
 
 
+def fake_rank_compare(prefill_ratios, decode_ratios, same_tokens=True):
+    """TEST DATA shaped like pipeline.rank_compare's output: head-wise, both algorithms, prompt 128;
+    the ratios are given per round (the median over them is the group's figure)."""
+
+    def layout(nranks, tps):
+        return {"dtype": "float32", "export": "/x", "nranks": nranks, "threads_per_rank": 2 // nranks,
+                "decode_tokens_per_s": tps / 10, "prefill_tokens_per_s": tps, "decode_rounds": [tps / 10],
+                "prefill_rounds": [tps], "decode_gb_s": 20.0, "peak_rss_mb": 100.0, "greedy_tokens": [1, 2]}
+
+    groups = [
+        {"algo": algo, "threads": layout(1, 100.0), "ranks": layout(2, 100.0 * sorted(prefill_ratios)[1]),
+         "prefill_ratio_rounds": list(prefill_ratios), "prefill_ratio": sorted(prefill_ratios)[1],
+         "decode_ratio_rounds": list(decode_ratios), "decode_ratio": sorted(decode_ratios)[1],
+         "same_greedy_tokens": same_tokens}
+        for algo in ("standard", "online_softmax")
+    ]
+    return {"schema_version": 1, "strategy": "headwise", "cores": 2, "prompt_len": 128, "gen_len": 32,
+            "iters": 3, "warmup": 1, "rounds": 3, "groups": groups}
+
+
+def test_report_judges_ranks_against_threads_back_to_back(tmp_path):
+    runs = matrix_runs(headwise_online_softmax_np2_p16=89.96)
+    for r in runs:
+        r["cell"]["prompt_len"] = 128  # (the name follows the cell)
+    path = tmp_path / "rank.json"
+    path.write_text(json.dumps(fake_rank_compare((1.05, 0.97, 1.10), (0.95, 0.85, 0.80))))
+    text, _ = run_report(tmp_path, runs, "--rank-compare", str(path))
+    assert (
+        "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach 105.0% (target "
+        "90%: **met**) of 1 rank x 2 threads in prefill and 85.0% (target 90%: **not met**) in decode "
+        "(median of 3 rounds, the two layouts adjacent in each; per round: prefill 105.0% / 97.0% / 110.0%, "
+        "decode 95.0% / 85.0% / 80.0%; pipeline/rank_compare.py)." in text
+    )
+    # the matrix's cells of the same comparison are shown, but no longer judged
+    assert (
+        "- head-wise + online_softmax, prompt 128: 2 ranks x 1 thread reach 89.9% of 1 rank x 2 threads in "
+        "prefill and 89.9% in decode in the matrix's cells, which ran minutes apart (judged back to back, "
+        "above)." in text
+    )
+    assert "reach 89.9% (target" not in text
+    # cells the comparison does not cover (another prompt length) keep their verdict
+    text, _ = run_report(tmp_path / "p16", matrix_runs(headwise_online_softmax_np2_p16=89.96),
+                         "--rank-compare", str(path))
+    assert "prompt 16: 2 ranks x 1 thread reach 89.9% (target 90%: **not met**)" in text
+    path.write_text(json.dumps(fake_rank_compare((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), same_tokens=False)))
+    text, _ = run_report(tmp_path / "diff", runs, "--rank-compare", str(path))
+    assert "; **the two layouts' greedy tokens differ**." in text
+
+
+FAKE_MPIEXEC = """\
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_workflow import fake_run
+args = sys.argv[1:]
+nranks = int(args[args.index("-n") + 1])
+algo = args[args.index("--attention-algo") + 1]
+out = Path(args[args.index("--out") + 1])
+with open({log!r}, "a") as f:
+    f.write(f"{{algo}} {{nranks}}\\n")
+rnd = int(out.stem.rsplit("_r", 1)[1])
+# 2 ranks: prefill x1.2, x0.8, x1.0 over 1 rank in rounds 0, 1, 2; decode always x0.5
+prefill = 100.0 * ([1.2, 0.8, 1.0][rnd] if nranks == 2 else 1.0)
+run = fake_run("headwise", algo, nranks, prompt_len=128, prefill_tps=prefill, decode_tps=10.0 / nranks)
+run["roofline"] = {{"decode_gb_s": 1.0}}
+out.write_text(json.dumps(run))
+"""
+
+
+def test_rank_compare_alternates_the_layouts_and_takes_the_median_ratio(synthetic_tiny_export, tmp_path):
+    from pipeline import rank_compare
+
+    log = tmp_path / "order.log"
+    fake = tmp_path / "fake_mpiexec.py"  # test double for the launcher: writes made-up bench JSONs
+    fake.write_text(FAKE_MPIEXEC.format(tests=str(ROOT / "tests"), log=str(log)))
+    out = tmp_path / "rank_compare.json"
+    rc = rank_compare.main(["--export", str(synthetic_tiny_export), "--cores", "2", "--rounds", "3",
+                            "--mpi", f"{sys.executable} {fake}", "--out", str(out)])
+    assert rc == 0
+    assert log.read_text().split("\n")[:-1] == [
+        "standard 1", "standard 2", "online_softmax 1", "online_softmax 2",  # round 0: 1 x 2 first
+        "standard 2", "standard 1", "online_softmax 2", "online_softmax 1",  # round 1: reversed
+        "standard 1", "standard 2", "online_softmax 1", "online_softmax 2",
+    ]
+    result = json.loads(out.read_text())
+    assert [g["algo"] for g in result["groups"]] == ["standard", "online_softmax"]
+    for g in result["groups"]:
+        assert g["prefill_ratio_rounds"] == pytest.approx([1.2, 0.8, 1.0])
+        assert g["prefill_ratio"] == pytest.approx(1.0) and g["decode_ratio"] == pytest.approx(0.5)
+        assert g["threads"]["nranks"] == 1 and g["ranks"]["nranks"] == 2 and g["same_greedy_tokens"]
+    assert len(list((tmp_path / "rank_compare").glob("*.json"))) == 12
+
+
+@pytest.mark.parametrize("cores, message", [(3, "3 ranks do not divide num_key_value_heads"),
+                                            (2, "export directory not found")])
+def test_rank_compare_rejects_bad_input_before_any_run(synthetic_tiny_export, tmp_path, capsys, cores,
+                                                       message):
+    from pipeline import rank_compare
+
+    export = synthetic_tiny_export if cores == 3 else tmp_path / "missing"
+    rc = rank_compare.main(["--export", str(export), "--cores", str(cores), "--mpi", "false",
+                            "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.json").exists()
+
+
 def test_baseline_on_the_tiny_preset_matches_the_reference(
     synthetic_tiny_checkpoint, synthetic_tiny_export, tmp_path
 ):
@@ -857,6 +963,11 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     assert [g["nranks"] for g in dtypes["groups"]] == [1, 2]
     assert all(g["same_greedy_tokens"] and g["decode_speedup"] > 0 for g in dtypes["groups"])
     assert "## bf16 weights" in text and "| 1 x 2 |" in text
+    # 2 ranks x 1 thread against 1 rank x 2 threads, back to back: same tokens, judged in the report
+    ranks = json.loads((results / "rank_compare.json").read_text())
+    assert [g["algo"] for g in ranks["groups"]] == ["standard", "online_softmax"]
+    assert all(g["same_greedy_tokens"] and len(g["prefill_ratio_rounds"]) == 3 for g in ranks["groups"])
+    assert "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach" in text
     assert ("| *HF transformers (torch)* |" in text) == hf["available"]
     if hf["available"]:
         assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
@@ -884,7 +995,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     ran = proc.stdout + proc.stderr
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
-    assert "rule dtype_compare:" not in ran
+    assert "rule dtype_compare:" not in ran and "rule rank_compare:" not in ran
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
