@@ -2,7 +2,10 @@
 
 On a shared machine two things compared minutes apart differ by the load in between; runs that
 alternate (ABAB...) see the same load, so their ratio holds. pipeline.dtype_compare (float32 vs
-bf16) and pipeline.rank_compare (ranks vs threads) are built on these two functions.
+bf16) and pipeline.rank_compare (ranks vs threads) are built on these functions: each round runs
+every variant once, in an order reversed every other round (ABBA...), so that a steady drift in
+the machine's speed favours no variant, and a ratio is taken within each round, between runs
+adjacent in time, then the median over the rounds.
 """
 
 from __future__ import annotations
@@ -42,3 +45,13 @@ def summary(runs: list[dict]) -> dict:
             "decode_gb_s": statistics.median(r["roofline"]["decode_gb_s"] for r in runs),
             "peak_rss_mb": max(max(r["memory"]["peak_rss_mb"]) for r in runs),
             "greedy_tokens": first["output"]["greedy_tokens"]}
+
+
+def in_turn(items: list, rnd: int) -> list:
+    """The order of round `rnd`: as given on even rounds, reversed on odd ones."""
+    return list(items) if rnd % 2 == 0 else list(items)[::-1]
+
+
+def paired_ratios(base: list[dict], other: list[dict], phase: str) -> list[float]:
+    """`other` over `base` in tokens/s of `phase`, round by round (both lists in round order)."""
+    return [o[phase]["tokens_per_s"] / b[phase]["tokens_per_s"] for b, o in zip(base, other, strict=True)]

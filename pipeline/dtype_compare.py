@@ -1,24 +1,26 @@
 """float32 against bf16 weights, measured back to back: the bf16 decode speed-up.
 
     python -m pipeline.dtype_compare --exports EXPORT_F32 EXPORT_BF16 --ranks 1 2 --threads 2 \
-        --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 2 --out results/dtype_compare.json
+        --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/dtype_compare.json
 
 Both exports hold the same model (the synthetic and Hugging Face Qwen3 checkpoints are bf16, so
 the float32 export widens them exactly). For each rank count, `rounds` rounds run pipeline.bench
-(head-wise, online_softmax) on each export in turn, ABAB..., so load from other processes falls
-on both alike; each dtype's figure is the median over its rounds of the bench medians. The
-speed-up is bf16 over float32 at the same ranks and threads, and the greedy tokens of the two
-must be the same. The bench JSONs are kept beside the output, in `<out stem>/`.
+(head-wise, online_softmax) on each export in turn, the order reversed every other round (ABBA),
+so load from other processes falls on both alike; each dtype's figure is the median over its
+rounds of the bench medians. The speed-up is bf16 over float32 at the same ranks and threads,
+taken within each round (the two runs adjacent in time), median over the rounds; the greedy
+tokens of the two must be the same. The bench JSONs are kept beside the output, in `<out stem>/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import run_bench, summary
+from pipeline.alternate import in_turn, paired_ratios, run_bench, summary
 from pipeline.atomic import write_json_atomic
 from pipeline.weights import open_export
 
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per bench run (0: none)")
     p.add_argument("--out", required=True)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for nranks in args.ranks:
         runs: dict[str, list[dict]] = {dtype: [] for dtype in exports}
         for rnd in range(args.rounds):
-            for dtype, export in exports.items():
+            for dtype, export in in_turn(exports.items(), rnd):
                 out = raw / f"{STRATEGY}_{ALGO}_np{nranks}_t{args.threads}_{dtype}_r{rnd}.json"
                 runs[dtype].append(run_bench(
                     args.mpi, nranks, args.threads, export, STRATEGY, ALGO, args.prompt_len, args.gen_len,
@@ -81,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         by_dtype = {dtype: summary(r) for dtype, r in runs.items()}
         group = {"nranks": nranks, "threads": args.threads, "dtypes": by_dtype}
         if {"float32", "bfloat16"} <= by_dtype.keys():
-            f32, bf16 = by_dtype["float32"], by_dtype["bfloat16"]
-            group["decode_speedup"] = bf16["decode_tokens_per_s"] / f32["decode_tokens_per_s"]
-            group["prefill_ratio"] = bf16["prefill_tokens_per_s"] / f32["prefill_tokens_per_s"]
-            group["same_greedy_tokens"] = bf16["greedy_tokens"] == f32["greedy_tokens"]
+            f32, bf16 = runs["float32"], runs["bfloat16"]
+            group["decode_speedup_rounds"] = paired_ratios(f32, bf16, "decode")
+            group["prefill_ratio_rounds"] = paired_ratios(f32, bf16, "prefill")
+            group["decode_speedup"] = statistics.median(group["decode_speedup_rounds"])
+            group["prefill_ratio"] = statistics.median(group["prefill_ratio_rounds"])
+            group["same_greedy_tokens"] = all(
+                r["output"]["greedy_tokens"] == f32[0]["output"]["greedy_tokens"] for r in f32 + bf16)
         groups.append(group)
         print(f"[dtype_compare] P={nranks}: " + ", ".join(
             f"{d} decode {s['decode_tokens_per_s']:.2f} tok/s" for d, s in by_dtype.items())

@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import run_bench, summary
+from pipeline.alternate import in_turn, paired_ratios, run_bench, summary
 from pipeline.atomic import write_json_atomic
 from pipeline.strategies import ALGORITHMS, STRATEGIES
 from pipeline.weights import open_export
@@ -49,17 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def layouts(cores: int, rnd: int) -> list[int]:
-    """The rank counts of round `rnd`, in the order they run: 1 then C, reversed on odd rounds."""
-    order = [1, cores]
-    return order if rnd % 2 == 0 else order[::-1]
-
-
 def compare(one: list[dict], many: list[dict]) -> dict:
     """1 x C ("threads") against C x 1 ("ranks") over the same rounds (runs listed by round in both)."""
     group = {"threads": summary(one), "ranks": summary(many)}
     for phase in PHASES:
-        rounds = [m[phase]["tokens_per_s"] / o[phase]["tokens_per_s"] for o, m in zip(one, many, strict=True)]
+        rounds = paired_ratios(one, many, phase)
         group[f"{phase}_ratio_rounds"] = rounds
         group[f"{phase}_ratio"] = statistics.median(rounds)
     group["same_greedy_tokens"] = all(
@@ -81,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds):
         print(f"[rank_compare] round {rnd + 1} of {args.rounds}", file=sys.stderr, flush=True)
         for algo in args.algos:
-            for nranks in layouts(args.cores, rnd):
+            for nranks in in_turn([1, args.cores], rnd):
                 out = raw / f"{STRATEGY}_{algo}_np{nranks}_t{args.cores}_r{rnd}.json"
                 runs[algo, nranks].append(run_bench(
                     args.mpi, nranks, args.cores, args.export, STRATEGY, algo, args.prompt_len,

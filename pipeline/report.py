@@ -957,9 +957,11 @@ def dtype_section(d: dict | None) -> list[str]:
         )
         if g["nranks"] == 1:
             ok = g["decode_speedup"] >= BF16_DECODE_TARGET
+            rounds = g.get("decode_speedup_rounds")
             verdicts.append(
                 f"- 1 rank x {tpr} threads: bf16 decode ×{g['decode_speedup']:.2f} float32's "
-                f"(target ×{BF16_DECODE_TARGET}: {'**met**' if ok else '**not met**'})."
+                f"(target ×{BF16_DECODE_TARGET}: {'**met**' if ok else '**not met**'})"
+                + (f"; per round: {' / '.join(f'×{r:.2f}' for r in rounds)}." if rounds else ".")
             )
     if not rows:
         return []
@@ -973,7 +975,8 @@ def dtype_section(d: dict | None) -> list[str]:
         "",
         f"The same model exported with float32 and with bf16 weights, benchmarked back to back "
         f"({d['strategy']} + {d['algo']}, prompt {d['prompt_len']}, {d['gen_len']} decode steps; "
-        f"medians of {d['rounds']} alternating rounds, pipeline/dtype_compare.py). Decode streams "
+        f"medians of {d['rounds']} alternating rounds, pipeline/dtype_compare.py; a speed-up is the median "
+        "over the rounds of the ratio within each round, between two runs adjacent in time). Decode streams "
         "every weight once per token: bf16 reads half the bytes, widened to float32 in the kernels.",
         "",
         *table(head, rows),

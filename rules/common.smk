@@ -146,8 +146,8 @@ def get_rank_compare_cores():
 
 def get_rank_compare_files():
     """Head-wise on C ranks x 1 thread against 1 rank x C threads, back to back (none when config
-    rank_comparison_rounds is 0 or this machine has no C >= 2 head-wise can use)."""
-    if not config["rank_comparison_rounds"] or not get_rank_compare_cores():
+    rank_comparison is off or this machine has no C >= 2 head-wise can use)."""
+    if not config["rank_comparison"] or not get_rank_compare_cores():
         return []
     return ["results/rank_compare.json"]
 

@@ -82,6 +82,7 @@ rule dtype_compare:
         "results/dtype_compare.json",
     params:
         ranks=get_dtype_compare_ranks(),
+        rounds=config["comparison_rounds"],
         gen_len=config["gen_len"],
         iters=config["iters"],
         warmup=config["warmup"],
@@ -99,7 +100,7 @@ rule dtype_compare:
     shell:
         "python -m pipeline.dtype_compare --exports {input.exports} --ranks {params.ranks}"
         " --threads {threads} --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters}"
-        " --warmup {params.warmup} --rounds 2 --mpi {resources.mpi:q} --timeout {params.timeout}"
+        " --warmup {params.warmup} --rounds {params.rounds} --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"
 
 
@@ -115,7 +116,7 @@ rule rank_compare:
         gen_len=config["gen_len"],
         iters=config["iters"],
         warmup=config["warmup"],
-        rounds=config["rank_comparison_rounds"],
+        rounds=config["comparison_rounds"],
         cores=get_rank_compare_cores(),
         timeout=config["bench_timeout"] or 0,
     threads: max(1, get_rank_compare_cores())  # Snakemake caps it at --cores; the job runs C ranks

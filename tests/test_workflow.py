@@ -614,9 +614,10 @@ def fake_dtype_compare(speedup_p1, same_tokens=True):
         bf = dtype("bfloat16", 10.0 * speedup, [1, 2] if same_tokens else [1, 3])
         groups.append({"nranks": p, "threads": 2, "dtypes": {"float32": f32, "bfloat16": bf},
                        "decode_speedup": speedup, "prefill_ratio": 1.0,
-                       "same_greedy_tokens": same_tokens})
+                       "decode_speedup_rounds": [speedup - 0.1, speedup, speedup + 0.2],
+                       "prefill_ratio_rounds": [1.0, 1.0, 1.0], "same_greedy_tokens": same_tokens})
     return {"schema_version": 1, "strategy": "headwise", "algo": "online_softmax", "prompt_len": 128,
-            "gen_len": 32, "iters": 3, "rounds": 2, "groups": groups}
+            "gen_len": 32, "iters": 3, "rounds": 3, "groups": groups}
 
 
 @pytest.mark.parametrize("speedup, same, verdict", [(1.75, True, "**met**"), (1.2, False, "**not met**")])
@@ -625,7 +626,10 @@ def test_report_bf16_section(tmp_path, speedup, same, verdict):
     text, _ = run_report(tmp_path, matrix_runs(), "--dtype-compare", str(tmp_path / "dtype.json"))
     assert "## bf16 weights" in text
     assert f"| 1 x 2 | 10.00 | {10 * speedup:.2f} | ×{speedup:.2f} |" in text
-    assert f"- 1 rank x 2 threads: bf16 decode ×{speedup:.2f} float32's (target ×1.6: {verdict})." in text
+    assert (
+        f"- 1 rank x 2 threads: bf16 decode ×{speedup:.2f} float32's (target ×1.6: {verdict}); per round: "
+        f"×{speedup - 0.1:.2f} / ×{speedup:.2f} / ×{speedup + 0.2:.2f}." in text
+    )
     assert ("| 1,000 | 1,000 | yes |" in text) == same
     assert ("| 1,000 | 1,000 | **no** |" in text) == (not same)
     text, _ = run_report(tmp_path / "none", matrix_runs())
@@ -689,13 +693,15 @@ from test_workflow import fake_run
 args = sys.argv[1:]
 nranks = int(args[args.index("-n") + 1])
 algo = args[args.index("--attention-algo") + 1]
+bf16 = "bf16" in args[args.index("--export") + 1]
 out = Path(args[args.index("--out") + 1])
 with open({log!r}, "a") as f:
-    f.write(f"{{algo}} {{nranks}}\\n")
+    f.write(f"{{algo}} {{nranks}}{{' bf16' if bf16 else ''}}\\n")
 rnd = int(out.stem.rsplit("_r", 1)[1])
-# 2 ranks: prefill x1.2, x0.8, x1.0 over 1 rank in rounds 0, 1, 2; decode always x0.5
-prefill = 100.0 * ([1.2, 0.8, 1.0][rnd] if nranks == 2 else 1.0)
-run = fake_run("headwise", algo, nranks, prompt_len=128, prefill_tps=prefill, decode_tps=10.0 / nranks)
+# 2 ranks (or bf16): prefill x1.2, x0.8, x1.0 over 1 rank (float32) in rounds 0, 1, 2; decode x0.5
+other = nranks == 2 or bf16
+prefill = 100.0 * ([1.2, 0.8, 1.0][rnd] if other else 1.0)
+run = fake_run("headwise", algo, nranks, prompt_len=128, prefill_tps=prefill, decode_tps=10.0 / (1 + other))
 run["roofline"] = {{"decode_gb_s": 1.0}}
 out.write_text(json.dumps(run))
 """
@@ -723,6 +729,30 @@ def test_rank_compare_alternates_the_layouts_and_takes_the_median_ratio(syntheti
         assert g["prefill_ratio"] == pytest.approx(1.0) and g["decode_ratio"] == pytest.approx(0.5)
         assert g["threads"]["nranks"] == 1 and g["ranks"]["nranks"] == 2 and g["same_greedy_tokens"]
     assert len(list((tmp_path / "rank_compare").glob("*.json"))) == 12
+
+
+def test_dtype_compare_alternates_the_dtypes_and_takes_the_median_ratio(
+    synthetic_tiny_export, synthetic_tiny_export_bf16, tmp_path
+):
+    from pipeline import dtype_compare
+
+    log = tmp_path / "order.log"
+    fake = tmp_path / "fake_mpiexec.py"  # test double for the launcher: writes made-up bench JSONs
+    fake.write_text(FAKE_MPIEXEC.format(tests=str(ROOT / "tests"), log=str(log)))
+    out = tmp_path / "dtype_compare.json"
+    rc = dtype_compare.main(["--exports", str(synthetic_tiny_export), str(synthetic_tiny_export_bf16),
+                             "--ranks", "1", "--threads", "2", "--rounds", "3",
+                             "--mpi", f"{sys.executable} {fake}", "--out", str(out)])
+    assert rc == 0
+    assert log.read_text().split("\n")[:-1] == [
+        "online_softmax 1", "online_softmax 1 bf16",
+        "online_softmax 1 bf16", "online_softmax 1",  # round 1: reversed
+        "online_softmax 1", "online_softmax 1 bf16",
+    ]
+    (group,) = json.loads(out.read_text())["groups"]
+    assert group["prefill_ratio_rounds"] == pytest.approx([1.2, 0.8, 1.0])
+    assert group["prefill_ratio"] == pytest.approx(1.0) and group["decode_speedup"] == pytest.approx(0.5)
+    assert group["same_greedy_tokens"]
 
 
 @pytest.mark.parametrize("cores, message", [(3, "3 ranks do not divide num_key_value_heads"),
