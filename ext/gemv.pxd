@@ -16,8 +16,8 @@ cdef extern from * nogil:
     /* Software prefetch distance, in bytes (16 KiB) ahead of the read position. One sequential
        stream per thread plus this prefetch measured 47 GB/s of bf16 on one core; several
        interleaved row streams (a rows x tokens register tile) without it, 15 GB/s (AVX-512 EPYC).
-       On an AVX2 EPYC (Zen 3) bf16 reads the same either way, but float32 streams faster as eight
-       rows at once without it (gemv_8rows, axpy_8rows: one-token products only). */
+       AVX2 EPYC (Zen 3), bf16 rows of 2 KiB: 8 rows at once 11-12 GB/s against 18-24 for one row
+       (8 rows 4 KiB apart: no faster; 8-64 KiB or t2/nta: same). float32: gemv_8rows, axpy_8rows. */
     #define PF_BYTES 16384
     #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -83,7 +83,7 @@ cdef extern from * nogil:
     /* out[r] = sum_k x[k] w[r*K + k] for 8 float32 rows r (one token): eight weight streams,
        which the hardware prefetchers follow. AVX2 EPYC, 100 (3072, 1024) matrices, 2 threads,
        alternating in one run: 19.1 GB/s (median of 11) against 15.2 for one row at a time with
-       the software prefetch; the engine's decode step 112-129 ms against 151-170. */
+       the software prefetch; the engine's decode step 112-142 ms against 134-171 (A/B builds). */
     ALWAYS_INLINE void gemv_8rows(const float *x, const float *w, Py_ssize_t K, float *out) {
         vf acc[8];
         for (int r = 0; r < 8; r++) acc[r] = (vf){0};
