@@ -10,12 +10,25 @@ adjacent in time, then the median over the rounds.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every back-to-back comparison: what each bench runs, how often, where to."""
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per bench run (0: none)")
+    p.add_argument("--out", required=True)
 
 
 def run_bench(mpi: str, nranks: int, threads: int, export: str, strategy: str, algo: str,

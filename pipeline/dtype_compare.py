@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import in_turn, paired_ratios, run_bench, summary
+from pipeline.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
 from pipeline.atomic import write_json_atomic
 from pipeline.weights import open_export
 
@@ -34,14 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exports", nargs="+", required=True, help="export directories, one per dtype")
     p.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
     p.add_argument("--threads", type=int, required=True, help="cores for each job (all its ranks)")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--gen-len", type=int, default=32)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per bench run (0: none)")
-    p.add_argument("--out", required=True)
+    add_run_options(p)
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1 or any(n < 1 for n in args.ranks):
         p.error("--rounds, --threads and --ranks must be >= 1")

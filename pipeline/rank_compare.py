@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import in_turn, paired_ratios, run_bench, summary
+from pipeline.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
 from pipeline.atomic import write_json_atomic
 from pipeline.strategies import ALGORITHMS, STRATEGIES
 from pipeline.weights import open_export
@@ -35,14 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", required=True, help="export directory (pipeline.weights)")
     p.add_argument("--cores", type=int, required=True, help="C: 1 rank x C threads against C ranks x 1")
     p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--gen-len", type=int, default=32)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per bench run (0: none)")
-    p.add_argument("--out", required=True)
+    add_run_options(p)
     args = p.parse_args(argv)
     if args.cores < 2 or args.rounds < 1:
         p.error("--cores must be >= 2 (one rank per core against one rank with them all), --rounds >= 1")

@@ -152,6 +152,12 @@ def get_rank_compare_files():
     return ["results/rank_compare.json"]
 
 
+def get_roofline_compare_files():
+    """1 rank against the ceilings measured beside it, back to back (none when config
+    roofline_comparison is off)."""
+    return ["results/roofline_compare.json"] if config["roofline_comparison"] else []
+
+
 def get_kernel_sources():
     return sorted(glob("ext/*.pyx") + glob("ext/*.pxd")) + ["setup.py"]
 
@@ -317,6 +323,7 @@ def get_partial_report_command():
         args += ["--baseline", *baseline]
     args += ["--dtype-compare", *[f for f in get_dtype_compare_files() if os.path.exists(f)]]
     args += ["--rank-compare", *[f for f in get_rank_compare_files() if os.path.exists(f)]]
+    args += ["--roofline-compare", *[f for f in get_roofline_compare_files() if os.path.exists(f)]]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
              "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]

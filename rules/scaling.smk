@@ -134,3 +134,29 @@ rule rank_compare:
         " --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters} --warmup {params.warmup}"
         " --rounds {params.rounds} --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"
+
+
+rule roofline_compare:
+    input:
+        export=get_export_dir(),
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+        code="pipeline/roofline_compare.py",
+    output:
+        "results/roofline_compare.json",
+    params:
+        gen_len=config["gen_len"],
+        rounds=config["comparison_rounds"],
+    threads: get_machine_cores()
+    resources:
+        bench=1,
+    log:
+        "results/logs/roofline_compare.log",
+    benchmark:
+        "results/logs/benchmarks/roofline_compare.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline.roofline_compare --export {input.export} --threads {threads}"
+        " --prompt-len 128 --gen-len {params.gen_len} --rounds {params.rounds}"
+        " --out {output} > {log} 2>&1"

@@ -755,6 +755,60 @@ def test_dtype_compare_alternates_the_dtypes_and_takes_the_median_ratio(
     assert group["same_greedy_tokens"]
 
 
+def test_roofline_compare_measures_ceilings_and_engine_adjacent(synthetic_tiny_export, tmp_path, monkeypatch):
+    from pipeline import roofline_compare
+
+    order = []
+    for name in ("measure_ceilings", "timed_run"):  # spies: the real functions, their calls recorded
+        real = getattr(roofline_compare, name)
+        monkeypatch.setattr(roofline_compare, name,
+                            lambda *a, real=real, name=name, **k: order.append(name) or real(*a, **k))
+    out = tmp_path / "roofline_compare.json"
+    rc = roofline_compare.main(["--export", str(synthetic_tiny_export), "--threads", "1", "--prompt-len", "8",
+                                "--gen-len", "2", "--rounds", "2", "--algos", "standard", "--out", str(out)])
+    assert rc == 0
+    # a warm-up run, then per round the ceilings and the engine adjacent, the order flipped in round 1
+    assert order == ["timed_run", "measure_ceilings", "timed_run", "timed_run", "measure_ceilings"]
+    (group,) = json.loads(out.read_text())["groups"]
+    assert group["algo"] == "standard" and len(group["rounds"]) == 2
+    for r in group["rounds"]:
+        assert r["prefill_fraction"] == pytest.approx(r["prefill_gflops"] / r["gemm_gflops"])
+        assert r["decode_fraction"] == pytest.approx(r["decode_gb_s"] / r["gemv_gb_s"])
+    assert group["decode_fraction"] == pytest.approx(
+        (group["rounds"][0]["decode_fraction"] + group["rounds"][1]["decode_fraction"]) / 2)
+    assert roofline_compare.main(["--export", str(tmp_path / "missing"), "--threads", "1",
+                                  "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_report_judges_the_roofline_back_to_back(tmp_path):
+    runs = matrix_runs()
+    for r in runs:
+        r["cell"]["prompt_len"] = 128  # (the name follows the cell)
+        r["prefill"]["roofline_fraction"] = 0.7
+        r["decode"]["roofline_fraction"] = 0.9
+    rounds = [{"gemm_gflops": 100.0, "gemv_gb_s": 20.0, "prefill_gflops": 100.0 * f, "decode_gb_s": 20.0 * f,
+               "prefill_fraction": f, "decode_fraction": f} for f in (0.8, 0.76, 0.84)]
+    d = {"schema_version": 1, "export": "/x", "dtype": "float32", "threads": 2, "prompt_len": 128,
+         "gen_len": 32, "rounds": 3, "groups": [{"algo": "standard", "prefill_fraction": 0.8,
+                                                 "decode_fraction": 0.8, "rounds": rounds}]}
+    path = tmp_path / "roofline.json"
+    path.write_text(json.dumps(d))
+    text, _ = run_report(tmp_path, runs, "--roofline-compare", str(path))
+    assert (
+        "- 1 rank x 2 threads, prompt 128, standard, back to back: prefill at 80.0% (target 75%: **met**) of "
+        "the GEMM ceiling, decode at 80.0% (target 85%: **not met**) of the streaming bandwidth (median of 3 "
+        "rounds, each measuring the ceilings and one prefill + decode adjacent in time; per round: prefill "
+        "80.0% / 76.0% / 84.0%, decode 80.0% / 76.0% / 84.0%; pipeline/roofline_compare.py)." in text
+    )
+    # the standard cells are shown unjudged; online_softmax, not measured back to back, keeps its verdict
+    assert (
+        "- 1 rank x 2 threads, prompt 128, headwise + standard: prefill at 70.0% of the GEMM ceiling, decode "
+        "at 90.0% of the streaming bandwidth in the matrix's cell, its ceilings measured once after its runs "
+        "(judged back to back, above)." in text
+    )
+    assert "headwise + online_softmax: prefill at 70.0% (target 75%: **not met**)" in text
+
+
 @pytest.mark.parametrize("cores, message", [(3, "3 ranks do not divide num_key_value_heads"),
                                             (2, "export directory not found")])
 def test_rank_compare_rejects_bad_input_before_any_run(synthetic_tiny_export, tmp_path, capsys, cores,
@@ -998,6 +1052,10 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     assert [g["algo"] for g in ranks["groups"]] == ["standard", "online_softmax"]
     assert all(g["same_greedy_tokens"] and len(g["prefill_ratio_rounds"]) == 3 for g in ranks["groups"])
     assert "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach" in text
+    # 1 rank against the ceilings measured beside it, back to back
+    roof = json.loads((results / "roofline_compare.json").read_text())
+    assert [g["algo"] for g in roof["groups"]] == ["standard", "online_softmax"]
+    assert all(len(g["rounds"]) == 3 and g["decode_fraction"] > 0 for g in roof["groups"])
     assert ("| *HF transformers (torch)* |" in text) == hf["available"]
     if hf["available"]:
         assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
@@ -1026,6 +1084,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
     assert "rule dtype_compare:" not in ran and "rule rank_compare:" not in ran
+    assert "rule roofline_compare:" not in ran
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
