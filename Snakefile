@@ -82,7 +82,7 @@ rule synthetic_checkpoint:
     conda:
         "envs/workflow.yaml"
     shell:
-        "python -m model_export.synthetic --preset {params.preset} --seed {params.seed}"
+        "python -m pipeline synthetic --preset {params.preset} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
 
@@ -100,7 +100,7 @@ rule export:
     conda:
         "envs/workflow.yaml"
     shell:
-        "python -m model_export --checkpoint {params.checkpoint} --out {output} --force"
+        "python -m pipeline export --checkpoint {params.checkpoint} --out {output} --force"
         " --dtype {wildcards.dtype} > {log} 2>&1"
 
 
@@ -146,7 +146,7 @@ rule bench:
         "envs/workflow.yaml"
     shell:
         "{params.timeout} {resources.mpi} -n {resources.tasks}"
-        " python -m mpi4py -m pipeline.bench --export {input.export}"
+        " python -m mpi4py -m pipeline bench --export {input.export}"
         " --parallel-strategy {wildcards.strategy} --attention-algo {wildcards.algo}"
         " --prompt-len {wildcards.prompt_len} --gen-len {params.gen_len}"
         " --iters {params.iters} --warmup {params.warmup} --threads {resources.job_threads}"
@@ -156,7 +156,7 @@ rule bench:
 rule verify:
     input:
         runs=get_run_files(),
-        code="pipeline/verify.py",
+        code="pipeline/report/verify.py",
     output:
         md="results/verification.md",
         json="results/verification.json",
@@ -168,7 +168,7 @@ rule verify:
     conda:
         "envs/workflow.yaml"
     shell:
-        "python -m pipeline.verify --runs {input.runs} --atol {params.atol} --rtol {params.rtol}"
+        "python -m pipeline verify --runs {input.runs} --atol {params.atol} --rtol {params.rtol}"
         " --out-md {output.md} --out-json {output.json} > {log} 2>&1"
 
 
@@ -184,7 +184,7 @@ rule report:
         dtype_compare=get_dtype_compare_files(),
         rank_compare=get_rank_compare_files(),
         roofline_compare=get_roofline_compare_files(),
-        code=["pipeline/report.py", "pipeline/figures.py"],
+        code=["pipeline/report/render.py", "pipeline/report/figures.py"],
     output:
         md="results/report.md",
         csv="results/summary.csv",
@@ -200,7 +200,7 @@ rule report:
     conda:
         "envs/workflow.yaml"
     shell:
-        "python -m pipeline.report --runs {input.runs} --verification {input.verification}"
+        "python -m pipeline report --runs {input.runs} --verification {input.verification}"
         " --costmodel {input.costmodel} --baseline {input.baseline}"
         " --dtype-compare {input.dtype_compare} --rank-compare {input.rank_compare}"
         " --roofline-compare {input.roofline_compare}"

@@ -4,7 +4,7 @@ All the kernels' threads are one OpenMP pool: even BLAS's sgemm runs single-thre
 OpenMP threads (ext/linear.pyx), so no second pool takes turns with it. Then idle OpenMP threads
 should spin a little between parallel regions rather than sleep: a decode step runs about four
 regions per layer, and waking a sleeping thread cost 15-200 us on these 2-vCPU VMs (an idle
-vCPU halts, and waking it goes through the hypervisor). Measured with python -m pipeline.bench,
+vCPU halts, and waking it goes through the hypervisor). Measured with python -m pipeline.study.bench,
 synthetic Qwen3-0.6B, 1 rank x 2 threads, two runs back to back (noisy VM): decode 13.9 tok/s
 (float32) and 22.6 (bf16) with threads sleeping at once (OMP_WAIT_POLICY=PASSIVE), 19.4 and 34.9
 with GOMP_SPINCOUNT=100000 (about 1 ms of spinning), prefill unchanged (214 and 209 tok/s).

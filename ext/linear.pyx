@@ -1,6 +1,6 @@
 """Linear layers, out = x @ w.T or x @ w_t, with float32 or bfloat16 weights, computed in float32.
 
-Weights are float32 arrays or uint16 arrays of bf16 bit patterns (pipeline.weights.BF16), usually
+Weights are float32 arrays or uint16 arrays of bf16 bit patterns (model_export.reader.BF16), usually
 read-only memmaps of the export, never copied whole:
 - few tokens (T <= SMALL_T = 16: decode): our SIMD GEMV (ext/gemv.pxd) in one OpenMP region per
   call, for both types; `linear_many` runs several products of the same input (q, k, v) in one
@@ -78,7 +78,7 @@ SGEMM_SOURCE = _bind_sgemm()
 
 def gemm_in_openmp():
     """True when prefill GEMMs run as single-threaded sgemm calls on our OpenMP threads. BLAS's
-    own pool is best left at one thread then (pipeline.threads.set_threads does); otherwise each
+    own pool is best left at one thread then (pipeline.engine.threads.set_threads does); otherwise each
     call sets it to one and back, so the two pools never run at once."""
     return _sgemm != NULL
 
@@ -237,7 +237,7 @@ def linear(x, w, out, int num_threads=1):
     """out = x @ w.T: x (T, K) float32, w (N, K) float32 or bf16 bits (uint16), out (T, N) float32.
 
     T <= SMALL_T: SIMD GEMV over row blocks of w (num_threads OpenMP threads); larger T: BLAS
-    (its own threads, see pipeline.threads.set_threads).
+    (its own threads, see pipeline.engine.threads.set_threads).
     """
     T, K, N = _check_linear("linear", x, w, out, num_threads, False)
     if T == 0 or N == 0:

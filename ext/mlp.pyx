@@ -2,7 +2,7 @@
 
 Few tokens (T <= SMALL_T: decode): the three products and SiLU * up in one OpenMP region of our
 SIMD GEMV (ext/gemv.pxd), one thread wake-up per MLP. More tokens: the products go through
-ext.linear (BLAS: numpy's OpenBLAS, whose threads pipeline.threads.set_threads controls); only
+ext.linear (BLAS: numpy's OpenBLAS, whose threads pipeline.engine.threads.set_threads controls); only
 SiLU * up is ours.
 """
 
@@ -96,7 +96,7 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
     """out = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down_t  (a rank's partial sum under TP).
 
     x, out (T, d) float32; w_gate, w_up, w_down_t (I_r, d), all float32 or all bf16 bits (uint16,
-    pipeline.weights.BF16); ws an MLPWorkspace with I_r columns (grown once if max_T < T).
+    model_export.reader.BF16); ws an MLPWorkspace with I_r columns (grown once if max_T < T).
     T <= SMALL_T: num_threads OpenMP threads for everything; more: BLAS threads for the products.
     """
     if x.ndim != 2 or w_gate.ndim != 2:

@@ -1,7 +1,7 @@
 """Command line: export a checkpoint, or verify an export.
 
-    python -m model_export --checkpoint DIR --out DIR [--force] [--dtype {float32,float16,bf16}]
-    python -m model_export --verify DIR
+    python -m pipeline export --checkpoint DIR --out DIR [--force] [--dtype {float32,float16,bf16}]
+    python -m pipeline export --verify DIR
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from model_export.export import DTYPE_ALIASES, OUT_DTYPES, export_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model_export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--checkpoint", metavar="DIR", help="Hugging Face Qwen3 checkpoint directory")
     action.add_argument("--verify", metavar="DIR", help="export to check against its manifest (sha256)")
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def verify(path: str) -> None:
-    from pipeline.weights import open_export  # the loader owns the manifest checks
+    from model_export.reader import open_export  # the loader owns the manifest checks
 
     t0 = time.perf_counter()
     export = open_export(path, verify=True)

@@ -1,6 +1,6 @@
 """Write a random Qwen3 checkpoint exactly as Hugging Face publishes one (config.json + model.safetensors).
 
-    python -m model_export.synthetic --preset {qwen3-0.6b,tiny} --out DIR [--seed N] [--dtype bf16]
+    python -m pipeline synthetic --preset {qwen3-0.6b,tiny} --out DIR [--seed N] [--dtype bf16]
 
 Weights are scaled like a trained model's (matrices normal with std 0.02, norm weights 1 + 0.02
 noise) so activations stay finite through 28 layers. Each tensor draws from its own generator
@@ -139,7 +139,7 @@ def write_checkpoint(preset: str, out: str | Path, *, seed: int = 0, dtype: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model_export.synthetic", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)

@@ -171,7 +171,7 @@ def get_kernel_libraries():
 def get_engine_sources():
     """The engine's Python sources: editing them reruns the benchmarks."""
     names = ["bench", "model", "comm", "weights", "threads", "generate", "jobs", "prompts", "roofline"]
-    files = [f"pipeline/{name}.py" for name in names] + glob("pipeline/strategies/*.py")
+    files = [f"pipeline/{name}.py" for name in names] + glob("pipeline/engine/strategies/*.py")
     return sorted(f for f in files if os.path.exists(f))
 
 
@@ -233,7 +233,7 @@ def get_baseline_threads(wildcards):
 
 
 def get_cluster_args():
-    """pipeline.costmodel's --cluster key=value pairs: the config's cluster section, leaving out
+    """pipeline.study.costmodel's --cluster key=value pairs: the config's cluster section, leaving out
     the zeros and empty strings that mean "calibrated on this machine"."""
     keys = ["name", "cores_per_node", "ranks_per_node", "gflops_per_core", "mem_gb_s_per_node",
             "net_alpha_s", "net_bandwidth_gb_s"]
@@ -254,14 +254,14 @@ def get_machine_cores():
 
 
 def get_bench_threads(wildcards):
-    """Total cores of a bench job; pipeline.bench gives each rank max(1, threads // P)."""
+    """Total cores of a bench job; pipeline.study.bench gives each rank max(1, threads // P)."""
     if config["threads_per_rank"]:
         return config["threads_per_rank"] * int(wildcards.nranks)
     return get_machine_cores()
 
 
 def get_job_threads(wildcards, threads):
-    """The --threads handed to pipeline.bench (all ranks together). threads_per_rank x P when
+    """The --threads handed to pipeline.study.bench (all ranks together). threads_per_rank x P when
     configured, even beyond this machine's cores (ranks on other hosts); else the job's cores."""
     if config["threads_per_rank"]:
         return config["threads_per_rank"] * int(wildcards.nranks)
@@ -313,7 +313,7 @@ def get_stale_files():
 
 def get_partial_report_command():
     """The report rule's command line over whatever cells exist (see `onerror` in the Snakefile)."""
-    args = ["python", "-m", "pipeline.report", "--runs-dir", RUNS, "--cells", *get_cell_names()]
+    args = ["python", "-m", "pipeline", "report", "--runs-dir", RUNS, "--cells", *get_cell_names()]
     if get_not_applicable():
         args += ["--not-applicable", *get_not_applicable()]
     if os.path.exists("results/costmodel.json"):

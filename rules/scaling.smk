@@ -5,7 +5,7 @@
 
 rule commbench:
     input:
-        code="pipeline/commbench.py",
+        code="pipeline/study/commbench.py",
     output:
         "results/comm.json",
     params:
@@ -22,14 +22,14 @@ rule commbench:
         "../envs/workflow.yaml"
     shell:
         "{params.timeout} {resources.mpi} -n {resources.tasks}"
-        " python -m mpi4py -m pipeline.commbench --out {output} > {log} 2>&1"
+        " python -m mpi4py -m pipeline commbench --out {output} > {log} 2>&1"
 
 
 rule costmodel:
     input:
         runs=get_run_files(),
         comm="results/comm.json",
-        code="pipeline/costmodel.py",
+        code="pipeline/study/costmodel.py",
     output:
         "results/costmodel.json",
     params:
@@ -41,14 +41,14 @@ rule costmodel:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m pipeline.costmodel --runs {input.runs} --comm {input.comm} {params.cluster}"
+        "python -m pipeline costmodel --runs {input.runs} --comm {input.comm} {params.cluster}"
         " --ranks {params.ranks} --prompt-lens {params.lengths} --out {output} > {log} 2>&1"
 
 
 rule baseline:
     input:
         checkpoint=get_checkpoint_files(),
-        code=["pipeline/baseline.py", "pipeline/prompts.py"],
+        code=["pipeline/study/baseline.py", "pipeline/engine/prompts.py"],
     output:
         "results/baseline/hf_p{prompt_len}.json",
     params:
@@ -67,7 +67,7 @@ rule baseline:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "{params.timeout} python -m pipeline.baseline --checkpoint {params.checkpoint}"
+        "{params.timeout} python -m pipeline baseline --checkpoint {params.checkpoint}"
         " --prompt-len {wildcards.prompt_len} --gen-len {params.gen_len} --iters {params.iters}"
         " --warmup {params.warmup} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -77,7 +77,7 @@ rule dtype_compare:
         exports=[get_export_dir("float32"), get_export_dir("bf16")],
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
-        code=["pipeline/dtype_compare.py", "pipeline/alternate.py"],
+        code=["pipeline/study/dtype_compare.py", "pipeline/study/alternate.py"],
     output:
         "results/dtype_compare.json",
     params:
@@ -98,7 +98,7 @@ rule dtype_compare:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m pipeline.dtype_compare --exports {input.exports} --ranks {params.ranks}"
+        "python -m pipeline.study.dtype_compare --exports {input.exports} --ranks {params.ranks}"
         " --threads {threads} --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters}"
         " --warmup {params.warmup} --rounds {params.rounds} --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"
@@ -109,7 +109,7 @@ rule rank_compare:
         export=get_export_dir(),
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
-        code=["pipeline/rank_compare.py", "pipeline/alternate.py"],
+        code=["pipeline/study/rank_compare.py", "pipeline/study/alternate.py"],
     output:
         "results/rank_compare.json",
     params:
@@ -130,7 +130,7 @@ rule rank_compare:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m pipeline.rank_compare --export {input.export} --cores {params.cores}"
+        "python -m pipeline.study.rank_compare --export {input.export} --cores {params.cores}"
         " --prompt-len 128 --gen-len {params.gen_len} --iters {params.iters} --warmup {params.warmup}"
         " --rounds {params.rounds} --mpi {resources.mpi:q} --timeout {params.timeout}"
         " --out {output} > {log} 2>&1"
@@ -141,7 +141,7 @@ rule roofline_compare:
         export=get_export_dir(),
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
-        code="pipeline/roofline_compare.py",
+        code="pipeline/study/roofline_compare.py",
     output:
         "results/roofline_compare.json",
     params:
@@ -157,6 +157,6 @@ rule roofline_compare:
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python -m pipeline.roofline_compare --export {input.export} --threads {threads}"
+        "python -m pipeline.study.roofline_compare --export {input.export} --threads {threads}"
         " --prompt-len 128 --gen-len {params.gen_len} --rounds {params.rounds}"
         " --out {output} > {log} 2>&1"

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from pipeline.comm import Comm
-from pipeline.model import Qwen3Engine
-from pipeline.weights import open_export
+from model_export.reader import open_export
+from pipeline.engine.comm import Comm
+from pipeline.engine.model import Qwen3Engine
 
 comm = Comm()
 engine = Qwen3Engine(open_export(sys.argv[1]), sys.argv[2], "online_softmax", comm, 1, max_seq=32)

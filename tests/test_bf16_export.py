@@ -11,8 +11,8 @@ from safetensors import safe_open
 from model_export import layout
 from model_export.__main__ import main as export_main
 from model_export.checkpoint import to_bf16_bits
-from pipeline.reference import ReferenceModel
-from pipeline.weights import BF16, bf16_to_float32, open_export, take_rows, to_float
+from model_export.reader import BF16, bf16_to_float32, open_export, take_rows, to_float
+from pipeline.engine.reference import ReferenceModel
 from tests.conftest import TINY_GQA2, TINY_GQA4_TIED
 
 

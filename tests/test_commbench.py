@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.commbench import allreduce_alpha_beta, fit_alpha_beta
+from pipeline.study.commbench import allreduce_alpha_beta, fit_alpha_beta
 from tests.mpi_run import run_mpi
 
 
@@ -36,7 +36,7 @@ def test_allreduce_conversion():
 @pytest.mark.parametrize("nranks", [1, 2])
 def test_commbench_runs(nranks, tmp_path):
     out = tmp_path / "comm.json"
-    proc = run_mpi(nranks, ["-m", "pipeline.commbench", "--out", str(out), "--samples", "3",
+    proc = run_mpi(nranks, ["-m", "pipeline", "commbench", "--out", str(out), "--samples", "3",
                             "--sample-ms", "0.5", "--max-bytes", "65536"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())

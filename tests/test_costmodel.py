@@ -8,8 +8,8 @@ import math
 import pytest
 
 from model_export.config import PRESETS, Qwen3Config
-from pipeline import costmodel as cm
-from pipeline.roofline import attention_pairs
+from pipeline.study import costmodel as cm
+from pipeline.study.roofline import attention_pairs
 
 CFG06 = Qwen3Config(**PRESETS["qwen3-0.6b"])
 RATES = cm.Rates(f_mm=90e9, f_att=30e9, f_dec=90e9, bandwidth=24e9)  # per core, per node

@@ -14,8 +14,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipeline.reference import ReferenceModel
-from pipeline.weights import open_export
+from model_export.reader import open_export
+from pipeline.engine.reference import ReferenceModel
 from tests.conftest import TINY_BASE
 from tests.mpi_run import REPO, run_mpi
 
@@ -46,7 +46,7 @@ def reference(tiny_export):
 
 def generate_cell(export, strategy, algo, nranks, tmp_path, *extra):
     logits_file = tmp_path / f"{strategy}_{algo}_{nranks}.npy"
-    proc = run_mpi(nranks, ["-m", "pipeline.generate", "--export", str(export), *extra,
+    proc = run_mpi(nranks, ["-m", "pipeline", "generate", "--export", str(export), *extra,
                             "--parallel-strategy", strategy, "--attention-algo", algo,
                             "--prompt-ids", ",".join(map(str, PROMPT)),
                             "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
@@ -94,13 +94,13 @@ def test_cell_matches_hugging_face(tiny_checkpoint, tiny_export, strategy, nrank
 
 def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     out = tmp_path / "cell.json"
-    proc = run_mpi(2, ["-m", "pipeline.bench", "--export", str(synthetic_tiny_export),
+    proc = run_mpi(2, ["-m", "pipeline", "bench", "--export", str(synthetic_tiny_export),
                        "--parallel-strategy", "sequence", "--attention-algo", "standard",
                        "--prompt-len", "13", "--gen-len", "4", "--iters", "2", "--warmup", "1",
                        "--threads", "2", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    schema = json.loads((REPO / "pipeline" / "schemas" / "bench.schema.json").read_text())
+    schema = json.loads((REPO / "pipeline" / "study" / "schemas" / "bench.schema.json").read_text())
     jsonschema.validate(result, schema)
     assert result["cell"]["nranks"] == 2 and len(result["prefill"]["seconds"]) == 2
     assert len(result["memory"]["attention_scratch_mb"]) == 2
@@ -113,7 +113,7 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
 
 
 def bad_generate(export, nranks, *extra, strategy="headwise", algo="standard", prompt="1,2,3,4,5,6"):
-    args = ["-m", "pipeline.generate", "--export", str(export), "--parallel-strategy", strategy,
+    args = ["-m", "pipeline", "generate", "--export", str(export), "--parallel-strategy", strategy,
             "--attention-algo", algo, "--prompt-ids", prompt, "--max-new-tokens", "4", *extra]
     return run_mpi(nranks, args, timeout=60)
 
@@ -134,7 +134,7 @@ def test_bad_input_fails_fast_with_one_message(synthetic_tiny_export, case, nran
 
 
 def test_too_long_generation_is_refused(synthetic_tiny_export):
-    proc = run_mpi(2, ["-m", "pipeline.generate", "--export", str(synthetic_tiny_export),
+    proc = run_mpi(2, ["-m", "pipeline", "generate", "--export", str(synthetic_tiny_export),
                        "--prompt-ids", "1,2,3", "--max-new-tokens", "100000"], timeout=60)
     assert proc.returncode != 0 and "max_position_embeddings" in proc.stderr
 
@@ -192,7 +192,7 @@ def test_generate_with_a_tokenizer_prints_the_text(synthetic_tiny_checkpoint, tm
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(ckpt / "tokenizer.json"))
     export_checkpoint(ckpt, tmp_path / "export", progress=lambda msg: None)
-    proc = run_mpi(2, ["-m", "pipeline.generate", "--export", str(tmp_path / "export"),
+    proc = run_mpi(2, ["-m", "pipeline", "generate", "--export", str(tmp_path / "export"),
                        "--parallel-strategy", "sequence", "--prompt", "w5 w17 w99 w3 w250",
                        "--max-new-tokens", "4"], timeout=60)
     assert proc.returncode == 0, proc.stderr

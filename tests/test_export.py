@@ -12,6 +12,7 @@ from safetensors import safe_open
 from model_export import layout
 from model_export.config import CheckpointError
 from model_export.export import export_checkpoint, sha256_file
+from model_export.reader import open_export
 from model_export.synthetic import (
     hf_config,
     preset_config,
@@ -19,7 +20,6 @@ from model_export.synthetic import (
     tensor_table,
     write_checkpoint,
 )
-from pipeline.weights import open_export
 from tests.conftest import TINY_GQA1_TIED, TINY_GQA2, TINY_GQA4_TIED
 
 QWEN3_06B_PARAMS = 596_049_920  # Qwen/Qwen3-0.6B, tied embedding counted once

@@ -1,6 +1,6 @@
 """ext.linear and ext.mlp (float32 or bf16 weights, float32 compute) against NumPy float64 references.
 
-bf16 references widen the bits with pipeline.weights.bf16_to_float32 (exact) and compute in
+bf16 references widen the bits with model_export.reader.bf16_to_float32 (exact) and compute in
 float64, so the only error left is the kernels' float32 rounding. Token counts cover both paths:
 our GEMV (T <= 16) and the GEMM (BLAS's sgemm on our OpenMP threads). Tolerance as in test_kernels:
 1e-5 relative to the output's scale (sums of up to a few thousand float32 terms leave ~100 ulp of
@@ -18,7 +18,7 @@ import pytest
 
 from ext import linear as L
 from ext import mlp as M
-from pipeline.weights import BF16, bf16_to_float32
+from model_export.reader import BF16, bf16_to_float32
 
 RTOL = 1e-5
 TOKENS = (1, 2, 5, 13, 128, 300)

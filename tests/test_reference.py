@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.reference import ReferenceModel, apply_rope, causal_attention, rms_norm, rope_cos_sin
-from pipeline.weights import open_export
+from model_export.reader import open_export
+from pipeline.engine.reference import ReferenceModel, apply_rope, causal_attention, rms_norm, rope_cos_sin
 from tests.conftest import TINY_CONFIGS
 
 # HF computes in float32, the reference in float64: the gap is float32 rounding through a

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from model_export.config import PRESETS, Qwen3Config
-from pipeline.roofline import (
+from pipeline.study.roofline import (
     decode_bytes,
     layer_matmul_params,
     measure_ceilings,

@@ -1,6 +1,6 @@
 """The workflow: verify and report on fabricated bench JSONs, and Snakemake's own checks.
 
-The bench JSONs here are TEST DATA made up by `fake_run` (shaped like pipeline/bench.py's output,
+The bench JSONs here are TEST DATA made up by `fake_run` (shaped like pipeline/study/bench.py's output,
 numbers invented), never measurements. The Snakemake tests only parse and dry-run the workflow.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from model_export.config import PRESETS
-from pipeline import report, verify
+from pipeline.report import render as report
+from pipeline.report import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
@@ -359,7 +360,7 @@ def test_report_ignores_runs_outside_the_matrix_and_survives_no_reference(tmp_pa
 
 
 def fake_costmodel() -> dict:
-    """Test data shaped like pipeline.costmodel's output (numbers invented)."""
+    """Test data shaped like pipeline.study.costmodel's output (numbers invented)."""
     curves = [
         {
             "strategy": strategy,
@@ -567,7 +568,7 @@ def test_report_long_context(tmp_path):
 
 
 def fake_baseline(prompt_len: int = 16, available: bool = True) -> dict:
-    """Test data shaped like pipeline.baseline's output."""
+    """Test data shaped like pipeline.study.baseline's output."""
     if not available:
         return {
             "schema_version": 1,
@@ -601,7 +602,7 @@ def test_report_baseline_row(tmp_path):
 
 
 def fake_dtype_compare(speedup_p1, same_tokens=True):
-    """TEST DATA shaped like pipeline.dtype_compare's output: float32 at 10 tok/s decode."""
+    """TEST DATA shaped like pipeline.study.dtype_compare's output: float32 at 10 tok/s decode."""
 
     def dtype(name, decode, tokens):
         return {"dtype": name, "export": f"/x/{name}", "threads_per_rank": 2, "decode_tokens_per_s": decode,
@@ -637,7 +638,7 @@ def test_report_bf16_section(tmp_path, speedup, same, verdict):
 
 
 def fake_rank_compare(prefill_ratios, decode_ratios, same_tokens=True):
-    """TEST DATA shaped like pipeline.rank_compare's output: head-wise, both algorithms, prompt 128;
+    """TEST DATA shaped like pipeline.study.rank_compare's output: head-wise, both algorithms, prompt 128;
     the ratios are given per round (the median over them is the group's figure)."""
 
     def layout(nranks, tps):
@@ -667,7 +668,7 @@ def test_report_judges_ranks_against_threads_back_to_back(tmp_path):
         "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach 105.0% (target "
         "90%: **met**) of 1 rank x 2 threads in prefill and 85.0% (target 90%: **not met**) in decode "
         "(median of 3 rounds, the two layouts adjacent in each; per round: prefill 105.0% / 97.0% / 110.0%, "
-        "decode 95.0% / 85.0% / 80.0%; pipeline/rank_compare.py)." in text
+        "decode 95.0% / 85.0% / 80.0%; pipeline/study/rank_compare.py)." in text
     )
     # the matrix's cells of the same comparison are shown, but no longer judged
     assert (
@@ -708,7 +709,7 @@ out.write_text(json.dumps(run))
 
 
 def test_rank_compare_alternates_the_layouts_and_takes_the_median_ratio(synthetic_tiny_export, tmp_path):
-    from pipeline import rank_compare
+    from pipeline.study import rank_compare
 
     log = tmp_path / "order.log"
     fake = tmp_path / "fake_mpiexec.py"  # test double for the launcher: writes made-up bench JSONs
@@ -734,7 +735,7 @@ def test_rank_compare_alternates_the_layouts_and_takes_the_median_ratio(syntheti
 def test_dtype_compare_alternates_the_dtypes_and_takes_the_median_ratio(
     synthetic_tiny_export, synthetic_tiny_export_bf16, tmp_path
 ):
-    from pipeline import dtype_compare
+    from pipeline.study import dtype_compare
 
     log = tmp_path / "order.log"
     fake = tmp_path / "fake_mpiexec.py"  # test double for the launcher: writes made-up bench JSONs
@@ -756,7 +757,7 @@ def test_dtype_compare_alternates_the_dtypes_and_takes_the_median_ratio(
 
 
 def test_roofline_compare_measures_ceilings_and_engine_adjacent(synthetic_tiny_export, tmp_path, monkeypatch):
-    from pipeline import roofline_compare
+    from pipeline.study import roofline_compare
 
     order = []
     for name in ("measure_ceilings", "timed_run"):  # spies: the real functions, their calls recorded
@@ -798,7 +799,7 @@ def test_report_judges_the_roofline_back_to_back(tmp_path):
         "- 1 rank x 2 threads, prompt 128, standard, back to back: prefill at 80.0% (target 75%: **met**) of "
         "the GEMM ceiling, decode at 80.0% (target 85%: **not met**) of the streaming bandwidth (median of 3 "
         "rounds, each measuring the ceilings and one prefill + decode adjacent in time; per round: prefill "
-        "80.0% / 76.0% / 84.0%, decode 80.0% / 76.0% / 84.0%; pipeline/roofline_compare.py)." in text
+        "80.0% / 76.0% / 84.0%, decode 80.0% / 76.0% / 84.0%; pipeline/study/roofline_compare.py)." in text
     )
     # the standard cells are shown unjudged; online_softmax, not measured back to back, keeps its verdict
     assert (
@@ -813,7 +814,7 @@ def test_report_judges_the_roofline_back_to_back(tmp_path):
                                             (2, "export directory not found")])
 def test_rank_compare_rejects_bad_input_before_any_run(synthetic_tiny_export, tmp_path, capsys, cores,
                                                        message):
-    from pipeline import rank_compare
+    from pipeline.study import rank_compare
 
     export = synthetic_tiny_export if cores == 3 else tmp_path / "missing"
     rc = rank_compare.main(["--export", str(export), "--cores", str(cores), "--mpi", "false",
@@ -828,9 +829,9 @@ def test_baseline_on_the_tiny_preset_matches_the_reference(
     pytest.importorskip("transformers")
     import numpy as np
 
-    from pipeline import baseline
-    from pipeline.reference import ReferenceModel
-    from pipeline.weights import open_export
+    from model_export.reader import open_export
+    from pipeline.engine.reference import ReferenceModel
+    from pipeline.study import baseline
 
     out = tmp_path / "hf_p16.json"
     args = [
@@ -853,7 +854,7 @@ def test_baseline_on_the_tiny_preset_matches_the_reference(
     b = json.loads(out.read_text())
     assert b["available"] and b["cell"]["threads"] == 1 and len(b["prefill"]["seconds"]) == 2
     vocab = PRESETS["tiny"]["vocab_size"]
-    prompt = np.random.default_rng(0).integers(0, vocab, 16)  # pipeline.bench's prompt
+    prompt = np.random.default_rng(0).integers(0, vocab, 16)  # pipeline.study.bench's prompt
     assert b["output"]["prompt_ids"] == prompt.tolist()
     tokens, logits = ReferenceModel(open_export(synthetic_tiny_export)).generate(prompt.tolist(), 4)
     assert b["output"]["greedy_tokens"] == list(tokens)
@@ -862,7 +863,7 @@ def test_baseline_on_the_tiny_preset_matches_the_reference(
 
 
 def test_baseline_without_torch_says_so(tmp_path, monkeypatch):
-    from pipeline import baseline
+    from pipeline.study import baseline
 
     monkeypatch.setattr(baseline, "import_hf", lambda: (None, "torch/transformers not importable: test"))
     out = tmp_path / "hf.json"
@@ -920,7 +921,7 @@ def test_dry_run_costmodel_gets_the_cluster_config():
         "--comm results/comm.json --cluster 'name=my cluster' cores_per_node=64 ranks_per_node=1 "
         "net_alpha_s=2e-06 net_bandwidth_gb_s=12.5 --ranks 1 8 --prompt-lens 128 512" in proc.stdout
     )
-    assert "mpiexec -n 2 python -m mpi4py -m pipeline.commbench --out results/comm.json" in proc.stdout
+    assert "mpiexec -n 2 python -m mpi4py -m pipeline commbench --out results/comm.json" in proc.stdout
 
 
 def test_dry_run_long_prompts_get_their_own_iterations():
@@ -928,7 +929,7 @@ def test_dry_run_long_prompts_get_their_own_iterations():
     proc = plan("-p", *targets, "--config", "synthetic_preset=tiny", "prompt_lengths=[8,16]", "iters=3",
                 "warmup=1", "long_prompt_from=16", "long_prompt_iters=2", "long_prompt_warmup=0")
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if "pipeline.bench" in line]
+    lines = [line for line in proc.stdout.splitlines() if "pipeline bench" in line]
     assert len(lines) == 2
     for line in lines:
         expected = "--iters 2 --warmup 0" if "--prompt-len 16 " in line else "--iters 3 --warmup 1"
@@ -943,7 +944,7 @@ def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
     assert proc.returncode == 0, proc.stderr
     jobs = proc.stdout.split("rule verify")[0]
     assert f"results/runs/sequence_online_softmax_np{p}_p16.json" in jobs
-    assert f"mpiexec -n {p} python -m mpi4py -m pipeline.bench" in jobs
+    assert f"mpiexec -n {p} python -m mpi4py -m pipeline bench" in jobs
     assert f"headwise_standard_np{p}_p16.json" not in jobs
     assert f"sequence_standard_np{p}_p2.json" not in jobs  # fewer prompt tokens than ranks
     assert f"headwise_standard_np{p}_p16=P={p} does not divide num_key_value_heads={nkv}" in proc.stdout
@@ -963,7 +964,7 @@ def test_dry_run_slurm_profile(tmp_path):
         (profile / "config.yaml").write_text("\n".join(x for x in lines if not x.startswith("executor:")))
     proc = plan("-p", "--profile", str(profile), "report", "--config", "synthetic_preset=tiny")
     assert proc.returncode == 0, proc.stderr
-    assert "srun -n 2 python -m mpi4py -m pipeline.bench" in proc.stdout + proc.stderr
+    assert "srun -n 2 python -m mpi4py -m pipeline bench" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from model_export.config import Qwen3Config
-from pipeline.comm import Comm, split_range
-from pipeline.weights import Export, LayerWeights
+from model_export.reader import Export, LayerWeights
+from pipeline.engine.comm import Comm, split_range
 
 
 class Strategy(ABC):

@@ -1,14 +1,14 @@
 """Baseline: Hugging Face transformers' Qwen3ForCausalLM (PyTorch, CPU) on the same checkpoint and prompt.
 
-    python -m pipeline.baseline --checkpoint DIR --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 \
+    python -m pipeline baseline --checkpoint DIR --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 \
         --threads 2 --out results/baseline/hf_p128.json
 
 The model is loaded from the checkpoint directory the export was made from, in float32 (a bf16
 checkpoint is widened, as the float32 export is), with `torch.set_num_threads(threads)`. The
-prompt is pipeline.bench's: `pipeline.prompts.random_prompt(seed, vocab, prompt_len)`.
+prompt is pipeline.study.bench's: `pipeline.engine.prompts.random_prompt(seed, vocab, prompt_len)`.
 prefill: one forward of the prompt into an empty cache (use_cache=True, logits of the last
 position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
-Warm-up iterations are excluded; median, min and max over the timed ones, as in pipeline.bench.
+Warm-up iterations are excluded; median, min and max over the timed ones, as in pipeline.study.bench.
 
 Without torch or transformers (or a transformers that has no Qwen3), the output says
 {"available": false, "reason": ...} and the command exits 0: the baseline is optional.
@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 
-from pipeline.atomic import write_json_atomic
-from pipeline.machine import cpu_model
-from pipeline.prompts import random_prompt
+from model_export.atomic import write_json_atomic
+from pipeline.engine.machine import cpu_model
+from pipeline.engine.prompts import random_prompt
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
@@ -38,7 +38,6 @@ NAME = "HF transformers (torch)"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.baseline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (pipeline.bench's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (the bench's)")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
     for name in ("prompt_len", "gen_len", "iters"):

@@ -1,12 +1,12 @@
 """The engine against this machine's ceilings, measured back to back: 1 rank, in one process.
 
-    python -m pipeline.roofline_compare --export EXPORT --threads 2 --algos standard online_softmax \
+    python -m pipeline.study.roofline_compare --export EXPORT --threads 2 --algos standard online_softmax \
         --prompt-len 128 --gen-len 32 --rounds 3 --out results/roofline_compare.json
 
 A bench cell measures its ceilings once, after its timed runs. On a shared VM whose streaming
 rate moves by 20% within minutes (dtype_compare saw float32 decode at 17.6 and at 22.3 GB/s), a
 fraction whose numerator and denominator were taken a minute apart moves with it. Here each round
-measures the ceilings (pipeline.roofline) and one prefill + decode (pipeline.bench.timed_run)
+measures the ceilings (pipeline.study.roofline) and one prefill + decode (pipeline.study.bench.timed_run)
 adjacent in time, the order reversed every other round, and takes that round's fractions; the
 figure is the median over the rounds. One warm-up run per algorithm first (not counted).
 """
@@ -17,16 +17,16 @@ import argparse
 import statistics
 import sys
 
-from pipeline.alternate import in_turn
-from pipeline.atomic import write_json_atomic
-from pipeline.bench import timed_run
-from pipeline.comm import Comm
-from pipeline.model import Qwen3Engine, check_job
-from pipeline.prompts import random_prompt
-from pipeline.roofline import measure_ceilings, roofline_fractions
-from pipeline.strategies import ALGORITHMS
-from pipeline.threads import set_threads
-from pipeline.weights import open_export
+from model_export.atomic import write_json_atomic
+from model_export.reader import open_export
+from pipeline.engine.comm import Comm
+from pipeline.engine.model import Qwen3Engine, check_job
+from pipeline.engine.prompts import random_prompt
+from pipeline.engine.strategies import ALGORITHMS
+from pipeline.engine.threads import set_threads
+from pipeline.study.alternate import in_turn
+from pipeline.study.bench import timed_run
+from pipeline.study.roofline import measure_ceilings, roofline_fractions
 
 SCHEMA_VERSION = 1
 STRATEGY = "headwise"  # on one rank every strategy runs the same computation
@@ -34,15 +34,15 @@ CEILING_REPEATS = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.roofline_compare", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--export", required=True, help="export directory (pipeline.weights)")
+    p.add_argument("--export", required=True, help="export directory (model_export.reader)")
     p.add_argument("--threads", type=int, required=True, help="the rank's threads (and the ceilings')")
     p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0, help="the random prompt's seed (as pipeline.bench)")
+    p.add_argument("--seed", type=int, default=0, help="the random prompt's seed (as pipeline.study.bench)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.threads < 1 or args.rounds < 1 or args.gen_len < 1:

@@ -1,6 +1,6 @@
 """Micro-benchmark of the ext/ kernels against the same computation in plain NumPy (float32).
 
-    python -m pipeline.kernels_bench [--threads N] [--out FILE.json] [--quick] [--only PART ...]
+    python -m pipeline.study.kernels_bench [--threads N] [--out FILE.json] [--quick] [--only PART ...]
 
 Shapes are Qwen3-0.6B's: attention H=16, Hkv=8, D=128 (prefill T=S in {128, 1024, 4096}, decode
 T=1 against S in {128, 4096}); MLP d=1024, I=3072 at T in {1, 128}. Attention GFLOP/s count the
@@ -167,7 +167,7 @@ def bench_mlp(threads: int, repeats: int) -> list[dict]:
 
 def _bf16_pair(rng, shape, copies=1):
     """`copies` random bf16 matrices (uint16 bits) of `shape` and their exact float32 widenings."""
-    from pipeline.weights import bf16_to_float32
+    from model_export.reader import bf16_to_float32
 
     bits = [rng.integers(0x3C00, 0x3D00, size=shape, dtype=np.uint16) ^ (rng.integers(0, 2, size=shape,
             dtype=np.uint16) << 15) for _ in range(copies)]   # +-[2^-7, 2^-6): weight-like scale
@@ -301,7 +301,7 @@ def run_probe(policy: str, threads: int, repeats: int, blas_timeout: str) -> dic
         env["OMP_WAIT_POLICY"] = policy.upper()
     # Read when OpenBLAS loads: idle BLAS threads spin for 2^n cycles, then sleep.
     env["OPENBLAS_THREAD_TIMEOUT"] = blas_timeout
-    cmd = [sys.executable, "-m", "pipeline.kernels_bench", "--threads", str(threads),
+    cmd = [sys.executable, "-m", "pipeline.study.kernels_bench", "--threads", str(threads),
            "--repeats", str(repeats), "--probe", policy]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from pipeline.threads import blas_info
+    from pipeline.engine.threads import blas_info
 
     # numpy with its own threads; ext.linear's GEMM sets BLAS to 1 thread for its own calls.
     blas_limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 (kept alive)

@@ -1,6 +1,6 @@
 """Regenerate results/report.md, results/summary.csv and results/figures/ from the bench JSONs.
 
-    python -m pipeline.report --runs results/runs/*.json --verification results/verification.json \
+    python -m pipeline report --runs results/runs/*.json --verification results/verification.json \
         --cells headwise_standard_np1_p128 ... --not-applicable "CELL=reason" ... \
         --workflow-config '{"iters": 3, ...}' --out-md results/report.md --out-csv results/summary.csv
 
@@ -8,13 +8,13 @@ Every number in the report comes from the JSONs (and results/costmodel.json when
 is typed by hand. Cells named by --cells without a JSON are marked missing (their bench failed
 or was not run; the log path is given), --not-applicable cells are marked with their reason.
 Without --cells the report covers whichever JSONs it is given. Without --verification the
-verification table is computed here with pipeline.verify (the same code, the same tolerances).
+verification table is computed here with pipeline.report.verify (the same code, the same tolerances).
 Figures go to a `figures/` directory beside the markdown file.
 
 Optional sections appear when their keys exist: per-phase "compute_s"/"comm_s"/
 "bytes_sent_per_token" (communication split), "memory.peak_rss_mb" (per rank), "roofline"
 (any nesting of numbers, e.g. {"gemm_gflops": .., "prefill_fraction": ..}), "comm" (same), and
-pipeline.costmodel's results/costmodel.json (--costmodel): {"equations_md": str, "groups": [{
+pipeline.study.costmodel's results/costmodel.json (--costmodel): {"equations_md": str, "groups": [{
     "calibration": {..}, "error": {..}, "cluster": {..}, "cells": [{"cell", "measured_prefill_tok_s",
     "predicted_prefill_tok_s", "prefill_error_pct", "calibration_cell", (same for decode)}],
     "curves": [{"strategy", "attention_algo", "nranks", "prompt_len", "feasible", "prefill_tok_s",
@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import verify as verify_mod
+from pipeline.report import verify as verify_mod
 
 PHASES = ("prefill", "decode")
 CELL_RE = re.compile(r"^(?P<strategy>[a-z]+)_(?P<algo>[a-z_]+)_np(?P<nranks>\d+)_p(?P<prompt_len>\d+)$")
@@ -156,7 +156,7 @@ def header(cells: list[Cell], workflow_config: dict | None, generated: str) -> l
     lines = [
         "# Qwen3 on CPUs: parallel strategies x attention algorithms",
         "",
-        f"Generated {generated} by `python -m pipeline.report` from {len(runs)} bench JSON files "
+        f"Generated {generated} by `python -m pipeline report` from {len(runs)} bench JSON files "
         "(results/runs/); every number below is computed from them. Do not edit by hand.",
         "",
     ]
@@ -362,7 +362,7 @@ def baseline_note(b: dict, sub: list[Cell]) -> str:
         f"*{b.get('name', 'HF transformers')}*: `Qwen3ForCausalLM` from the same checkpoint in float32 "
         f"(torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}), the same prompt ids, "
         f"prefill with logits of the last position only, then greedy decode on its KV cache "
-        f"(`python -m pipeline.baseline`)."
+        f"(`python -m pipeline baseline`)."
     )
     ref = next(
         (
@@ -472,7 +472,7 @@ def findings_section(cells: list[Cell], result: dict | None) -> list[str]:
     lines = [
         "## Findings",
         "",
-        "Derived from the measurements above by `pipeline.report`; none is typed by hand.",
+        "Derived from the measurements above by `pipeline.report.render`; none is typed by hand.",
         "",
     ]
     lengths = sorted({c.prompt_len for c in cells})
@@ -781,7 +781,7 @@ def roofline_section(cells: list[Cell]) -> list[str]:
         "Ceilings measured in the same run with the job's cores: NumPy's float32 GEMM at the model's "
         "prefill shapes (median; best repeat in brackets) and the bandwidth of GEMVs streaming distinct "
         "weights from DRAM. Prefill GFLOP/s = the model's FLOPs of the prompt / prefill time; decode "
-        "GB/s = the weights and KV cache read by the decode steps / decode time (pipeline/roofline.py). "
+        "GB/s = the weights and KV cache read by the decode steps / decode time (study/roofline.py). "
         "The ceilings are NumPy's (OpenBLAS) rates, not the hardware's peaks: above 100% our kernels "
         "stream or compute faster than NumPy's on the same shapes.",
         "",
@@ -819,8 +819,8 @@ def targets_section(
     """The engine's performance targets, checked against the measurements:
     1 rank x 2 threads at prompt 128 reaches 75% of the GEMM ceiling in prefill and 85% of the
     streaming bandwidth in decode; head-wise on 2 ranks x 1 thread reaches 90% of 1 rank x 2 threads.
-    Each is judged on its back-to-back measurement where it was run (pipeline.roofline_compare,
-    pipeline.rank_compare), else on the matrix's cells."""
+    Each is judged on its back-to-back measurement where it was run (pipeline.study.roofline_compare,
+    pipeline.study.rank_compare), else on the matrix's cells."""
     lines, judged_algos = roofline_compare_lines(roofline_compare)
     for c in cells:
         if not (
@@ -874,7 +874,7 @@ def targets_section(
 
 
 def roofline_compare_lines(d: dict | None) -> tuple[list[str], set[str]]:
-    """Verdict lines of pipeline.roofline_compare (1 rank x 2 threads) and the algorithms judged."""
+    """Verdict lines of pipeline.study.roofline_compare (1 rank x 2 threads) and the algorithms judged."""
     if not d or d.get("threads") != 2 or d.get("prompt_len") != 128:
         return [], set()
     lines = []
@@ -887,13 +887,13 @@ def roofline_compare_lines(d: dict | None) -> tuple[list[str], set[str]]:
             f"{verdict(g['prefill_fraction'], 0.75)} of the GEMM ceiling, decode at "
             f"{verdict(g['decode_fraction'], 0.85)} of the streaming bandwidth (median of "
             f"{d['rounds']} rounds, each measuring the ceilings and one prefill + decode adjacent in "
-            f"time; per round: {rounds}; pipeline/roofline_compare.py)."
+            f"time; per round: {rounds}; pipeline/study/roofline_compare.py)."
         )
     return lines, {g["algo"] for g in d.get("groups", [])}
 
 
 def rank_compare_lines(d: dict | None) -> list[tuple[str, tuple]]:
-    """One verdict line per algorithm of pipeline.rank_compare, with the (algo, prompt, threads of
+    """One verdict line per algorithm of pipeline.study.rank_compare, with the (algo, prompt, threads of
     the 1-rank layout, threads per rank of the other) it judges."""
     if not d:
         return []
@@ -908,7 +908,7 @@ def rank_compare_lines(d: dict | None) -> list[tuple[str, tuple]]:
             f"{many['threads_per_rank']} thread reach {verdict(g['prefill_ratio'], RANKS_TARGET)} of "
             f"1 rank x {one['threads_per_rank']} threads in prefill and "
             f"{verdict(g['decode_ratio'], RANKS_TARGET)} in decode (median of {d['rounds']} rounds, the "
-            f"two layouts adjacent in each; per round: {rounds}; pipeline/rank_compare.py)"
+            f"two layouts adjacent in each; per round: {rounds}; pipeline/study/rank_compare.py)"
             + ("." if g["same_greedy_tokens"] else "; **the two layouts' greedy tokens differ**.")
         )
         key = (g["algo"], d["prompt_len"], one["threads_per_rank"], many["threads_per_rank"])
@@ -960,7 +960,7 @@ BF16_DECODE_TARGET = 1.6  # bf16 decode over float32 decode, 1 rank (llama.cpp's
 
 
 def dtype_section(d: dict | None) -> list[str]:
-    """float32 vs bf16 exports benchmarked back to back (pipeline.dtype_compare)."""
+    """float32 vs bf16 exports benchmarked back to back (pipeline.study.dtype_compare)."""
     if not d or not d.get("groups"):
         return []
     rows, verdicts = [], []
@@ -1004,7 +1004,7 @@ def dtype_section(d: dict | None) -> list[str]:
         "",
         f"The same model exported with float32 and with bf16 weights, benchmarked back to back "
         f"({d['strategy']} + {d['algo']}, prompt {d['prompt_len']}, {d['gen_len']} decode steps; "
-        f"medians of {d['rounds']} alternating rounds, pipeline/dtype_compare.py; a speed-up is the median "
+        f"medians of {d['rounds']} alternating rounds, study/dtype_compare.py; a speed-up is the median "
         "over the rounds of the ratio within each round, between two runs adjacent in time). Decode streams "
         "every weight once per token: bf16 reads half the bytes, widened to float32 in the kernels.",
         "",
@@ -1117,14 +1117,14 @@ PREFERRED_ALGO = "online_softmax"  # the algorithm whose predicted curves the re
 
 
 def costmodel_section(cells: list[Cell], model: dict | None, figure: str | None = None) -> list[str]:
-    """pipeline.costmodel's results/costmodel.json: per model group its calibration, the measured
+    """pipeline.study.costmodel's results/costmodel.json: per model group its calibration, the measured
     cells beside their predictions, and predicted curves beyond this machine; equations last."""
     if not model:
         return []
     lines = [
         "## Cost model",
         "",
-        "An alpha-beta + roofline model (`python -m pipeline.costmodel`), calibrated on this run's "
+        "An alpha-beta + roofline model (`python -m pipeline costmodel`), calibrated on this run's "
         "single-rank cells and on the MPI ping-pong/Allreduce sweep (results/comm.json), predicts every "
         "measured cell and then a cluster this machine cannot be. Its equations are in the appendix.",
         "",
@@ -1489,7 +1489,7 @@ def build(
 
 
 def load_baselines(paths: list[str]) -> dict[int, dict]:
-    """pipeline.baseline results by prompt length; unavailable ones under key 0 (for the reason)."""
+    """pipeline.study.baseline results by prompt length; unavailable ones under key 0 (for the reason)."""
     out: dict[int, dict] = {}
     for path in paths:
         try:
@@ -1532,7 +1532,6 @@ def baseline_findings(cells: list[Cell], baselines: dict[int, dict]) -> list[str
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1552,16 +1551,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workflow-config", help="the workflow's config as a JSON string")
     p.add_argument("--costmodel", help="cost model predictions (JSON), shown when given and present")
     p.add_argument(
-        "--baseline", nargs="*", default=[], help="pipeline.baseline results (JSON), one per length"
+        "--baseline", nargs="*", default=[], help="pipeline.study.baseline results (JSON), one per length"
     )
     p.add_argument(
-        "--dtype-compare", nargs="*", default=[], help="pipeline.dtype_compare result (JSON), if run"
+        "--dtype-compare", nargs="*", default=[], help="pipeline.study.dtype_compare result (JSON), if run"
     )
     p.add_argument(
-        "--rank-compare", nargs="*", default=[], help="pipeline.rank_compare result (JSON), if run"
+        "--rank-compare", nargs="*", default=[], help="pipeline.study.rank_compare result (JSON), if run"
     )
     p.add_argument(
-        "--roofline-compare", nargs="*", default=[], help="pipeline.roofline_compare result (JSON), if run"
+        "--roofline-compare", nargs="*", default=[], help="roofline_compare result (JSON), if run"
     )
     p.add_argument("--logs-dir", default="results/logs/bench", help="where the bench logs are")
     p.add_argument("--out-md", required=True, help="the report (figures go to figures/ beside it)")
@@ -1591,7 +1590,7 @@ def main(argv: list[str] | None = None) -> int:
     out_md = Path(args.out_md)
     fig_dir = out_md.parent / "figures"
     figures: dict[int, list[str]] = {}
-    from pipeline import figures as fig
+    from pipeline.report import figures as fig
 
     for n in sorted({c.prompt_len for c in cells}):
         sub = [c for c in cells if c.prompt_len == n]

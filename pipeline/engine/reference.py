@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.weights import Export, LayerWeights, to_float
+from model_export.reader import Export, LayerWeights, to_float
 
 
 class KVCache:

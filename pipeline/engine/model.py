@@ -16,9 +16,9 @@ from ext import attention as attention_kernels
 from ext import mlp as mlp_kernels
 from ext import ops
 from ext.linear import linear, linear_many, linear_t
-from pipeline.comm import Comm
-from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.weights import Export, take_rows
+from model_export.reader import Export, take_rows
+from pipeline.engine.comm import Comm
+from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 
 SUPPORTED_DTYPES = ("float32", "bfloat16")  # bf16: kernels widen to float32 on the fly
 

@@ -1,6 +1,6 @@
 """Benchmark one cell: strategy x attention algorithm x ranks x prompt length.
 
-    mpiexec -n P python -m mpi4py -m pipeline.bench --export DIR --parallel-strategy headwise \
+    mpiexec -n P python -m mpi4py -m pipeline bench --export DIR --parallel-strategy headwise \
         --attention-algo online_softmax --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --out F.json
 
 prefill: one forward of prompt_len tokens into an empty cache; decode: gen_len greedy steps after
@@ -19,25 +19,25 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from pipeline.atomic import write_json_atomic
-from pipeline.comm import Comm
-from pipeline.jobs import threads_per_rank, validated
-from pipeline.machine import machine_facts
-from pipeline.model import Qwen3Engine, check_job
-from pipeline.prompts import random_prompt
-from pipeline.roofline import measure_ceilings, roofline_fractions
-from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.strategies.sequence import LAYOUTS
-from pipeline.threads import set_threads
-from pipeline.weights import Export, open_export
+from model_export.atomic import write_json_atomic
+from model_export.reader import Export, open_export
+from pipeline.engine.comm import Comm
+from pipeline.engine.launch import threads_per_rank, validated
+from pipeline.engine.machine import machine_facts
+from pipeline.engine.model import Qwen3Engine, check_job
+from pipeline.engine.prompts import random_prompt
+from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.engine.strategies.sequence import LAYOUTS
+from pipeline.engine.threads import set_threads
+from pipeline.study.roofline import measure_ceilings, roofline_fractions
 
 SCHEMA_VERSION = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--export", required=True, help="export directory (python -m model_export)")
+    p.add_argument("--export", required=True, help="export directory (python -m pipeline export)")
     p.add_argument("--parallel-strategy", required=True, help=f"one of {sorted(STRATEGIES)}")
     p.add_argument("--attention-algo", required=True, help=f"one of {list(ALGORITHMS)}")
     p.add_argument("--prompt-len", type=int, default=128)

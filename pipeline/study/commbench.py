@@ -1,6 +1,6 @@
 """MPI latency and bandwidth of this machine: a ping-pong and an Allreduce sweep, fitted to alpha-beta.
 
-    mpiexec -n P python -m mpi4py -m pipeline.commbench --out results/comm.json
+    mpiexec -n P python -m mpi4py -m pipeline commbench --out results/comm.json
 
 ping-pong: rank 0 and rank 1 bounce a message of n bytes (8 B .. 16 MB) with Send/Recv on
     preallocated buffers; one-way time = round trip / 2. Other ranks wait.
@@ -26,8 +26,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from pipeline.atomic import write_json_atomic
-from pipeline.machine import machine_facts
+from model_export.atomic import write_json_atomic
+from pipeline.engine.machine import machine_facts
 
 SCHEMA_VERSION = 1
 PINGPONG_SIZES = [8 << i for i in range(22)]  # 8 B .. 16 MB
@@ -147,7 +147,7 @@ def run(comm: MPI.Comm, samples: int = 7, sample_s: float = 0.005,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.commbench", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="result JSON (written atomically by rank 0)")
     p.add_argument("--samples", type=int, default=7, help="samples per message size (median)")

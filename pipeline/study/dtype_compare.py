@@ -1,10 +1,10 @@
 """float32 against bf16 weights, measured back to back: the bf16 decode speed-up.
 
-    python -m pipeline.dtype_compare --exports EXPORT_F32 EXPORT_BF16 --ranks 1 2 --threads 2 \
+    python -m pipeline.study.dtype_compare --exports EXPORT_F32 EXPORT_BF16 --ranks 1 2 --threads 2 \
         --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/dtype_compare.json
 
 Both exports hold the same model (the synthetic and Hugging Face Qwen3 checkpoints are bf16, so
-the float32 export widens them exactly). For each rank count, `rounds` rounds run pipeline.bench
+the float32 export widens them exactly). For each rank count, `rounds` rounds run pipeline.study.bench
 (head-wise, online_softmax) on each export in turn, the order reversed every other round (ABBA),
 so load from other processes falls on both alike; each dtype's figure is the median over its
 rounds of the bench medians. The speed-up is bf16 over float32 at the same ranks and threads,
@@ -20,16 +20,16 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
-from pipeline.atomic import write_json_atomic
-from pipeline.weights import open_export
+from model_export.atomic import write_json_atomic
+from model_export.reader import open_export
+from pipeline.study.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
 
 SCHEMA_VERSION = 1
 STRATEGY, ALGO = "headwise", "online_softmax"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.dtype_compare", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exports", nargs="+", required=True, help="export directories, one per dtype")
     p.add_argument("--ranks", nargs="+", type=int, default=[1, 2])

@@ -1,6 +1,6 @@
 """Greedy generation with any strategy under MPI.
 
-    mpiexec -n P python -m mpi4py -m pipeline.generate --export DIR --parallel-strategy headwise \
+    mpiexec -n P python -m mpi4py -m pipeline generate --export DIR --parallel-strategy headwise \
         --attention-algo online_softmax (--prompt TEXT | --prompt-ids 1,2,3) --max-new-tokens N \
         [--logits-out FILE.npy]
 
@@ -14,18 +14,18 @@ import sys
 
 import numpy as np
 
-from pipeline.atomic import save_npy_atomic
-from pipeline.comm import Comm
-from pipeline.jobs import threads_per_rank, validated
-from pipeline.model import Qwen3Engine, check_job
-from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.strategies.sequence import LAYOUTS
-from pipeline.threads import set_threads
-from pipeline.weights import open_export
+from model_export.atomic import save_npy_atomic
+from model_export.reader import open_export
+from pipeline.engine.comm import Comm
+from pipeline.engine.launch import threads_per_rank, validated
+from pipeline.engine.model import Qwen3Engine, check_job
+from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.engine.strategies.sequence import LAYOUTS
+from pipeline.engine.threads import set_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", required=True)
     p.add_argument("--parallel-strategy", default="headwise", help=f"one of {sorted(STRATEGIES)}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.strategies.base import Strategy
-from pipeline.weights import Export, LayerWeights
+from model_export.reader import Export, LayerWeights
+from pipeline.engine.strategies.base import Strategy
 
 
 class HeadwiseStrategy(Strategy):

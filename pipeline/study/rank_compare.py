@@ -1,12 +1,12 @@
 """Ranks against threads on the same cores, measured back to back: head-wise on C ranks x 1
 thread against 1 rank x C threads.
 
-    python -m pipeline.rank_compare --export EXPORT --cores 2 --algos standard online_softmax \
+    python -m pipeline.study.rank_compare --export EXPORT --cores 2 --algos standard online_softmax \
         --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/rank_compare.json
 
 The matrix's cells run minutes apart, and on a shared 2-vCPU machine the load in between moves a
 cell by 10% or more; a ratio of two such cells says as much about the load as about MPI. Here,
-for each attention algorithm, each round runs pipeline.bench once per layout, the two adjacent in
+for each attention algorithm, each round runs pipeline.study.bench once per layout, the two adjacent in
 time (1 x C then C x 1, the order reversed every other round so that a drift favours neither).
 The ratio of a round is C x 1 over 1 x C in tokens/s; the figure is the median over rounds. The
 greedy tokens of the two layouts must be the same. The bench JSONs are kept in `<out stem>/`.
@@ -19,10 +19,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipeline.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
-from pipeline.atomic import write_json_atomic
-from pipeline.strategies import ALGORITHMS, STRATEGIES
-from pipeline.weights import open_export
+from model_export.atomic import write_json_atomic
+from model_export.reader import open_export
+from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.study.alternate import add_run_options, in_turn, paired_ratios, run_bench, summary
 
 SCHEMA_VERSION = 1
 STRATEGY = "headwise"
@@ -30,9 +30,9 @@ PHASES = ("prefill", "decode")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.rank_compare", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--export", required=True, help="export directory (pipeline.weights)")
+    p.add_argument("--export", required=True, help="export directory (model_export.reader)")
     p.add_argument("--cores", type=int, required=True, help="C: 1 rank x C threads against C ranks x 1")
     p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     add_run_options(p)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from model_export.config import CheckpointError
-from pipeline.comm import Comm
+from pipeline.engine.comm import Comm
 
 T = TypeVar("T")
 

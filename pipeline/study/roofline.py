@@ -195,13 +195,13 @@ def roofline_fractions(cfg: Qwen3Config, ceilings: dict, *, prompt_len: int, gen
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m pipeline.roofline --preset qwen3-0.6b [--prompt-len 128] [--threads 2]: print ceilings."""
+    """python -m pipeline ceilings --preset qwen3-0.6b [--prompt-len 128] [--threads 2]: print ceilings."""
     import argparse
     import json
 
     from model_export.config import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m pipeline.roofline", description=main.__doc__)
+    p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--preset", default="qwen3-0.6b", choices=sorted(PRESETS))
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ext.attention import merge
-from pipeline.comm import split_range
-from pipeline.strategies.base import Strategy
-from pipeline.weights import Export, LayerWeights
+from model_export.reader import Export, LayerWeights
+from pipeline.engine.comm import split_range
+from pipeline.engine.strategies.base import Strategy
 
 LAYOUTS = ("zigzag", "contiguous")
 

@@ -1,8 +1,8 @@
-"""Benchmarks run back to back: one pipeline.bench job per call, and the medians over rounds.
+"""Benchmarks run back to back: one pipeline.study.bench job per call, and the medians over rounds.
 
 On a shared machine two things compared minutes apart differ by the load in between; runs that
-alternate (ABAB...) see the same load, so their ratio holds. pipeline.dtype_compare (float32 vs
-bf16) and pipeline.rank_compare (ranks vs threads) are built on these functions: each round runs
+alternate (ABAB...) see the same load, so their ratio holds. pipeline.study.dtype_compare (float32 vs
+bf16) and pipeline.study.rank_compare (ranks vs threads) are built on these functions: each round runs
 every variant once, in an order reversed every other round (ABBA...), so that a steady drift in
 the machine's speed favours no variant, and a ratio is taken within each round, between runs
 adjacent in time, then the median over the rounds.
@@ -34,8 +34,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def run_bench(mpi: str, nranks: int, threads: int, export: str, strategy: str, algo: str,
               prompt_len: int, gen_len: int, iters: int, warmup: int, out: Path,
               timeout: float, tag: str) -> dict:
-    """One `mpiexec -n nranks pipeline.bench` job on `threads` cores in all; its JSON result."""
-    cmd = [*shlex.split(mpi), "-n", str(nranks), sys.executable, "-m", "mpi4py", "-m", "pipeline.bench",
+    """One `mpiexec -n nranks pipeline.study.bench` job on `threads` cores in all; its JSON result."""
+    cmd = [*shlex.split(mpi), "-n", str(nranks), sys.executable, "-m", "mpi4py", "-m", "pipeline", "bench",
            "--export", export, "--parallel-strategy", strategy, "--attention-algo", algo,
            "--prompt-len", str(prompt_len), "--gen-len", str(gen_len), "--iters", str(iters),
            "--warmup", str(warmup), "--threads", str(threads), "--out", str(out)]

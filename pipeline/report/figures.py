@@ -101,7 +101,7 @@ def cells_bars(cells, prompt_len: int, path: str | Path) -> None:
 
 
 def costmodel_curves(group: dict, cells, path: str | Path, algo: str = "online_softmax") -> None:
-    """Predicted tokens/s against ranks on the configured cluster (pipeline.costmodel's curves), one
+    """Predicted tokens/s against ranks on the configured cluster (pipeline.study.costmodel's curves), one
     line per strategy at a few prompt lengths, with this machine's measured cells as black crosses."""
     curves = group.get("curves", [])
     algos = sorted({r.get("attention_algo") for r in curves})

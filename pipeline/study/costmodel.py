@@ -1,19 +1,19 @@
 """An alpha-beta + roofline model of the engine: calibrated on this machine, extrapolated to a cluster.
 
-    python -m pipeline.costmodel --runs results/runs/*.json --comm results/comm.json \
+    python -m pipeline costmodel --runs results/runs/*.json --comm results/comm.json \
         [--cluster cores_per_node=64 mem_gb_s_per_node=200 net_alpha_s=2e-6 net_bandwidth_gb_s=12.5] \
         --out results/costmodel.json
 
 Calibration (per model and stored dtype, per attention algorithm) uses only the single-rank
 cells: their prefill gives the compute rates, their decode the memory bandwidth; comm.json
-(pipeline.commbench) gives the intra-node alpha and beta. The model then predicts every measured
+(pipeline.study.commbench) gives the intra-node alpha and beta. The model then predicts every measured
 cell (the prediction error is in the output) and tokens/s per strategy for P = 1..64 ranks and
 prompt lengths up to 32k on a cluster described by config values.
 
 The equations are in EQUATIONS_MD below (rendered by the report's appendix); in short: a rank's
 phase time is max(FLOP time, memory time) + communication time, communication is alpha-beta with
 the standard collective algorithms, and the work per rank follows exactly what each strategy of
-pipeline/strategies does (which weights it reads, which tokens and heads it computes, which
+pipeline/engine/strategies does (which weights it reads, which tokens and heads it computes, which
 collectives it calls with how many bytes).
 """
 
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from model_export.atomic import write_json_atomic
 from model_export.config import Qwen3Config
-from pipeline.atomic import write_json_atomic
-from pipeline.comm import split_range
-from pipeline.roofline import attention_pairs, layer_matmul_params, model_bytes
+from pipeline.engine.comm import split_range
+from pipeline.study.roofline import attention_pairs, layer_matmul_params, model_bytes
 
 SCHEMA_VERSION = 1
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -76,7 +76,7 @@ and a phase takes the slowest rank's time. Prefill tok/s = `T / t`, decode tok/s
 Bcast `lg·(α + n·β)`. `α, β` are the intra-node values (measured by the ping-pong/Allreduce sweep)
 when all ranks share a node, otherwise the network's (config values).
 
-**Per strategy** (what pipeline/strategies does):
+**Per strategy** (what pipeline/engine/strategies does):
 
 | phase | FLOPs per rank (matmul; attention) | bytes per rank | communication |
 |---|---|---|---|
@@ -551,10 +551,10 @@ def load_json(path: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     keys = "; ".join(f"{k}: {v}" for k, v in CLUSTER_KEYS.items())
-    p = argparse.ArgumentParser(prog="python -m pipeline.costmodel", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog=f"cluster keys: {keys}")
     p.add_argument("--runs", nargs="+", required=True, help="bench result JSONs (results/runs/*.json)")
-    p.add_argument("--comm", help="pipeline.commbench result (intra-node alpha/beta)")
+    p.add_argument("--comm", help="pipeline.study.commbench result (intra-node alpha/beta)")
     p.add_argument("--cluster", nargs="*", default=[], metavar="KEY=VALUE|FILE",
                    help="the cluster to extrapolate to (see the keys below)")
     p.add_argument("--ranks", nargs="+", type=int, default=DEFAULT_RANKS)

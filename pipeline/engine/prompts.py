@@ -1,5 +1,5 @@
-"""The benchmark prompt: seeded random token ids, one definition for pipeline.bench and the
-Hugging Face baseline (pipeline.baseline), whose rows the report compares token for token."""
+"""The benchmark prompt: seeded random token ids, one definition for pipeline.study.bench and the
+Hugging Face baseline (pipeline.study.baseline), whose rows the report compares token for token."""
 
 from __future__ import annotations
 
