@@ -2,7 +2,7 @@
 
 A cell is one (strategy, attention algorithm, rank count, prompt length) of the matrix; its name
 `{strategy}_{algo}_np{nranks}_p{prompt_len}` is its file name under results/runs/. The bench JSON
-holds the same fields in its `config` block. Everything that names cells (the Snakefile, the
+holds the same fields in its `cell` block. Everything that names cells (the Snakefile, the
 study tools, verify, the report) goes through this module, which imports nothing of the project.
 """
 
@@ -39,6 +39,6 @@ class CellId:
 
     @classmethod
     def of_run(cls, run: dict) -> CellId:
-        """The cell a bench JSON measured (from its `config` block)."""
-        c = run["config"]
+        """The cell a bench JSON measured (from its `cell` block)."""
+        c = run["cell"]
         return cls(c["parallel_strategy"], c["attention_algo"], int(c["nranks"]), int(c["prompt_len"]))

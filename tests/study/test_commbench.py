@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.study.commbench import allreduce_alpha_beta, fit_alpha_beta
-from tests.mpi_run import run_mpi
+from tests.mpi import run_mpi
 
 
 def test_fit_recovers_alpha_beta():

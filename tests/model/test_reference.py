@@ -7,7 +7,7 @@ import pytest
 
 from model_export.reader import open_export
 from pipeline.engine.reference import ReferenceModel, apply_rope, causal_attention, rms_norm, rope_cos_sin
-from tests.conftest import TINY_CONFIGS
+from tests.tiny import TINY_CONFIGS
 
 # HF computes in float32, the reference in float64: the gap is float32 rounding through a
 # few layers of O(1) activations, far below 1e-4.

@@ -16,8 +16,8 @@ import pytest
 
 from model_export.reader import open_export
 from pipeline.engine.reference import ReferenceModel
-from tests.conftest import TINY_BASE
-from tests.mpi_run import REPO, run_mpi
+from tests.mpi import REPO, run_mpi
+from tests.tiny import TINY_BASE
 
 # float32 engine vs float64 reference: per-op rounding ~1e-7 relative, a few layers deep on
 # logits of order 1, so 1e-4 absolute leaves two orders of margin and still catches any bug.
@@ -149,8 +149,8 @@ def test_corrupt_export_is_refused(synthetic_tiny_export, tmp_path):
 
 
 def test_one_rank_raising_ends_the_whole_job(synthetic_tiny_export):
-    proc = run_mpi(2, [str(REPO / "tests" / "mpi_crash.py"), str(synthetic_tiny_export), "headwise"],
-                   timeout=60)
+    crash = REPO / "tests" / "engine" / "mpi_crash.py"
+    proc = run_mpi(2, [str(crash), str(synthetic_tiny_export), "headwise"], timeout=60)
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr
 

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from model_export.synthetic import write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: object) -> subprocess.CompletedProcess:

@@ -20,9 +20,7 @@ from model_export.synthetic import (
     tensor_table,
     write_checkpoint,
 )
-from tests.conftest import TINY_GQA1_TIED, TINY_GQA2, TINY_GQA4_TIED
-
-QWEN3_06B_PARAMS = 596_049_920  # Qwen/Qwen3-0.6B, tied embedding counted once
+from tests.tiny import QWEN3_06B_PARAMS, TINY_GQA1_TIED, TINY_GQA2, TINY_GQA4_TIED
 
 
 def checkpoint_tensors_float32(path) -> dict[str, np.ndarray]:

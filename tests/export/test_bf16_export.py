@@ -13,7 +13,7 @@ from model_export.__main__ import main as export_main
 from model_export.checkpoint import to_bf16_bits
 from model_export.reader import BF16, bf16_to_float32, open_export, take_rows, to_float
 from pipeline.engine.reference import ReferenceModel
-from tests.conftest import TINY_GQA2, TINY_GQA4_TIED
+from tests.tiny import TINY_GQA2, TINY_GQA4_TIED
 
 
 def checkpoint_bf16_bits(path) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from pipeline.study.roofline import (
     model_flops,
     roofline_fractions,
 )
-from tests.test_export import QWEN3_06B_PARAMS
+from tests.tiny import QWEN3_06B_PARAMS
 
 # A config of our own (not the `tiny` preset, which may change) so the hand count stays valid.
 HAND = Qwen3Config(vocab_size=100, hidden_size=8, intermediate_size=12, num_hidden_layers=3,

@@ -1,0 +1,232 @@
+"""The workflow through Snakemake: lint, dry runs of every configuration, bad config, end to end on tiny."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_export.config import PRESETS
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+
+
+
+# ----------------------------------------------------------------------------- Snakemake
+
+
+def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def plan(*args: str) -> subprocess.CompletedProcess:
+    """A dry run of the repository's workflow that plans every job (--forceall), so what it lists
+    does not depend on which results this working tree already holds."""
+    return snakemake("-n", "--forceall", *args)
+
+
+def test_snakemake_lint_is_clean():
+    proc = snakemake("--lint")
+    assert proc.returncode == 0, proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_default_matrix():
+    proc = plan("--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
+    assert counts["bench"] == "12"  # Qwen3-0.6B has 8 KV heads: 1, 2 and 4 ranks all apply
+    assert counts["commbench"] == counts["costmodel"] == counts["baseline"] == "1"
+    proc = plan("--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
+    assert proc.returncode == 0, proc.stderr
+    counts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
+    assert counts["bench"] == "24" and "baseline" not in counts
+
+
+def test_dry_run_costmodel_gets_the_cluster_config():
+    proc = plan(
+        "-p",
+        "costmodel",
+        "--config",
+        "synthetic_preset=tiny",
+        'cluster={"cores_per_node": 64, "name": "my cluster", "predict_ranks": [1, 8]}',
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "--comm results/comm.json --cluster 'name=my cluster' cores_per_node=64 ranks_per_node=1 "
+        "net_alpha_s=2e-06 net_bandwidth_gb_s=12.5 --ranks 1 8 --prompt-lens 128 512" in proc.stdout
+    )
+    assert "mpiexec -n 2 python -m mpi4py -m pipeline commbench --out results/comm.json" in proc.stdout
+
+
+def test_dry_run_long_prompts_get_their_own_iterations():
+    targets = [f"results/runs/headwise_standard_np1_p{n}.json" for n in (8, 16)]
+    proc = plan("-p", *targets, "--config", "synthetic_preset=tiny", "prompt_lengths=[8,16]", "iters=3",
+                "warmup=1", "long_prompt_from=16", "long_prompt_iters=2", "long_prompt_warmup=0")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "pipeline bench" in line]
+    assert len(lines) == 2
+    for line in lines:
+        expected = "--iters 2 --warmup 0" if "--prompt-len 16 " in line else "--iters 3 --warmup 1"
+        assert expected in line
+
+
+def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
+    nkv = PRESETS["tiny"]["num_key_value_heads"]
+    p = next(p for p in range(2, 64) if nkv % p)  # a rank count head-wise cannot split the KV heads over
+    proc = plan("-p", "report", "--config", "synthetic_preset=tiny", f"ranks=[1,{p}]",
+                "prompt_lengths=[2,16]")
+    assert proc.returncode == 0, proc.stderr
+    jobs = proc.stdout.split("rule verify")[0]
+    assert f"results/runs/sequence_online_softmax_np{p}_p16.json" in jobs
+    assert f"mpiexec -n {p} python -m mpi4py -m pipeline bench" in jobs
+    assert f"headwise_standard_np{p}_p16.json" not in jobs
+    assert f"sequence_standard_np{p}_p2.json" not in jobs  # fewer prompt tokens than ranks
+    assert f"headwise_standard_np{p}_p16=P={p} does not divide num_key_value_heads={nkv}" in proc.stdout
+    assert f"sequence_standard_np{p}_p2=prompt_len=2 gives fewer tokens than the P={p} ranks" in proc.stdout
+
+
+def test_dry_run_slurm_profile(tmp_path):
+    """With the SLURM plugin installed, the profile itself; without it, its settings minus the executor."""
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+
+        profile = ROOT / "profiles" / "slurm"
+    except ImportError:
+        profile = tmp_path / "slurm"
+        profile.mkdir()
+        lines = (ROOT / "profiles" / "slurm" / "config.yaml").read_text().splitlines()
+        (profile / "config.yaml").write_text("\n".join(x for x in lines if not x.startswith("executor:")))
+    proc = plan("-p", "--profile", str(profile), "report", "--config", "synthetic_preset=tiny")
+    assert proc.returncode == 0, proc.stderr
+    assert "srun -n 2 python -m mpi4py -m pipeline bench" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["strategies=[headwise,pipeline]"], "strategies"),
+        (["algorithms=[flash]"], "algorithms"),
+        (["ranks=[2,4]"], "ranks"),
+        (["gen_len=0"], "gen_len"),
+        (['cluster={"bogus": 1}'], "'bogus' was unexpected"),
+        (['cluster={"net_bandwidth_gb_s": 0}'], "net_bandwidth_gb_s"),
+        (["itres=3"], "itres"),
+        (["mpi_launcher=no-such-mpiexec"], "config mpi_launcher: 'no-such-mpiexec' not found on PATH"),
+        (["checkpoint=no/such/dir"], "config checkpoint: 'no/such/dir' is not a directory"),
+        (
+            ["synthetic_preset=tiny", "prompt_lengths=[4096]"],
+            "config prompt_lengths: 4096 + gen_len 32 exceeds",
+        ),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_field(override, message):
+    proc = snakemake("-n", "--config", *override)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_checkpoint_that_is_not_qwen3_fails_at_start(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    proc = snakemake("-n", "--config", f"checkpoint={tmp_path}")
+    assert proc.returncode != 0
+    assert "is not a Qwen3 checkpoint" in proc.stdout + proc.stderr
+    assert "model_type is 'llama'" in proc.stdout + proc.stderr
+
+
+def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
+    """The whole workflow on the tiny preset in a scratch copy: a complete run, then a run in which
+    two cells crash (--keep-going: partial report marking them), then the run that completes it."""
+    work = tmp_path / "repo"
+    skip = shutil.ignore_patterns(
+        ".git", "results", ".snakemake", "build", ".venv", "venv", "q", "*.egg-info", ".pytest_cache"
+    )
+    shutil.copytree(ROOT, work, ignore=skip)
+    config = [
+        "--config",
+        "synthetic_preset=tiny",
+        "ranks=[1,2]",
+        "prompt_lengths=[16]",
+        "gen_len=4",
+        "iters=1",
+        "warmup=0",
+    ]
+    proc = snakemake("--cores", "2", "report", *config, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = work / "results"
+    assert "All 8 measured cells match" in (results / "report.md").read_text()
+    assert json.loads((results / "verification.json").read_text())["ok"]
+    assert (results / "figures" / "throughput_p16.png").exists() and (
+        results / "figures" / "cells_p16.png"
+    ).exists()
+    assert len((results / "summary.csv").read_text().splitlines()) == 9
+    # the MPI sweep, the cost model calibrated on it, and the HF baseline, all in the report
+    comm = json.loads((results / "comm.json").read_text())
+    assert comm["nranks"] == 2 and comm["allreduce"]["alpha_s"] > 0
+    costmodel = json.loads((results / "costmodel.json").read_text())
+    assert len(costmodel["groups"][0]["cells"]) == 8 and costmodel["groups"][0]["curves"]
+    hf = json.loads((results / "baseline" / "hf_p16.json").read_text())
+    text = (results / "report.md").read_text()
+    for section in (
+        "## Cost model",
+        "Prediction error over the 4 held-out cells",
+        "## Appendix: the cost model's",
+        "## Roofline",
+        "% of GEMM ceiling",
+        "## Compute and communication",
+        "## Memory",
+    ):
+        assert section in text
+    assert (results / "figures" / "costmodel.png").exists()
+    # float32 against bf16 exports of the same model, back to back: same tokens, a speed-up row each
+    dtypes = json.loads((results / "dtype_compare.json").read_text())
+    assert [g["nranks"] for g in dtypes["groups"]] == [1, 2]
+    assert all(g["same_greedy_tokens"] and g["decode_speedup"] > 0 for g in dtypes["groups"])
+    assert "## bf16 weights" in text and "| 1 x 2 |" in text
+    # 2 ranks x 1 thread against 1 rank x 2 threads, back to back: same tokens, judged in the report
+    ranks = json.loads((results / "rank_compare.json").read_text())
+    assert [g["algo"] for g in ranks["groups"]] == ["standard", "online_softmax"]
+    assert all(g["same_greedy_tokens"] and len(g["prefill_ratio_rounds"]) == 3 for g in ranks["groups"])
+    assert "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach" in text
+    # 1 rank against the ceilings measured beside it, back to back
+    roof = json.loads((results / "roofline_compare.json").read_text())
+    assert [g["algo"] for g in roof["groups"]] == ["standard", "online_softmax"]
+    assert all(len(g["rounds"]) == 3 and g["decode_fraction"] > 0 for g in roof["groups"])
+    assert ("| *HF transformers (torch)* |" in text) == hf["available"]
+    if hf["available"]:
+        assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
+
+    # a launcher that crashes the sequence cells on 2 ranks (test double for a failing benchmark)
+    launcher = work / "crashing-mpiexec"
+    launcher.write_text(
+        '#!/bin/bash\nif [[ "$*" == *"-n 2 "*"--parallel-strategy sequence"* ]]; then\n'
+        '  echo "simulated crash" >&2; exit 3\nfi\nexec mpiexec "$@"\n'
+    )
+    launcher.chmod(0o755)
+    for path in (results / "runs").glob("sequence_*_np2_p16.json"):
+        path.unlink()
+    proc = snakemake("--cores", "2", "--keep-going", "report", *config, f"mpi_launcher={launcher}", cwd=work)
+    assert proc.returncode != 0
+    text = (results / "report.md").read_text()
+    assert "**Partial report.**" in text and "6 of 8 cells measured." in text
+    assert "| sequence_standard_np2_p16 | missing |" in text
+    assert "simulated crash" in (results / "logs" / "bench" / "sequence_standard_np2_p16.log").read_text()
+    assert not (results / "verification.json").exists()
+    assert "## Cost model" in text  # the last cost model is kept in the partial report
+
+    proc = snakemake("--cores", "2", "report", *config, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = proc.stdout + proc.stderr
+    assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
+    assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
+    assert "rule dtype_compare:" not in ran and "rule rank_compare:" not in ran
+    assert "rule roofline_compare:" not in ran
+    assert "8 of 8 cells measured." in (results / "report.md").read_text()
+    proc = snakemake("-n", "report", *config, cwd=work)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
