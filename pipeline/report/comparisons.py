@@ -1,0 +1,140 @@
+"""The report's back-to-back comparisons: read `python -m pipeline compare` JSONs, state them.
+
+    docs = load(["results/compare/dtype.json", "results/compare/ranks.json"])
+    rows = records(docs)    # plain data, one per variant (summary.json)
+    lines = section(docs)   # markdown: one table per comparison
+
+Each comparison ran its variants in alternating (ABBA) rounds; a variant's ratio is its rate over
+its reference's within each round (two runs adjacent in time), and the median over the rounds.
+This module states the measurements and the ratios; it does not grade them. It reads JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+PHASES = ("prefill", "decode")
+REQUIRED = ("name", "question", "rounds", "units", "variants")
+
+
+def load(paths: list[str]) -> list[dict]:
+    """The comparison JSONs at `paths`, in order; ValueError naming the file that is not one."""
+    docs = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"comparison {path}: cannot be read as JSON ({e})") from None
+        missing = [k for k in REQUIRED if k not in doc]
+        if missing:
+            raise ValueError(f"comparison {path}: not a `pipeline compare` result (no {', '.join(missing)})")
+        docs.append(doc)
+    return docs
+
+
+def records(docs: list[dict]) -> list[dict]:
+    """One flat record per variant of every comparison: its medians, and its ratios over its reference."""
+    out = []
+    for doc in docs:
+        for v in doc["variants"]:
+            rec = {"comparison": doc["name"], "variant": v["name"], "label": v.get("label", v["name"]),
+                   "kind": v["kind"], "reference": v.get("reference"), "rounds": doc["rounds"]}
+            for phase in PHASES:
+                rec[f"{phase}_unit"] = doc["units"][phase]
+                rec[f"{phase}_median"] = v["median"][phase]
+                rec[f"{phase}_rounds"] = list(v["rounds"][phase])
+                ratio = v.get("ratio") or {}
+                rec[f"{phase}_ratio"] = ratio.get(phase)
+                rec[f"{phase}_ratio_rounds"] = list((v.get("ratio_rounds") or {}).get(phase, []))
+            rec["tokens_agree"] = v.get("tokens_agree")
+            out.append(rec)
+    return out
+
+
+def fnum(x: float | None) -> str:
+    """A rate with three significant figures (at least one decimal below 100); "—" for none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def ratio_text(median: float | None, rounds: list[float]) -> str:
+    """"×0.97 (0.95 / 0.97 / 1.02)": the median of the per-round ratios, then each round's."""
+    if median is None:
+        return "—"
+    return f"×{median:.2f} ({' / '.join(f'{r:.2f}' for r in rounds)})"
+
+
+def agree_text(rec: dict) -> str:
+    if rec["reference"] is None:
+        return "(reference)"
+    return {True: "yes", False: "**no**", None: "—"}[rec["tokens_agree"]]
+
+
+def comparison_table(doc: dict, recs: list[dict]) -> list[str]:
+    units = doc["units"]
+    head = [
+        "variant",
+        f"prefill {units['prefill']} per round",
+        f"decode {units['decode']} per round",
+        "prefill over reference",
+        "decode over reference",
+        "greedy tokens agree",
+    ]
+    rows = []
+    for rec in recs:
+        reference = f" (over {rec['reference']})" if rec["reference"] else ""
+        rows.append([
+            f"{rec['label']}{reference}",
+            *(" / ".join(fnum(x) for x in rec[f"{phase}_rounds"]) for phase in PHASES),
+            *(ratio_text(rec[f"{phase}_ratio"], rec[f"{phase}_ratio_rounds"]) for phase in PHASES),
+            agree_text(rec),
+        ])
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def machine_text(doc: dict) -> str:
+    m = doc.get("machine") or {}
+    facts = [m.get("cpu_model"), f"{m['cores']} cores" if "cores" in m else None, m.get("hostname"),
+             m.get("timestamp")]
+    return ", ".join(str(f) for f in facts if f) or "not recorded"
+
+
+def run_text(doc: dict) -> str:
+    run = doc.get("run") or {}
+    keys = ("prompt_len", "gen_len", "iters", "warmup")
+    return "; ".join(f"{k.replace('_', ' ')} {run[k]}" for k in keys if k in run)
+
+
+def section(docs: list[dict]) -> list[str]:
+    """Markdown lines: an introduction, then per comparison its question, its table, its machine."""
+    if not docs:
+        return []
+    lines = [
+        "## Back-to-back comparisons",
+        "",
+        "Each comparison runs its variants one after the other, every round in the reverse order of "
+        "the one before (ABBA), so a steady drift of the machine's speed favours none of them. A ratio "
+        "is a variant's rate over its reference's within one round, between runs adjacent in time; the "
+        "median is over the rounds (`python -m pipeline compare`, pipeline/study/compare.py).",
+        "",
+    ]
+    by_name = {}
+    for rec in records(docs):
+        by_name.setdefault(rec["comparison"], []).append(rec)
+    for doc in docs:
+        run = run_text(doc)
+        lines += [
+            f"### {doc['name']}: {doc['question']}",
+            "",
+            *comparison_table(doc, by_name[doc["name"]]),
+            "",
+            f"{doc['rounds']} rounds{'; ' + run if run else ''}. Machine: {machine_text(doc)}.",
+            "",
+        ]
+    return lines
