@@ -19,6 +19,7 @@ COMMANDS = {
     "baseline": ("pipeline.study.baseline", "Hugging Face transformers on the same checkpoint"),
     "commbench": ("pipeline.study.commbench", "MPI ping-pong and Allreduce sweep (latency, bandwidth)"),
     "costmodel": ("pipeline.study.costmodel", "the alpha-beta cost model: calibrate, predict"),
+    "cluster": ("pipeline.study.cluster", "an emulated cluster: nodes as network namespaces, capped links"),
     "ceilings": ("pipeline.study.roofline", "this machine's GEMM and streaming ceilings"),
     "verify": ("pipeline.report.verify", "every cell against the single-rank reference"),
     "report": ("pipeline.report.render", "the report, summary.json/csv and figures from the JSONs"),
