@@ -11,7 +11,8 @@ import sys
 import time
 
 from model_export.config import CheckpointError
-from model_export.export import DTYPE_ALIASES, OUT_DTYPES, export_checkpoint
+from model_export.dtypes import EXPORT_DTYPES, choices
+from model_export.export import export_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--verify", metavar="DIR", help="export to check against its manifest (sha256)")
     p.add_argument("--out", metavar="DIR", help="export directory to create (with --checkpoint)")
     p.add_argument("--force", action="store_true", help="replace an existing export at --out")
-    p.add_argument("--dtype", default="float32", choices=sorted([*OUT_DTYPES, *DTYPE_ALIASES]),
+    p.add_argument("--dtype", default="float32", choices=choices(EXPORT_DTYPES),
                    help="stored dtype of the weight matrices (bf16 = bfloat16; norms stay float32)")
     args = p.parse_args(argv)
     if args.checkpoint and not args.out:

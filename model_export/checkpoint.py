@@ -21,10 +21,8 @@ from safetensors import safe_open
 
 from model_export import layout
 from model_export.config import CheckpointError, Qwen3Config
+from model_export.dtypes import EXPORT_DTYPES, SAFETENSORS, bf16_to_float32, float32_to_bf16
 
-# safetensors dtype code -> how the bytes are mapped (bf16 as its raw uint16 bits)
-STORAGE = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-           "BF16": np.dtype("<u2")}
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
@@ -49,8 +47,9 @@ class Checkpoint:
         """The tensor as stored (bf16 as uint16 bits), memory-mapped read-only."""
         t = self.tensors[name]
         if 0 in t.shape:
-            return np.zeros(t.shape, STORAGE[t.dtype])  # np.memmap cannot map zero bytes
-        return np.memmap(t.file, dtype=STORAGE[t.dtype], mode="r", offset=t.offset, shape=t.shape)
+            return np.zeros(t.shape, SAFETENSORS[t.dtype].storage)  # np.memmap cannot map zero bytes
+        return np.memmap(t.file, dtype=SAFETENSORS[t.dtype].storage, mode="r", offset=t.offset,
+                         shape=t.shape)
 
     def blocks(self, name: str, transpose: bool, dtype: str = "float32",
                max_bytes: int = 1 << 24) -> Iterator[np.ndarray]:
@@ -72,24 +71,10 @@ class Checkpoint:
 
 
 def to_float32(a: np.ndarray, code: str) -> np.ndarray:
-    """Exact conversion of stored values to float32 (bf16 bits shifted into a float32's high half)."""
+    """Exact conversion of stored values (safetensors dtype `code`) to float32."""
     if code == "BF16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
+        return bf16_to_float32(a)
     return a.astype(np.float32)
-
-
-def to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), rounding to nearest even; NaN stays a (quiet) NaN.
-
-    Adding 0x7FFF plus the lowest kept bit, then truncating, is round-half-to-even on the bits;
-    without the NaN guard a NaN with a small payload would round up into infinity.
-    """
-    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
-    out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
-    if nan.any():
-        out[nan] = 0x7FC0
-    return out
 
 
 def encode(a: np.ndarray, code: str, dtype: str) -> np.ndarray:
@@ -98,11 +83,11 @@ def encode(a: np.ndarray, code: str, dtype: str) -> np.ndarray:
     bf16 -> bf16 keeps the bit patterns; anything else goes through float32 (exact for bf16/f16/f32
     sources; a float64 source is rounded twice, to float32 then to bf16).
     """
-    if dtype == "bfloat16":
-        return a.astype(np.uint16) if code == "BF16" else to_bf16_bits(to_float32(a, code))
-    if dtype not in ("float32", "float16"):
+    if dtype not in EXPORT_DTYPES:
         raise CheckpointError(f"unsupported export dtype {dtype!r}")
-    return to_float32(a, code).astype(np.dtype(dtype).newbyteorder("<"), copy=False)
+    if dtype == "bfloat16":
+        return a.astype(np.uint16) if code == "BF16" else float32_to_bf16(to_float32(a, code))
+    return to_float32(a, code).astype(EXPORT_DTYPES[dtype].storage, copy=False)
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -166,5 +151,5 @@ def check_tensors(path: Path, cfg: Qwen3Config, tensors: dict[str, StoredTensor]
         if t.shape != layout.hf_shape(spec):
             raise CheckpointError(
                 f"{path}: tensor {spec.hf_name!r} has shape {t.shape}, expected {layout.hf_shape(spec)}")
-        if t.dtype not in STORAGE:
+        if t.dtype not in SAFETENSORS:
             raise CheckpointError(f"{path}: tensor {spec.hf_name!r} has unsupported dtype {t.dtype}")

@@ -16,26 +16,19 @@ then need no bf16 variant. The manifest's top-level "dtype" is the matrices' dty
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import resource
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from model_export import layout
+from model_export import dtypes, layout
+from model_export.atomic import atomic_directory, write_json_atomic
 from model_export.checkpoint import Checkpoint, open_checkpoint
 from model_export.config import CheckpointError
 
-# export dtype name -> storage dtype of its files (bfloat16 is stored as its uint16 bit pattern)
-OUT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -48,25 +41,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
     """Export `checkpoint` to `out` atomically; return the manifest. Raises CheckpointError."""
     t0 = time.perf_counter()
     checkpoint, out = Path(checkpoint).absolute(), Path(out).absolute()
-    dtype = DTYPE_ALIASES.get(dtype, dtype)
-    if dtype not in OUT_DTYPES:
-        raise CheckpointError(f"unsupported export dtype {dtype!r} (choose from "
-                              f"{sorted([*OUT_DTYPES, *DTYPE_ALIASES])})")
+    dtype = dtypes.lookup(dtype).name
     ckpt = open_checkpoint(checkpoint)
     check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         files, tensors = write_tensors(ckpt, tmp, dtype, progress)
         tokenizer = copy_tokenizer(checkpoint, tmp)
         manifest = build_manifest(ckpt, dtype, files, tensors, tokenizer)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 3)
-        write_json_atomic(tmp / "manifest.json", manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "manifest.json", manifest, indent=1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
     total = sum(f["size"] for f in files.values())
     progress(f"exported {len(tensors)} tensors ({total / 1e9:.2f} GB) to {out} in "
@@ -88,8 +71,8 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def stored_dtype(spec: layout.TensorSpec, dtype: str) -> str:
-    """The dtype `spec` is stored in: norms (1-D) stay float32 in a bfloat16 export."""
-    return "float32" if dtype == "bfloat16" and len(spec.shape) == 1 else dtype
+    """The dtype `spec` is stored in: the norms (1-D) in the table's norm_dtype (float32 for bfloat16)."""
+    return dtypes.EXPORT_DTYPES[dtype].norm_dtype if len(spec.shape) == 1 else dtype
 
 
 def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: str,
@@ -161,20 +144,3 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`; an existing `out` is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

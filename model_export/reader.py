@@ -20,18 +20,8 @@ import numpy as np
 
 from model_export import layout
 from model_export.config import CheckpointError, Qwen3Config
+from model_export.dtypes import BF16, EXPORT_DTYPES, bf16_to_float32
 from model_export.export import sha256_file
-
-BF16 = np.dtype("<u2")  # how bfloat16 tensors are handed out: their raw bit patterns
-DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": BF16}
-
-
-def bf16_to_float32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Exact widening of bf16 bit patterns (uint16) to float32: the bits become the high half."""
-    if out is None:
-        out = np.empty(bits.shape, np.float32)
-    np.left_shift(bits, 16, out=out.view(np.uint32), dtype=np.uint32)
-    return out
 
 
 def to_float(a: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -50,7 +40,7 @@ def take_rows(table: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray
     The embedding lookup for every export dtype; only the T selected rows are read and widened.
     """
     if table.dtype == BF16:
-        np.left_shift(table[ids], 16, out=out.view(np.uint32), dtype=np.uint32)
+        bf16_to_float32(table[ids], out=out)
     elif table.dtype == out.dtype:
         np.take(table, ids, axis=0, out=out)
     else:
@@ -100,7 +90,7 @@ class Export:
     @property
     def dtype(self) -> np.dtype:
         """NumPy dtype of the arrays `tensor` returns for the matrices (uint16 bits for bfloat16)."""
-        return DTYPES[self.manifest["dtype"]]
+        return EXPORT_DTYPES[self.manifest["dtype"]].storage
 
     def tensor_dtype(self, name: str) -> str:
         """Stored dtype of `name`: "float32", "float16" or "bfloat16" (norms may differ from dtype_name)."""
@@ -108,7 +98,7 @@ class Export:
 
     def weight_bytes(self) -> int:
         """Bytes of all stored tensors (the embedding counted once when tied)."""
-        return sum(int(np.prod(e["shape"], dtype=np.int64)) * DTYPES[e["dtype"]].itemsize
+        return sum(int(np.prod(e["shape"], dtype=np.int64)) * EXPORT_DTYPES[e["dtype"]].itemsize
                    for e in self.manifest["tensors"].values())
 
     def tensor(self, name: str) -> np.ndarray:
@@ -117,7 +107,7 @@ class Export:
         In its stored dtype: a bfloat16 tensor comes back as uint16 bit patterns (see `to_float`).
         """
         entry = self._entry(name)
-        dtype = np.dtype(DTYPES[entry["dtype"]])
+        dtype = EXPORT_DTYPES[entry["dtype"]].storage
         count = int(np.prod(entry["shape"], dtype=np.int64))
         raw = self._map(entry["file"])[entry["offset"]: entry["offset"] + count * dtype.itemsize]
         return raw.view(dtype).reshape(entry["shape"])
@@ -219,10 +209,10 @@ def _check_tensors(path: Path, manifest: dict, cfg: Qwen3Config) -> None:
             raise CheckpointError(f"{where} missing")
         if tuple(entry["shape"]) != spec.shape:
             raise CheckpointError(f"{where} has shape {tuple(entry['shape'])}, expected {spec.shape}")
-        if entry["dtype"] not in DTYPES:
+        if entry["dtype"] not in EXPORT_DTYPES:
             raise CheckpointError(f"{where} has unsupported dtype {entry['dtype']!r}")
         if entry["file"] not in files:
             raise CheckpointError(f"{where} lies in {entry['file']!r}, which the manifest does not list")
-        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * DTYPES[entry["dtype"]].itemsize
+        nbytes = int(np.prod(spec.shape, dtype=np.int64)) * EXPORT_DTYPES[entry["dtype"]].itemsize
         if entry["offset"] < 0 or entry["offset"] + nbytes > files[entry["file"]]["size"]:
             raise CheckpointError(f"{where} does not fit in {entry['file']}")

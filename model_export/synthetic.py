@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import struct
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from model_export import layout
-from model_export.checkpoint import to_bf16_bits
+from model_export import dtypes, layout
+from model_export.atomic import atomic_directory
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
 
-DTYPES = {"bf16": ("BF16", "bfloat16", 2), "float16": ("F16", "float16", 2),
-          "float32": ("F32", "float32", 4)}  # ours -> (safetensors code, HF dtype name, bytes)
 STD = 0.02
 BLOCK = 1 << 22  # elements generated at a time
 
@@ -48,7 +43,7 @@ def hf_config(cfg: Qwen3Config, dtype: str = "bf16") -> dict:
         "attention_bias": False,
         "attention_dropout": 0.0,
         "bos_token_id": 151643 if real_vocab else None,
-        "dtype": DTYPES[dtype][1],
+        "dtype": checkpoint_dtype(dtype).torch_dtype,
         "eos_token_id": 151645 if real_vocab else None,
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
@@ -77,15 +72,15 @@ def hf_config(cfg: Qwen3Config, dtype: str = "bf16") -> dict:
 
 def tensor_table(cfg: Qwen3Config, dtype: str = "bf16") -> dict[str, tuple[tuple[int, ...], str]]:
     """Hugging Face name -> (shape, safetensors dtype) of every tensor, in file order."""
-    return {s.hf_name: (layout.hf_shape(s), DTYPES[dtype][0]) for s in layout.tensor_specs(cfg)}
+    code = checkpoint_dtype(dtype).safetensors
+    return {s.hf_name: (layout.hf_shape(s), code) for s in layout.tensor_specs(cfg)}
 
 
 def safetensors_header(table: dict[str, tuple[tuple[int, ...], str]]) -> bytes:
     """The 8-byte length plus JSON header of a safetensors file holding `table` in order."""
-    itemsize = {code: size for code, _, size in DTYPES.values()}
     entries, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, (shape, code) in table.items():
-        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize[code]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtypes.SAFETENSORS[code].itemsize
         entries[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header = json.dumps(entries, separators=(",", ":")).encode()
@@ -93,8 +88,14 @@ def safetensors_header(table: dict[str, tuple[tuple[int, ...], str]]) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+def checkpoint_dtype(dtype: str) -> dtypes.DType:
+    """The row of a checkpoint dtype ("bf16", "float32", ...); CheckpointError if there is none."""
+    return dtypes.lookup(dtype, dtypes.CHECKPOINT_DTYPES, "checkpoint dtype")
+
+
 def tensor_blocks(name: str, shape: tuple[int, ...], seed: int, index: int, dtype: str):
     """The values of one tensor as encoded byte blocks, BLOCK elements at a time."""
+    row = checkpoint_dtype(dtype)
     rng = np.random.default_rng([seed, index])
     n = int(np.prod(shape, dtype=np.int64))
     is_norm = name.endswith("norm.weight")
@@ -102,25 +103,21 @@ def tensor_blocks(name: str, shape: tuple[int, ...], seed: int, index: int, dtyp
         x = rng.standard_normal(min(BLOCK, n - start), dtype=np.float32) * np.float32(STD)
         if is_norm:
             x += np.float32(1.0)
-        if dtype == "bf16":
-            yield to_bf16_bits(x).tobytes()
+        if row.name == "bfloat16":
+            yield dtypes.float32_to_bf16(x).tobytes()
         else:
-            yield x.astype(np.float16 if dtype == "float16" else np.float32).tobytes()
+            yield x.astype(row.storage).tobytes()
 
 
 def write_checkpoint(preset: str, out: str | Path, *, seed: int = 0, dtype: str = "bf16",
                      force: bool = False) -> Path:
     """Write the preset's random checkpoint into `out` atomically (temp dir, then rename)."""
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r} (choose from {sorted(DTYPES)})")
+    checkpoint_dtype(dtype)  # an unknown dtype fails here, before any work
     cfg = preset_config(preset)
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise CheckpointError(f"{out}: exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:  # files written inside it need no atomicity of their own
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2) + "\n")
         (tmp / "synthetic.json").write_text(json.dumps({"preset": preset, "seed": seed}) + "\n")
         table = tensor_table(cfg, dtype)
@@ -129,12 +126,6 @@ def write_checkpoint(preset: str, out: str | Path, *, seed: int = 0, dtype: str 
             for index, (name, (shape, _)) in enumerate(table.items()):
                 for block in tensor_blocks(name, shape, seed, index, dtype):
                     f.write(block)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="bf16", choices=dtypes.choices(dtypes.CHECKPOINT_DTYPES))
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = p.parse_args(argv)
     try:

@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 from model_export import layout
 from model_export.__main__ import main as export_main
-from model_export.checkpoint import to_bf16_bits
-from model_export.reader import BF16, bf16_to_float32, open_export, take_rows, to_float
+from model_export.dtypes import BF16, bf16_to_float32, float32_to_bf16
+from model_export.reader import open_export, take_rows, to_float
 from pipeline.engine.reference import ReferenceModel
 from tests.tiny import TINY_GQA2, TINY_GQA4_TIED
 
@@ -72,9 +72,10 @@ def test_bf16_export_is_the_float32_export_rounded(synthetic_tiny_export, synthe
 
 def test_bf16_views_and_shards(synthetic_tiny_export, synthetic_tiny_export_bf16):
     e32, e16 = open_export(synthetic_tiny_export), open_export(synthetic_tiny_export_bf16)
-    P = e16.cfg.num_key_value_heads
-    for r in range(P):
-        w16, w32 = e16.layer(1, r, P), e32.layer(1, r, P)
+    P, n_rep, I = e16.cfg.num_key_value_heads, e16.cfg.n_rep, e16.cfg.intermediate_size
+    for r in range(P):  # one KV head per rank, with its query heads and I/P features
+        blocks = range(r * n_rep, (r + 1) * n_rep), range(r, r + 1), range(r * I // P, (r + 1) * I // P)
+        w16, w32 = e16.layer(1, *blocks), e32.layer(1, *blocks)
         assert w16.wq.dtype == w16.w_down_t.dtype == BF16 and w16.attn_norm.dtype == np.float32
         assert np.shares_memory(w16.wq, e16.tensor("layers.1.wq"))  # a view, no copy
         for field in ("wq", "wk", "wv", "wo_t", "w_gate", "w_up", "w_down_t", "q_norm", "mlp_norm"):
@@ -100,7 +101,7 @@ def test_reference_reads_bf16_export_exactly(synthetic_tiny_export, synthetic_ti
     np.testing.assert_array_equal(logits16, logits32)
 
 
-def test_to_bf16_bits_rounds_like_torch():
+def test_float32_to_bf16_rounds_like_torch():
     import torch
 
     rng = np.random.default_rng(0)
@@ -108,8 +109,19 @@ def test_to_bf16_bits_rounds_like_torch():
     special = [0.0, -0.0, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, np.inf, -np.inf, 3e38]  # ties both ways, overflow
     x = np.concatenate([scaled, special]).astype(np.float32)
     theirs = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    np.testing.assert_array_equal(to_bf16_bits(x), theirs)
-    assert np.isnan(bf16_to_float32(to_bf16_bits(np.array([np.nan], np.float32))))[0]
+    np.testing.assert_array_equal(float32_to_bf16(x), theirs)
+    assert np.isnan(bf16_to_float32(float32_to_bf16(np.array([np.nan], np.float32))))[0]
+
+
+def test_bf16_to_float32_widens_every_pattern_like_torch():
+    import torch
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    theirs = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(bf16_to_float32(bits).view(np.uint32), theirs.view(np.uint32))
+    out = np.empty((2, 3), np.float32)  # into a given buffer, from a strided view
+    assert bf16_to_float32(bits[:12:2].reshape(2, 3), out=out) is out
+    np.testing.assert_array_equal(out.ravel(), theirs[:12:2])
 
 
 def test_cli_bf16_export_and_verify(synthetic_tiny_checkpoint, tmp_path, capsys):

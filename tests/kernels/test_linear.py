@@ -1,6 +1,6 @@
 """ext.linear and ext.mlp (float32 or bf16 weights, float32 compute) against NumPy float64 references.
 
-bf16 references widen the bits with model_export.reader.bf16_to_float32 (exact) and compute in
+bf16 references widen the bits with model_export.dtypes.bf16_to_float32 (exact) and compute in
 float64, so the only error left is the kernels' float32 rounding. Token counts cover both paths:
 our GEMV (T <= 16) and the GEMM (BLAS's sgemm on our OpenMP threads). Tolerance as in test_kernels:
 1e-5 relative to the output's scale (sums of up to a few thousand float32 terms leave ~100 ulp of
@@ -18,7 +18,7 @@ import pytest
 
 from ext import linear as L
 from ext import mlp as M
-from model_export.reader import BF16, bf16_to_float32
+from model_export.dtypes import BF16, bf16_to_float32, float32_to_bf16
 
 RTOL = 1e-5
 TOKENS = (1, 2, 5, 13, 128, 300)
@@ -37,8 +37,7 @@ def close(got, want, rtol=RTOL):
 
 def bf16_weights(rng, *shape, scale=0.05):
     """Random bf16 bit patterns (uint16): float32 normals rounded to nearest even bf16."""
-    f = (rng.standard_normal(shape, dtype=np.float32) * scale).view(np.uint32)
-    return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(BF16)
+    return float32_to_bf16(rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
 
 
 def weights(dtype, rng, *shape):
