@@ -194,21 +194,37 @@ def roofline_fractions(cfg: Qwen3Config, ceilings: dict, *, prompt_len: int, gen
             "dtype_bytes": dtype_bytes}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """python -m pipeline ceilings --preset qwen3-0.6b [--prompt-len 128] [--threads 2]: print ceilings."""
+def main(argv: list[str] | None = None) -> int:
+    """python -m pipeline ceilings (--preset qwen3-0.6b | --export DIR) [--prompt-len 128] [--threads 2]
+    [--out F.json]: measure the ceilings at the model's shapes; print them, or write them (atomically)."""
     import argparse
     import json
+    import sys
 
+    from model_export.atomic import write_json_atomic
     from model_export.config import PRESETS
+    from model_export.reader import open_export
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--preset", default="qwen3-0.6b", choices=sorted(PRESETS))
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--preset", default="qwen3-0.6b", choices=sorted(PRESETS))
+    model.add_argument("--export", help="take the model's shapes from this export instead")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="write the ceilings to this JSON file (default: print them)")
     args = p.parse_args(argv)
-    cfg = Qwen3Config(**PRESETS[args.preset])
-    print(json.dumps(measure_ceilings(cfg, args.prompt_len, args.threads), indent=1))
+    try:
+        cfg = open_export(args.export).cfg if args.export else Qwen3Config(**PRESETS[args.preset])
+    except (OSError, ValueError) as e:  # a clear line before the measurement
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ceilings = measure_ceilings(cfg, args.prompt_len, args.threads)
+    if args.out:
+        write_json_atomic(args.out, ceilings)
+    else:
+        print(json.dumps(ceilings, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Variants measured back to back, in alternating rounds: one tool for every such comparison.
+
+    python -m pipeline compare dtype --export F32_DIR BF16_DIR --ranks 1 2 --threads 2 \
+        --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/compare/dtype.json
+    python -m pipeline compare ranks --export DIR --threads 2 ... --out results/compare/ranks.json
+    python -m pipeline compare ceilings --export DIR --threads 2 ... --out results/compare/ceilings.json
+
+On a shared machine two things measured minutes apart differ by the load in between; measured
+one right after the other they see the same load, so their ratio holds. A named comparison
+(COMPARISONS) is a question and its variants (pipeline.study.variants: an engine cell, the
+ceilings, later other programs); each variant's rates are divided by those of its reference.
+Every round runs each variant once, as a subprocess, in the order of the round before reversed
+(ABBA), so a steady drift in the machine's speed favours none; a ratio is taken within each round,
+between runs adjacent in time, and the figure is the median over the rounds. Each run's own JSON
+is kept in `<out without .json>/{variant}_r{round}.json`; files there from other runs are removed.
+The result, one JSON shape for every comparison, is written atomically to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model_export.atomic import write_json_atomic
+from model_export.reader import open_export
+from pipeline.engine.launch import threads_per_rank
+from pipeline.engine.machine import machine_facts
+from pipeline.engine.strategies import ALGORITHMS
+from pipeline.study.variants import PHASES, UNITS, Measured, RunSettings, Variant, check_variant, measure
+
+SCHEMA_VERSION = 1
+STRATEGY = "headwise"  # the strategy every comparison's engine cells run (on 1 rank all run alike)
+DTYPE_ALGO = "online_softmax"  # the dtype comparison's attention (the weights' bytes are the question)
+
+
+@dataclass(frozen=True)
+class Plan:
+    question: str  # one line: what the comparison answers
+    metric: str  # a key of variants.UNITS: what the rates measure
+    variants: list[Variant]
+
+
+COMPARISONS: dict[str, Callable[[argparse.Namespace], Plan]] = {}
+
+
+def comparison(name: str):
+    """Register the decorated function (args -> Plan; ValueError for bad input) as comparison `name`."""
+    def register(plan: Callable[[argparse.Namespace], Plan]):
+        COMPARISONS[name] = plan
+        return plan
+    return register
+
+
+def layout(nranks: int, threads: int) -> str:
+    """ "2 ranks x 1 thread": a job of `threads` cores in all on `nranks` ranks."""
+    t = threads_per_rank(threads, nranks)
+    return f"{nranks} rank{'s' * (nranks > 1)} x {t} thread{'s' * (t > 1)}"
+
+
+def engine_cell(name: str, label: str, export: str, algo: str, nranks: int, threads: int,
+                reference: str | None = None) -> Variant:
+    settings = {"export": export, "strategy": STRATEGY, "algo": algo, "ranks": nranks, "threads": threads}
+    return Variant(name, label, "bench", settings, reference)
+
+
+def the_export(args: argparse.Namespace) -> str:
+    """The one export of a comparison that takes one (opened: a missing one fails here)."""
+    if len(args.export) != 1:
+        raise ValueError(f"comparison {args.name} takes one --export, got {len(args.export)}")
+    open_export(args.export[0])
+    return args.export[0]
+
+
+def dtypes_of(exports: list[str]) -> list[tuple[str, str]]:
+    """[(dtype, export)] of exports of one model in distinct dtypes, in the order given."""
+    found, models = [], set()
+    for path in exports:
+        export = open_export(path)  # CheckpointError (a ValueError) for a missing or malformed export
+        if export.dtype_name in (d for d, _ in found):
+            first = dict(found)[export.dtype_name]
+            raise ValueError(f"two exports hold {export.dtype_name}: {first}, {path}")
+        found.append((export.dtype_name, path))
+        models.add(json.dumps(export.cfg.to_dict(), sort_keys=True))
+    if len(found) < 2 or len(models) > 1:
+        raise ValueError(f"comparison dtype takes two or more exports of one model, got {exports}")
+    return found
+
+
+@comparison("dtype")
+def dtype_plan(args: argparse.Namespace) -> Plan:
+    """The first export's dtype against each other's, at each rank count on the same cores."""
+    (ref_dtype, ref_export), *others = dtypes_of(args.export)
+    variants = []
+    for p in args.ranks:
+        where = layout(p, args.threads)
+        ref = engine_cell(f"{ref_dtype}_np{p}", f"{ref_dtype}, {where}", ref_export, DTYPE_ALGO, p,
+                          args.threads)
+        variants.append(ref)
+        variants += [engine_cell(f"{dtype}_np{p}", f"{dtype}, {where}", export, DTYPE_ALGO, p, args.threads,
+                                 reference=ref.name) for dtype, export in others]
+    names = ", ".join(d for d, _ in others)
+    return Plan(f"How fast does the engine run on {names} weights against {ref_dtype}, at the same ranks "
+                f"and threads ({STRATEGY} + {DTYPE_ALGO})?", "tokens_per_s", variants)
+
+
+@comparison("ranks")
+def ranks_plan(args: argparse.Namespace) -> Plan:
+    """Head-wise on C ranks x 1 thread against 1 rank x C threads, C = --threads, per algorithm."""
+    export, cores = the_export(args), args.threads
+    if cores < 2:
+        raise ValueError(f"comparison ranks needs --threads >= 2 (C ranks x 1 thread against 1 x C), "
+                         f"got {cores}")
+    variants = []
+    for algo in args.algos:
+        one = engine_cell(f"{algo}_np1", f"{layout(1, cores)}, {algo}", export, algo, 1, cores)
+        many = engine_cell(f"{algo}_np{cores}", f"{layout(cores, cores)}, {algo}", export, algo, cores, cores,
+                           reference=one.name)
+        variants += [one, many]
+    return Plan(f"Does {STRATEGY} on {cores} ranks x 1 thread run as fast as 1 rank x {cores} threads on the "
+                "same cores?", "tokens_per_s", variants)
+
+
+@comparison("ceilings")
+def ceilings_plan(args: argparse.Namespace) -> Plan:
+    """1 rank x C threads, per algorithm, against the GEMM and streaming ceilings on the same C cores."""
+    export, cores = the_export(args), args.threads
+    ref = Variant("ceilings", f"ceilings, {cores} thread{'s' * (cores > 1)}", "ceilings",
+                  {"export": export, "threads": cores})
+    engines = [engine_cell(f"{algo}_np1", f"{layout(1, cores)}, {algo}", export, algo, 1, cores,
+                           reference=ref.name) for algo in args.algos]
+    question = (f"How close does 1 rank x {cores} threads come to this machine's GEMM ceiling in prefill "
+                "and its streaming-GEMV bandwidth in decode, measured beside it?")
+    return Plan(question, "roofline", [ref, *engines])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help=f"the comparison: one of {', '.join(COMPARISONS)}")
+    p.add_argument("--export", nargs="+", required=True, help="export directories (dtype: one per dtype)")
+    p.add_argument("--threads", type=int, required=True, help="cores of every variant (all its ranks)")
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2], help="rank counts (dtype)")
+    p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS,
+                   help="attention algorithms (ranks, ceilings)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mpi", default="mpiexec", help="MPI launcher command (before -n P)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per program (0: none)")
+    p.add_argument("--out", required=True, help="result JSON; the rounds' JSONs go in its stem's folder")
+    args = p.parse_args(argv)
+    if min(args.rounds, args.threads, args.prompt_len, args.gen_len, args.iters, *args.ranks) < 1:
+        p.error("--rounds, --threads, --prompt-len, --gen-len, --iters and --ranks must be >= 1")
+    if not args.out.endswith(".json"):
+        p.error(f"--out must name a .json file, got {args.out}")
+    return args
+
+
+def planned(args: argparse.Namespace, run: RunSettings) -> Plan:
+    """The named comparison's plan, every variant checked; ValueError naming what is wrong."""
+    if args.name not in COMPARISONS:
+        raise ValueError(f"unknown comparison {args.name!r} (known: {', '.join(COMPARISONS)})")
+    plan = COMPARISONS[args.name](args)
+    for variant in plan.variants:
+        check_variant(variant, run, plan.metric)
+    return plan
+
+
+def in_turn(items: list, rnd: int) -> list:
+    """The order of round `rnd`: as given on even rounds, reversed on odd ones (ABBA)."""
+    return list(items) if rnd % 2 == 0 else list(items)[::-1]
+
+
+def round_files(raw: Path, variants: list[Variant], rounds: int) -> dict[str, list[Path]]:
+    """Each variant's JSON of each round; other JSONs in `raw` (earlier runs, more rounds) removed."""
+    files = {v.name: [raw / f"{v.name}_r{rnd}.json" for rnd in range(rounds)] for v in variants}
+    raw.mkdir(parents=True, exist_ok=True)
+    keep = {f for paths in files.values() for f in paths}
+    for stale in set(raw.glob("*.json")) - keep:
+        stale.unlink()
+    return files
+
+
+def run_rounds(plan: Plan, run: RunSettings, files: dict[str, list[Path]],
+               rounds: int) -> tuple[dict[str, list[Measured]], list[list[str]]]:
+    """Every variant once per round, in ABBA order: the measurements by variant, and each round's order."""
+    got: dict[str, list[Measured]] = {v.name: [] for v in plan.variants}
+    order = []
+    for rnd in range(rounds):
+        print(f"[compare] round {rnd + 1} of {rounds}", file=sys.stderr, flush=True)
+        turn = in_turn(plan.variants, rnd)
+        order.append([v.name for v in turn])
+        for v in turn:
+            got[v.name].append(measure(v, run, files[v.name][rnd]))
+    return got, order
+
+
+def tokens_agree(runs: list[Measured], reference: list[Measured]) -> bool | None:
+    """Whether every round of both generated the same greedy tokens (None: one of them generates none)."""
+    if any(m.tokens is None for m in runs + reference):
+        return None
+    return all(m.tokens == reference[0].tokens for m in runs + reference)
+
+
+def variant_result(v: Variant, got: dict[str, list[Measured]], metric: str, files: list[Path]) -> dict:
+    """One variant's entry of the result: settings, per-round rates, medians, ratios over its reference."""
+    rates = {ph: [m.rates[metric][ph] for m in got[v.name]] for ph in PHASES}
+    entry = {**asdict(v), "rounds": rates, "median": {ph: statistics.median(rates[ph]) for ph in PHASES},
+             "files": [str(f) for f in files]}
+    if v.reference is not None:
+        ref = {ph: [m.rates[metric][ph] for m in got[v.reference]] for ph in PHASES}
+        ratios = {ph: [a / b for a, b in zip(rates[ph], ref[ph], strict=True)] for ph in PHASES}
+        entry["ratio_rounds"] = ratios
+        entry["ratio"] = {ph: statistics.median(ratios[ph]) for ph in PHASES}
+        entry["tokens_agree"] = tokens_agree(got[v.name], got[v.reference])
+    return entry
+
+
+def machine() -> dict:
+    """This machine's facts (CPU, cores, host, versions, time); the layout keys belong to each run."""
+    facts = machine_facts(1, 1)
+    return {k: v for k, v in facts.items() if k not in ("nranks", "threads_per_rank", "oversubscribed")}
+
+
+def result(name: str, plan: Plan, run: RunSettings, got: dict[str, list[Measured]],
+           order: list[list[str]], files: dict[str, list[Path]]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "name": name, "question": plan.question, "rounds": len(order),
+            "metric": plan.metric, "units": UNITS[plan.metric],
+            "run": {"prompt_len": run.prompt_len, "gen_len": run.gen_len, "iters": run.iters,
+                    "warmup": run.warmup},
+            "order": order,
+            "variants": [variant_result(v, got, plan.metric, files[v.name]) for v in plan.variants],
+            "machine": machine()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = RunSettings(args.prompt_len, args.gen_len, args.iters, args.warmup, args.mpi, args.timeout)
+    try:
+        plan = planned(args, run)
+    except ValueError as e:  # one clear line before any run (CheckpointError is a ValueError)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    files = round_files(Path(args.out).with_suffix(""), plan.variants, args.rounds)
+    try:
+        got, order = run_rounds(plan, run, files, args.rounds)
+    except RuntimeError as e:  # a variant's program failed: its command and stderr
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    doc = result(args.name, plan, run, got, order, files)
+    write_json_atomic(args.out, doc)
+    for v in doc["variants"]:
+        if "ratio" in v:
+            print(f"[compare] {args.name}: {v['label']} over {v['reference']}: " + ", ".join(
+                f"{ph} x{v['ratio'][ph]:.3f}" for ph in PHASES), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""What one variant of a back-to-back comparison is, and how it is measured: a registry of kinds.
+
+A variant is one thing measured beside others (pipeline.study.compare runs them in turn): an
+engine cell (kind "bench": an export, a strategy, an attention algorithm, ranks and threads) or
+this machine's ceilings (kind "ceilings"). Each kind is one function, registered with `@kind`:
+it runs one program in a subprocess, which writes a JSON, and returns that JSON's rates per
+metric and phase, and the greedy tokens where the program produces some. An optional `check`
+raises ValueError for a variant that cannot run, before any variant runs. A baseline that is
+another program (Hugging Face transformers, llama.cpp) is one more such function.
+
+    Variant --KINDS[variant.kind].measure(variant, run, out)--> Measured(rates, tokens)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from model_export.reader import open_export
+from pipeline.engine.model import check_job
+
+PHASES = ("prefill", "decode")
+# metric -> the unit of each phase's rate. tokens_per_s: the benchmark definitions' tokens/s;
+# roofline: prefill's achieved FLOP rate and decode's streamed bytes, what the ceilings bound.
+UNITS = {"tokens_per_s": {"prefill": "tokens/s", "decode": "tokens/s"},
+         "roofline": {"prefill": "GFLOP/s", "decode": "GB/s"}}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every variant of one comparison shares: the workload, the launcher, the time limit."""
+
+    prompt_len: int = 128
+    gen_len: int = 32
+    iters: int = 3
+    warmup: int = 1
+    mpi: str = "mpiexec"
+    timeout: float = 3600  # seconds per program (0: none)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # unique in its comparison; also its round files' stem
+    label: str  # what the report calls it
+    kind: str  # a key of KINDS
+    settings: dict = field(default_factory=dict)  # the kind's own: export, strategy, algo, ranks, threads
+    reference: str | None = None  # the variant its rates are divided by (None: it is a reference)
+
+
+@dataclass(frozen=True)
+class Measured:
+    rates: dict[str, dict[str, float]]  # metric -> phase -> rate, in UNITS[metric][phase]
+    tokens: list[int] | None = None  # greedy tokens, where the program generates
+
+
+class Kind(NamedTuple):
+    measure: Callable[[Variant, RunSettings, Path], Measured]
+    check: Callable[[Variant, RunSettings], None]
+    metrics: tuple[str, ...]  # the metrics its Measured.rates always holds
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def no_check(variant: Variant, run: RunSettings) -> None:
+    """The default check: nothing to verify before the run."""
+
+
+def kind(name: str, *, metrics: tuple[str, ...], check: Callable[[Variant, RunSettings], None] = no_check):
+    """Register the decorated function as the `measure` of variant kind `name`."""
+    def register(measure: Callable[[Variant, RunSettings, Path], Measured]):
+        KINDS[name] = Kind(measure, check, metrics)
+        return measure
+    return register
+
+
+def run_program(cmd: list[str], out: Path, timeout: float) -> dict:
+    """Run `cmd`, which writes the JSON `out`; that JSON. RuntimeError with the command and its
+    stderr's tail when it fails, times out or writes nothing."""
+    out.unlink(missing_ok=True)  # a file left by an earlier run must not pass for this run's
+    print("[compare] " + shlex.join(cmd), file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:g} s: {shlex.join(cmd)}") from None
+    if proc.returncode or not out.is_file():
+        raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def check_bench(variant: Variant, run: RunSettings) -> None:
+    """The export opens and the engine can run this cell (head-wise splits, context length)."""
+    s = variant.settings
+    if s["ranks"] < 1 or s["threads"] < 1:
+        raise ValueError(f"variant {variant.name}: ranks and threads must be >= 1")
+    export = open_export(s["export"])  # CheckpointError (a ValueError) for a missing export
+    check_job(export, s["strategy"], s["algo"], s["ranks"], run.prompt_len, run.gen_len)
+
+
+@kind("bench", metrics=("tokens_per_s", "roofline"), check=check_bench)
+def bench(variant: Variant, run: RunSettings, out: Path) -> Measured:
+    """`mpiexec -n ranks python -m mpi4py -m pipeline bench ...` on `threads` cores in all."""
+    s = variant.settings
+    cmd = [*shlex.split(run.mpi), "-n", str(s["ranks"]), sys.executable, "-m", "mpi4py", "-m", "pipeline",
+           "bench", "--export", str(s["export"]), "--parallel-strategy", s["strategy"],
+           "--attention-algo", s["algo"], "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len),
+           "--iters", str(run.iters), "--warmup", str(run.warmup), "--threads", str(s["threads"]),
+           "--out", str(out)]
+    doc = run_program(cmd, out, run.timeout)
+    roofline = doc["roofline"]  # achieved rates from the phase medians (pipeline.study.roofline)
+    return Measured({"tokens_per_s": {phase: doc[phase]["tokens_per_s"] for phase in PHASES},
+                     "roofline": {"prefill": roofline["prefill_gflops"], "decode": roofline["decode_gb_s"]}},
+                    doc["output"]["greedy_tokens"])
+
+
+def check_ceilings(variant: Variant, run: RunSettings) -> None:
+    if variant.settings["threads"] < 1:
+        raise ValueError(f"variant {variant.name}: threads must be >= 1")
+    open_export(variant.settings["export"])
+
+
+@kind("ceilings", metrics=("roofline",), check=check_ceilings)
+def ceilings(variant: Variant, run: RunSettings, out: Path) -> Measured:
+    """`python -m pipeline ceilings`: GEMM GFLOP/s at the prefill shapes, streaming-GEMV GB/s."""
+    s = variant.settings
+    cmd = [sys.executable, "-m", "pipeline", "ceilings", "--export", str(s["export"]),
+           "--prompt-len", str(run.prompt_len), "--threads", str(s["threads"]), "--out", str(out)]
+    doc = run_program(cmd, out, run.timeout)
+    return Measured({"roofline": {"prefill": doc["gemm_gflops"], "decode": doc["gemv_gb_s"]}})
+
+
+def check_variant(variant: Variant, run: RunSettings, metric: str) -> None:
+    """ValueError when `variant` cannot be measured in `metric`, before anything runs."""
+    if variant.kind not in KINDS:
+        raise ValueError(f"variant {variant.name}: unknown kind {variant.kind!r} (known: {', '.join(KINDS)})")
+    found = KINDS[variant.kind]
+    if metric not in found.metrics:
+        raise ValueError(f"variant {variant.name}: kind {variant.kind} does not measure {metric}")
+    found.check(variant, run)
+
+
+def measure(variant: Variant, run: RunSettings, out: Path) -> Measured:
+    return KINDS[variant.kind].measure(variant, run, out)
