@@ -42,3 +42,8 @@ class CellId:
         """The cell a bench JSON measured (from its `cell` block)."""
         c = run["cell"]
         return cls(c["parallel_strategy"], c["attention_algo"], int(c["nranks"]), int(c["prompt_len"]))
+
+    def cell_block(self) -> dict:
+        """The entries of a bench JSON's `cell` block that identify the cell (`of_run` reads them)."""
+        return {"parallel_strategy": self.strategy, "attention_algo": self.algo, "nranks": self.nranks,
+                "prompt_len": self.prompt_len}

@@ -8,7 +8,7 @@ checkpoint is widened, as the float32 export is), with `torch.set_num_threads(th
 prompt is pipeline.study.bench's: `pipeline.engine.prompts.random_prompt(seed, vocab, prompt_len)`.
 prefill: one forward of the prompt into an empty cache (use_cache=True, logits of the last
 position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
-Warm-up iterations are excluded; median, min and max over the timed ones, as in pipeline.study.bench.
+Warm-up iterations are excluded; the statistics (pipeline.study.stats) are the bench's.
 
 Without torch or transformers (or a transformers that has no Qwen3), the output says
 {"available": false, "reason": ...} and the command exits 0: the baseline is optional.
@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import socket
-import statistics
 import sys
 import time
 
@@ -31,6 +30,7 @@ import numpy as np
 from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model
 from pipeline.engine.prompts import random_prompt
+from pipeline.study.stats import logits_digest, timings
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
@@ -73,27 +73,63 @@ def import_hf():
     return (torch, transformers, Qwen3ForCausalLM), None
 
 
-def phase_stats(seconds: list[float], tokens: int) -> dict:
-    med = statistics.median(seconds)
-    return {
-        "seconds": seconds,
-        "median_s": med,
-        "min_s": min(seconds),
-        "max_s": max(seconds),
-        "std_s": statistics.pstdev(seconds),
-        "tokens": tokens,
-        "tokens_per_s": tokens / med,
-        "tokens_per_s_min": tokens / max(seconds),
-        "tokens_per_s_max": tokens / min(seconds),
-        "ms_per_token": 1e3 * med / tokens,
-    }
+def set_torch_threads(torch, threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only allowed before the first parallel work; harmless to skip
+        pass
 
 
-def digest(logits: np.ndarray) -> dict:
+def one_iteration(model, torch, ids, gen_len: int) -> dict:
+    """One prefill of `ids` (1, T) into an empty cache, then gen_len greedy decode steps on it."""
+
+    def forward(input_ids, cache=None):
+        return model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    t0 = time.perf_counter()
+    out = forward(ids)
+    prefill_s = time.perf_counter() - t0
+    first = out.logits[0, -1].float().numpy().copy()
+    tokens = [int(first.argmax())]
+    cache, steps = out.past_key_values, []
+    t1 = time.perf_counter()
+    for _ in range(gen_len):
+        t = time.perf_counter()
+        out = forward(torch.tensor([[tokens[-1]]]), cache)
+        cache = out.past_key_values
+        tokens.append(int(out.logits[0, -1].argmax()))
+        steps.append(time.perf_counter() - t)
+    decode_s = time.perf_counter() - t1
+    return {"prefill_s": prefill_s, "decode_s": decode_s, "steps": steps, "tokens": tokens,
+            "first": first, "final": out.logits[0, -1].float().numpy()}
+
+
+def timed_iterations(model, torch, prompt: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """args.warmup + args.iters iterations; the timed ones (warm-up excluded)."""
+    ids = torch.from_numpy(prompt.astype(np.int64))[None, :]  # (1, T)
+    runs = []
+    with torch.inference_mode():
+        for it in range(args.warmup + args.iters):
+            r = one_iteration(model, torch, ids, args.gen_len)
+            kind = "warm-up" if it < args.warmup else "iter"
+            print(f"[baseline] {kind} {it + 1}/{args.warmup + args.iters}: prefill {r['prefill_s']:.3f} s, "
+                  f"decode {r['decode_s']:.3f} s", file=sys.stderr, flush=True)
+            if it >= args.warmup:
+                runs.append(r)
+    return runs
+
+
+def environment(torch, transformers, model) -> dict:
     return {
-        "first8": [float(x) for x in logits[:8]],
-        "l2": float(np.linalg.norm(logits.astype(np.float64))),
-        "argmax": int(np.argmax(logits)),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -103,99 +139,26 @@ def run(args: argparse.Namespace) -> dict:
         return unavailable(reason)
     torch, transformers, Qwen3ForCausalLM = hf
     threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # only allowed before the first parallel work; harmless to skip
-        pass
+    set_torch_threads(torch, threads)
     model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
-    vocab = model.config.vocab_size
-    prompt = random_prompt(args.seed, vocab, args.prompt_len)
-    ids = torch.from_numpy(prompt.astype(np.int64))[None, :]  # (1, T)
-
-    def forward(input_ids, cache=None):
-        return model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-
-    prefill_s, decode_s, steps_ms = [], [], []
-    with torch.inference_mode():
-        for it in range(args.warmup + args.iters):
-            t0 = time.perf_counter()
-            out = forward(ids)
-            t_prefill = time.perf_counter() - t0
-            first = out.logits[0, -1].float().numpy().copy()
-            tokens = [int(first.argmax())]
-            cache, step = out.past_key_values, []
-            t1 = time.perf_counter()
-            for _ in range(args.gen_len):
-                t = time.perf_counter()
-                out = forward(torch.tensor([[tokens[-1]]]), cache)
-                cache = out.past_key_values
-                tokens.append(int(out.logits[0, -1].argmax()))
-                step.append(time.perf_counter() - t)
-            t_decode = time.perf_counter() - t1
-            kind = "warm-up" if it < args.warmup else "iter"
-            print(
-                f"[baseline] {kind} {it + 1}/{args.warmup + args.iters}: prefill {t_prefill:.3f} s, "
-                f"decode {t_decode:.3f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            if it >= args.warmup:
-                prefill_s.append(t_prefill)
-                decode_s.append(t_decode)
-                steps_ms += [1e3 * s for s in step]
-    final = out.logits[0, -1].float().numpy()
-    prefill, decode = phase_stats(prefill_s, args.prompt_len), phase_stats(decode_s, args.gen_len)
-    decode["step_ms"] = {
-        "p50": float(np.percentile(steps_ms, 50)),
-        "p90": float(np.percentile(steps_ms, 90)),
-        "max": float(max(steps_ms)),
-    }
-    total_ms = 1e3 * sum(prefill_s)
-    seed_tokens = args.prompt_len * args.iters
+    prompt = random_prompt(args.seed, model.config.vocab_size, args.prompt_len)
+    runs = timed_iterations(model, torch, prompt, args)
+    last = runs[-1]
     return {
         "schema_version": SCHEMA_VERSION,
         "name": NAME,
         "available": True,
-        "cell": {
-            "prompt_len": args.prompt_len,
-            "gen_len": args.gen_len,
-            "iters": args.iters,
-            "warmup": args.warmup,
-            "threads": threads,
-            "seed": args.seed,
-        },
-        "environment": {
-            "cpu_model": cpu_model(),
-            "cores": os.cpu_count() or 1,
-            "hostname": socket.gethostname(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "attn_implementation": getattr(model.config, "_attn_implementation", None),
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
-        "model": {
-            "checkpoint": os.path.abspath(args.checkpoint),
-            "dtype": "float32",
-            "num_parameters": int(sum(p.numel() for p in model.parameters())),
-        },
-        "prefill": prefill,
-        "decode": decode,
-        "ttft_ms": 1e3 * prefill["median_s"],
-        "seed_metric": {
-            "tokens": seed_tokens,
-            "total_ms": total_ms,
-            "ms_per_token": total_ms / seed_tokens,
-            "tokens_per_s": seed_tokens / (total_ms / 1e3),
-        },
+        "cell": {"prompt_len": args.prompt_len, "gen_len": args.gen_len, "iters": args.iters,
+                 "warmup": args.warmup, "threads": threads, "seed": args.seed},
+        "environment": environment(torch, transformers, model),
+        "model": {"checkpoint": os.path.abspath(args.checkpoint), "dtype": "float32",
+                  "num_parameters": int(sum(p.numel() for p in model.parameters()))},
+        **timings([r["prefill_s"] for r in runs], [r["decode_s"] for r in runs],
+                  [s for r in runs for s in r["steps"]], args.prompt_len, args.gen_len),
         "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
-        "output": {
-            "prompt_ids": [int(t) for t in prompt],
-            "greedy_tokens": tokens,
-            "prefill_logits": digest(first),
-            "final_logits": digest(final),
-        },
+        "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
+                   "prefill_logits": logits_digest(last["first"]),
+                   "final_logits": logits_digest(last["final"])},
     }
 
 

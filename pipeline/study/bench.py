@@ -20,7 +20,9 @@ import numpy as np
 from mpi4py import MPI
 
 from model_export.atomic import write_json_atomic
+from model_export.dtypes import itemsize
 from model_export.reader import Export, open_export
+from pipeline.cells import CellId
 from pipeline.engine.comm import Comm
 from pipeline.engine.launch import threads_per_rank, validated
 from pipeline.engine.machine import machine_facts
@@ -30,6 +32,7 @@ from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import set_threads
 from pipeline.study.roofline import measure_ceilings, roofline_fractions
+from pipeline.study.stats import logits_digest, timings
 
 SCHEMA_VERSION = 1
 
@@ -70,7 +73,7 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
     prefill_s = MPI.Wtime() - t0
     prefill_comm = (comm.seconds, comm.bytes_sent)
     tokens = [int(np.argmax(logits))]
-    prefill_digest = digest(logits)
+    prefill_digest = logits_digest(logits)
     comm.barrier()
     comm.reset_counters()
     steps = np.zeros(gen_len)
@@ -80,23 +83,14 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
         tokens.append(int(np.argmax(logits)))
         steps[i] = MPI.Wtime() - t
     return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, prefill_digest=prefill_digest,
-                final_digest=digest(logits), prefill_comm=prefill_comm,
+                final_digest=logits_digest(logits), prefill_comm=prefill_comm,
                 decode_comm=(comm.seconds, comm.bytes_sent))
 
 
-def digest(logits: np.ndarray) -> dict:
-    return {"first8": [float(x) for x in logits[:8]], "l2": float(np.linalg.norm(logits.astype(np.float64))),
-            "argmax": int(np.argmax(logits))}
-
-
-def phase_stats(seconds: list[float], tokens: int, comm_s: list[float], bytes_sent: int) -> dict:
-    med = statistics.median(seconds)
-    comm_med = statistics.median(comm_s)
-    return {"seconds": seconds, "median_s": med, "min_s": min(seconds), "max_s": max(seconds),
-            "std_s": statistics.pstdev(seconds), "tokens": tokens,
-            "tokens_per_s": tokens / med, "tokens_per_s_min": tokens / max(seconds),
-            "tokens_per_s_max": tokens / min(seconds), "ms_per_token": 1e3 * med / tokens,
-            "comm_s": comm_med, "compute_s": max(0.0, med - comm_med),
+def comm_books(seconds: list[float], tokens: int, comm_s: list[float], bytes_sent: int) -> dict:
+    """A phase's communication: median seconds inside MPI, the rest as compute, bytes per token."""
+    med, comm_med = statistics.median(seconds), statistics.median(comm_s)
+    return {"comm_s": comm_med, "compute_s": max(0.0, med - comm_med),
             "bytes_sent_per_token": bytes_sent / tokens}
 
 
@@ -173,7 +167,7 @@ def ceilings_on_rank0(comm: Comm, cfg, prompt_len: int, threads: int) -> dict | 
 
 def roofline(export, args, result: dict, ceilings: dict) -> dict:
     """Prefill FLOP/s over the GEMM ceiling, decode bytes/s over the streaming bandwidth."""
-    dtype_bytes = 2 if export.dtype_name == "bfloat16" else 4
+    dtype_bytes = itemsize(export.dtype_name)
     fractions = roofline_fractions(export.cfg, ceilings, prompt_len=args.prompt_len, gen_len=args.gen_len,
                                    prefill_s=result["prefill"]["median_s"],
                                    decode_s=result["decode"]["median_s"], dtype_bytes=dtype_bytes)
@@ -182,52 +176,53 @@ def roofline(export, args, result: dict, ceilings: dict) -> dict:
     return {**fractions, "ceilings": ceilings}
 
 
-def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict],
-              attention_scratch_bytes: int = 0) -> dict | None:
-    """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
+def slowest_rank(comm: Comm, runs: list[dict]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Every timed region's slowest rank: (iters, 4) prefill s, decode s, prefill comm s, decode
+    comm s; (iters, gen_len) decode steps; the bytes sent in the last iteration (prefill, decode)."""
     local = np.array([[r["prefill_s"], r["steps"].sum(), r["prefill_comm"][0], r["decode_comm"][0]]
                       for r in runs])
     steps = np.array([r["steps"] for r in runs])  # (iters, gen_len)
     if comm.size > 1:
         comm.comm.Allreduce(MPI.IN_PLACE, local, op=MPI.MAX)
         comm.comm.Allreduce(MPI.IN_PLACE, steps, op=MPI.MAX)
-    bytes_sent = comm.comm.allreduce(runs[-1]["prefill_comm"][1], op=MPI.MAX), \
-        comm.comm.allreduce(runs[-1]["decode_comm"][1], op=MPI.MAX)
+    bytes_sent = (comm.comm.allreduce(runs[-1]["prefill_comm"][1], op=MPI.MAX),
+                  comm.comm.allreduce(runs[-1]["decode_comm"][1], op=MPI.MAX))
+    return local, steps, bytes_sent
+
+
+def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict],
+              attention_scratch_bytes: int = 0) -> dict | None:
+    """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
+    local, steps, bytes_sent = slowest_rank(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
     if comm.rank:
         return None
-    prefill = phase_stats(list(local[:, 0]), args.prompt_len, list(local[:, 2]), bytes_sent[0])
-    decode = phase_stats(list(local[:, 1]), args.gen_len, list(local[:, 3]), bytes_sent[1])
-    step_ms = 1e3 * steps.reshape(-1)
-    decode["step_ms"] = {"p50": float(np.percentile(step_ms, 50)), "p90": float(np.percentile(step_ms, 90)),
-                         "max": float(step_ms.max())}
-    total_ms = 1e3 * float(local[:, 0].sum())
-    seed_tokens = args.prompt_len * args.iters
+    prefill_s, decode_s = list(local[:, 0]), list(local[:, 1])
+    cell = CellId(args.parallel_strategy, args.attention_algo, comm.size, args.prompt_len)
     last = runs[-1]
-    cfg = export.cfg
     return {
         "schema_version": SCHEMA_VERSION,
-        "cell": {"parallel_strategy": args.parallel_strategy, "attention_algo": args.attention_algo,
-                 "nranks": comm.size, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
-                 "iters": args.iters, "warmup": args.warmup, "threads_per_rank": threads,
-                 "block": args.block, "seed": args.seed, "sequence_layout": args.sequence_layout},
+        "cell": {**cell.cell_block(), "gen_len": args.gen_len, "iters": args.iters, "warmup": args.warmup,
+                 "threads_per_rank": threads, "block": args.block, "seed": args.seed,
+                 "sequence_layout": args.sequence_layout},
         "environment": environment(comm, threads),
-        "model": {"export": os.path.abspath(args.export), "config": cfg.to_dict(),
-                  "num_parameters": num_parameters(export.manifest),
-                  "dtype": export.manifest.get("dtype", "float32"),
-                  "synthetic": bool(export.manifest["source"].get("synthetic")),
-                  "checkpoint_digest": export.manifest["source"].get("digest", "")},
-        "prefill": prefill,
-        "decode": decode,
-        "ttft_ms": 1e3 * prefill["median_s"],
-        "seed_metric": {"tokens": seed_tokens, "total_ms": total_ms, "ms_per_token": total_ms / seed_tokens,
-                        "tokens_per_s": seed_tokens / (total_ms / 1e3)},
-        "memory": {"peak_rss_mb": [m["peak_rss_mb"] for m in mem],
-                   "anon_mb": [m["anon_mb"] for m in mem],
-                   "attention_scratch_mb": [m["attention_scratch_mb"] for m in mem]},
+        "model": model_record(args.export, export),
+        **timings(prefill_s, decode_s, steps, args.prompt_len, args.gen_len,
+                  prefill_extra=comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),
+                  decode_extra=comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1])),
+        "memory": {key: [m[key] for m in mem] for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},
     }
+
+
+def model_record(path: str, export: Export) -> dict:
+    """The bench JSON's `model` block: where the export is, what it holds, of which checkpoint."""
+    source = export.manifest["source"]
+    return {"export": os.path.abspath(path), "config": export.cfg.to_dict(),
+            "num_parameters": num_parameters(export.manifest),
+            "dtype": export.manifest.get("dtype", "float32"),
+            "synthetic": bool(source.get("synthetic")), "checkpoint_digest": source.get("digest", "")}
 
 
 def num_parameters(manifest: dict) -> int:
@@ -236,9 +231,7 @@ def num_parameters(manifest: dict) -> int:
 
 def print_summary(result: dict) -> None:
     c, p, d = result["cell"], result["prefill"], result["decode"]
-    print(f"{c['parallel_strategy']}/{c['attention_algo']} P={c['nranks']} "
-          f"x {c['threads_per_rank']} threads, "
-          f"prompt {c['prompt_len']}, gen {c['gen_len']}: "
+    print(f"{CellId.of_run(result).name} x {c['threads_per_rank']} threads, gen {c['gen_len']}: "
           f"prefill {p['tokens_per_s']:.1f} tok/s ({1e3 * p['median_s']:.1f} ms), "
           f"decode {d['tokens_per_s']:.2f} tok/s ({d['ms_per_token']:.1f} ms/token), "
           f"peak RSS/rank {max(result['memory']['peak_rss_mb']):.0f} MB")
