@@ -13,9 +13,8 @@
 #   results/comm.json                        MPI ping-pong + Allreduce sweep (2 ranks): alpha, beta
 #   results/costmodel.json                   alpha-beta model: calibration, predicted vs measured, curves
 #   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
-#   results/dtype_compare.json, results/dtype_compare/*.json   float32 vs bf16 exports, back to back
-#   results/rank_compare.json, results/rank_compare/*.json     C ranks x 1 thread vs 1 x C, back to back
-#   results/roofline_compare.json            1 rank against the ceilings measured beside it, back to back
+#   results/compare/{name}.json, results/compare/{name}/{variant}_r{round}.json   back-to-back
+#                                            comparisons (dtype, ranks, ceilings) and their rounds' JSONs
 #   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png,
 #   results/figures/costmodel.png            (predicted curves beyond this machine)
 #   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)
@@ -173,6 +172,7 @@ rule verify:
 
 
 include: "rules/scaling.smk"
+include: "rules/compare.smk"
 
 
 rule report:
@@ -181,9 +181,7 @@ rule report:
         verification="results/verification.json",
         costmodel="results/costmodel.json",
         baseline=get_baseline_files(),
-        dtype_compare=get_dtype_compare_files(),
-        rank_compare=get_rank_compare_files(),
-        roofline_compare=get_roofline_compare_files(),
+        compare=get_compare_files(),
         code=["pipeline/report/render.py", "pipeline/report/figures.py"],
     output:
         md="results/report.md",
@@ -202,8 +200,7 @@ rule report:
     shell:
         "python -m pipeline report --runs {input.runs} --verification {input.verification}"
         " --costmodel {input.costmodel} --baseline {input.baseline}"
-        " --dtype-compare {input.dtype_compare} --rank-compare {input.rank_compare}"
-        " --roofline-compare {input.roofline_compare}"
+        " --compare {input.compare}"
         " --cells {params.cells} --not-applicable {params.not_applicable:q}"
         " --workflow-config {params.workflow_config:q} --logs-dir {params.logs}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"

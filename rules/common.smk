@@ -15,9 +15,12 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
+from pipeline.cells import CellId
+from pipeline.engine.partition import why_not
 
-CELL_PATTERN = "{strategy}_{algo}_np{nranks}_p{prompt_len}"
 RUNS = "results/runs"
+COMPARISONS = ("dtype", "ranks", "ceilings")  # the named comparisons of rules/compare.smk
+COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison measures at it
 
 
 def get_typed_config(config, schema="config/config.schema.yaml"):
@@ -126,36 +129,44 @@ def get_export_dir(dtype=None):
     return f"results/work/export/{get_model_id()}-{dtype or config['export_dtype']}"
 
 
-def get_dtype_compare_ranks():
-    """Rank counts of the dtype comparison: 1 and, where head-wise allows it, 2."""
-    return " ".join(str(p) for p in (1, 2) if p == 1 or get_not_applicable_reason("headwise", p, 128) is None)
+def get_compare_files():
+    """results/compare/{name}.json of each comparison the config turns on and this machine can run."""
+    wanted = [name for name in COMPARISONS if config["comparisons"][name]]
+    if not get_compare_rank_cores():  # no C >= 2 that head-wise splits over: no ranks comparison
+        wanted = [name for name in wanted if name != "ranks"]
+    return [f"results/compare/{name}.json" for name in wanted]
 
 
-def get_dtype_compare_files():
-    """The float32 vs bf16 comparison (none when config dtype_comparison is off)."""
-    return ["results/dtype_compare.json"] if config["dtype_comparison"] else []
-
-
-def get_rank_compare_cores():
-    """C of the ranks-against-threads comparison: the most of this machine's CPUs head-wise can
-    split over (0: none). From the machine, not --cores, so a dry run plans the same report."""
+def get_compare_rank_cores():
+    """C of the ranks comparison (C ranks x 1 thread against 1 rank x C threads): the most of this
+    machine's CPUs head-wise can split over (0: none). From the machine, not --cores, so a dry run
+    plans the same report."""
     usable = [p for p in range(2, (os.cpu_count() or 1) + 1)
-              if get_not_applicable_reason("headwise", p, 128) is None]
+              if get_not_applicable_reason("headwise", p, COMPARE_PROMPT_LEN) is None]
     return max(usable, default=0)
 
 
-def get_rank_compare_files():
-    """Head-wise on C ranks x 1 thread against 1 rank x C threads, back to back (none when config
-    rank_comparison is off or this machine has no C >= 2 head-wise can use)."""
-    if not config["rank_comparison"] or not get_rank_compare_cores():
-        return []
-    return ["results/rank_compare.json"]
+def get_compare_exports(wildcards):
+    """The exports a comparison reads: float32 and bf16 for dtype (float32 the reference), else the
+    configured one."""
+    if wildcards.name == "dtype":
+        return [get_export_dir("float32"), get_export_dir("bf16")]
+    return [get_export_dir()]
 
 
-def get_roofline_compare_files():
-    """1 rank against the ceilings measured beside it, back to back (none when config
-    roofline_comparison is off)."""
-    return ["results/roofline_compare.json"] if config["roofline_comparison"] else []
+def get_compare_threads(wildcards):
+    """Cores of every variant: C for ranks (1 where there is none: the command then says why it
+    cannot run), else min(--cores, this machine's CPUs)."""
+    return max(1, get_compare_rank_cores()) if wildcards.name == "ranks" else get_machine_cores()
+
+
+def get_compare_options(wildcards):
+    """The options only one comparison takes: the dtype comparison's rank counts, 1 and, where
+    head-wise splits the model, 2."""
+    if wildcards.name != "dtype":
+        return ""
+    ranks = [p for p in (1, 2) if get_not_applicable_reason("headwise", p, COMPARE_PROMPT_LEN) is None]
+    return "--ranks " + " ".join(str(p) for p in ranks)
 
 
 def get_kernel_sources():
@@ -182,25 +193,15 @@ def get_cells():
         for strategy in config["strategies"]:
             for algo in config["algorithms"]:
                 for p in sorted(config["ranks"]):
-                    name = CELL_PATTERN.format(strategy=strategy, algo=algo, nranks=p, prompt_len=n)
+                    name = CellId(strategy, algo, p, n).name
                     reason = get_not_applicable_reason(strategy, p, n)
                     cells.append((name, reason is None, reason))
     return cells
 
 
 def get_not_applicable_reason(strategy, nranks, prompt_len):
-    """Why a cell cannot run (None when it can): head-wise needs P | Hkv and P | I, sequence
-    needs a prompt token per rank."""
-    if strategy == "sequence" and prompt_len < nranks:
-        return f"prompt_len={prompt_len} gives fewer tokens than the P={nranks} ranks"
-    if strategy != "headwise":
-        return None
-    if MODEL.num_key_value_heads % nranks:
-        return (f"P={nranks} does not divide num_key_value_heads={MODEL.num_key_value_heads} "
-                f"(head-wise works with P in {MODEL.valid_rank_counts(MODEL.num_key_value_heads)})")
-    if MODEL.intermediate_size % nranks:
-        return f"P={nranks} does not divide intermediate_size={MODEL.intermediate_size}"
-    return None
+    """Why a cell cannot run (None when it can): the engine's own reason (pipeline.engine.partition)."""
+    return why_not(MODEL, strategy, nranks, prompt_len)
 
 
 def get_run_files():
@@ -321,9 +322,7 @@ def get_partial_report_command():
     baseline = [f for f in get_baseline_files() if os.path.exists(f)]
     if baseline:
         args += ["--baseline", *baseline]
-    args += ["--dtype-compare", *[f for f in get_dtype_compare_files() if os.path.exists(f)]]
-    args += ["--rank-compare", *[f for f in get_rank_compare_files() if os.path.exists(f)]]
-    args += ["--roofline-compare", *[f for f in get_roofline_compare_files() if os.path.exists(f)]]
+    args += ["--compare", *[f for f in get_compare_files() if os.path.exists(f)]]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
              "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]

@@ -65,6 +65,18 @@ def test_dry_run_costmodel_gets_the_cluster_config():
     assert "mpiexec -n 2 python -m mpi4py -m pipeline commbench --out results/comm.json" in proc.stdout
 
 
+def test_dry_run_comparisons_follow_their_config_block():
+    proc = plan("-p", "report", "--config", "synthetic_preset=tiny",
+                'comparisons={"ranks": false, "rounds": 2}')
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "pipeline compare dtype --export results/work/export/synthetic-tiny-seed0-float32 " \
+           "results/work/export/synthetic-tiny-seed0-bf16 --ranks 1 2 " in out
+    assert "pipeline compare ceilings --export results/work/export/synthetic-tiny-seed0-float32 " in out
+    assert "--rounds 2 " in out and "pipeline compare ranks" not in out
+    assert "--compare results/compare/dtype.json results/compare/ceilings.json " in out
+
+
 def test_dry_run_long_prompts_get_their_own_iterations():
     targets = [f"results/runs/headwise_standard_np1_p{n}.json" for n in (8, 16)]
     proc = plan("-p", *targets, "--config", "synthetic_preset=tiny", "prompt_lengths=[8,16]", "iters=3",
@@ -88,8 +100,11 @@ def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
     assert f"mpiexec -n {p} python -m mpi4py -m pipeline bench" in jobs
     assert f"headwise_standard_np{p}_p16.json" not in jobs
     assert f"sequence_standard_np{p}_p2.json" not in jobs  # fewer prompt tokens than ranks
-    assert f"headwise_standard_np{p}_p16=P={p} does not divide num_key_value_heads={nkv}" in proc.stdout
-    assert f"sequence_standard_np{p}_p2=prompt_len=2 gives fewer tokens than the P={p} ranks" in proc.stdout
+    reasons = {  # the engine's own reasons (pipeline.engine.partition), one per cell that cannot run
+        f"headwise_standard_np{p}_p16": f"headwise: {p} ranks do not divide num_key_value_heads={nkv}",
+        f"sequence_standard_np{p}_p2": f"sequence: the prompt has 2 tokens, fewer than the {p} ranks"}
+    for cell, reason in reasons.items():
+        assert f"{cell}={reason}" in proc.stdout
 
 
 def test_dry_run_slurm_profile(tmp_path):
@@ -117,6 +132,8 @@ def test_dry_run_slurm_profile(tmp_path):
         (["gen_len=0"], "gen_len"),
         (['cluster={"bogus": 1}'], "'bogus' was unexpected"),
         (['cluster={"net_bandwidth_gb_s": 0}'], "net_bandwidth_gb_s"),
+        (['comparisons={"rounds": 0}'], "0 is less than the minimum of 1"),
+        (['comparisons={"flops": true}'], "'flops' was unexpected"),
         (["itres=3"], "itres"),
         (["mpi_launcher=no-such-mpiexec"], "config mpi_launcher: 'no-such-mpiexec' not found on PATH"),
         (["checkpoint=no/such/dir"], "config checkpoint: 'no/such/dir' is not a directory"),
@@ -184,20 +201,20 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     ):
         assert section in text
     assert (results / "figures" / "costmodel.png").exists()
-    # float32 against bf16 exports of the same model, back to back: same tokens, a speed-up row each
-    dtypes = json.loads((results / "dtype_compare.json").read_text())
-    assert [g["nranks"] for g in dtypes["groups"]] == [1, 2]
-    assert all(g["same_greedy_tokens"] and g["decode_speedup"] > 0 for g in dtypes["groups"])
-    assert "## bf16 weights" in text and "| 1 x 2 |" in text
-    # 2 ranks x 1 thread against 1 rank x 2 threads, back to back: same tokens, judged in the report
-    ranks = json.loads((results / "rank_compare.json").read_text())
-    assert [g["algo"] for g in ranks["groups"]] == ["standard", "online_softmax"]
-    assert all(g["same_greedy_tokens"] and len(g["prefill_ratio_rounds"]) == 3 for g in ranks["groups"])
-    assert "- head-wise + online_softmax, prompt 128, back to back: 2 ranks x 1 thread reach" in text
-    # 1 rank against the ceilings measured beside it, back to back
-    roof = json.loads((results / "roofline_compare.json").read_text())
-    assert [g["algo"] for g in roof["groups"]] == ["standard", "online_softmax"]
-    assert all(len(g["rounds"]) == 3 and g["decode_fraction"] > 0 for g in roof["groups"])
+    # the back-to-back comparisons: bf16 over float32 at 1 and 2 ranks, 2 x 1 over 1 x 2, engine over ceilings
+    compared = {name: json.loads((results / "compare" / f"{name}.json").read_text())
+                for name in ("dtype", "ranks", "ceilings")}
+    assert [v["name"] for v in compared["dtype"]["variants"]] == [
+        "float32_np1", "bfloat16_np1", "float32_np2", "bfloat16_np2"]
+    assert [v["name"] for v in compared["ranks"]["variants"]] == [
+        "standard_np1", "standard_np2", "online_softmax_np1", "online_softmax_np2"]
+    assert [v["name"] for v in compared["ceilings"]["variants"]] == [
+        "ceilings", "standard_np1", "online_softmax_np1"]
+    for doc in compared.values():
+        others = [v for v in doc["variants"] if v["reference"]]
+        assert all(len(v["ratio_rounds"]["prefill"]) == 3 and v["ratio"]["decode"] > 0 for v in others)
+        assert all(v["tokens_agree"] is not False for v in others)
+        assert f"### {doc['name']}: {doc['question']}" in text
     assert ("| *HF transformers (torch)* |" in text) == hf["available"]
     if hf["available"]:
         assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
@@ -225,8 +242,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     ran = proc.stdout + proc.stderr
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
-    assert "rule dtype_compare:" not in ran and "rule rank_compare:" not in ran
-    assert "rule roofline_compare:" not in ran
+    assert "rule compare:" not in ran
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -1,0 +1,40 @@
+# Back-to-back comparisons: `python -m pipeline compare NAME` runs a comparison's variants one
+# after the other, in alternating (ABBA) rounds, and writes results/compare/{name}.json (the
+# rounds' own JSONs in results/compare/{name}/). The config's `comparisons:` block turns each
+# on; the report shows every one that ran. Like the benchmarks they hold the `bench` resource.
+# The get_compare_* helpers are in rules/common.smk.
+
+rule compare:
+    input:
+        exports=get_compare_exports,
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+        code=["pipeline/study/compare.py", "pipeline/study/variants.py"],
+    output:
+        "results/compare/{name}.json",
+    wildcard_constraints:
+        name="|".join(COMPARISONS),
+    params:
+        options=get_compare_options,
+        cores=get_compare_threads,  # the command's own: Snakemake caps `threads` at --cores
+        prompt_len=COMPARE_PROMPT_LEN,
+        gen_len=config["gen_len"],
+        iters=config["iters"],
+        warmup=config["warmup"],
+        rounds=config["comparisons"]["rounds"],
+        timeout=config["bench_timeout"],
+    threads: get_compare_threads
+    resources:
+        mpi=MPI_LAUNCHER,  # a resource, as in rule bench: a launcher change alone reruns nothing
+        bench=1,
+    log:
+        "results/logs/compare/{name}.log",
+    benchmark:
+        "results/logs/benchmarks/compare/{name}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline compare {wildcards.name} --export {input.exports} {params.options}"
+        " --threads {params.cores} --prompt-len {params.prompt_len} --gen-len {params.gen_len}"
+        " --iters {params.iters} --warmup {params.warmup} --rounds {params.rounds}"
+        " --mpi {resources.mpi:q} --timeout {params.timeout} --out {output} > {log} 2>&1"
