@@ -287,8 +287,8 @@ cdef extern from * nogil:
                       float *alpha)
 
 cdef enum:
-    # Keys per work item of one-query (decode) attention: fixed, so results do not depend on the
-    # thread count; 128 keys of 8 KV heads x 128 dims are 512 KiB of K and of V.
+    # Keys per work item of one-query (decode) attention (docs/design-notes.md#decode-attention):
+    # fixed, so results do not depend on the thread count; 128 keys x 8 KV heads x 128 dims: 512 KiB.
     DECODE_KEYS = 128
     # Rows of one work item (query block x group heads): 32 fills the 2-vector register tile.
     ROWS = 32

@@ -5,8 +5,8 @@
 # Each thread streams whole weight rows, one sequential prefetched stream: memory bound, so bf16
 # (half the bytes) runs up to twice as fast as float32. The callers hand the row blocks out with
 # a static schedule, one contiguous run per thread: a dynamic one interleaves 128 KiB blocks
-# between the threads and breaks every thread's stream at each block (engine decode, 1 rank x 2
-# threads, same A/B run: bf16 26.5 and 36.0 tok/s dynamic, 44.0 and 43.2 static). Work items are fixed by the shapes, never
+# between the threads and breaks every thread's stream at each block, and decode ran slower
+# (docs/design-notes.md#static-schedule). Work items are fixed by the shapes, never
 # by the thread count, so results do not depend on num_threads, bit for bit.
 
 from ext.simd cimport vf
@@ -14,16 +14,16 @@ from ext.simd cimport vf
 cdef extern from * nogil:
     """
     /* Software prefetch distance, in bytes (16 KiB) ahead of the read position. One sequential
-       stream per thread plus this prefetch measured 47 GB/s of bf16 on one core; several
-       interleaved row streams (a rows x tokens register tile) without it, 15 GB/s (AVX-512 EPYC).
-       AVX2 EPYC (Zen 3), bf16 rows of 2 KiB: 8 rows at once 11-12 GB/s against 18-24 for one row
-       (8 rows 4 KiB apart: no faster; 8-64 KiB or t2/nta: same). float32: gemv_8rows, axpy_8rows. */
+       stream per thread plus this prefetch reads bf16 fastest, with AVX-512 and with AVX2:
+       several interleaved row streams (a rows x tokens register tile, or 8 rows at once) read it
+       1.5-3x slower (docs/design-notes.md#prefetch). float32 at one token reads 8 rows at once
+       instead (gemv_8rows, axpy_8rows: docs/design-notes.md#gemv-8rows). */
     #define PF_BYTES 16384
     #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-    /* Hand-offs between the loops of one parallel region without a barrier: under
-       OMP_WAIT_POLICY=PASSIVE every barrier puts the early threads to sleep, and waking them cost
-       15-100 us per barrier on this VM (a whole 2 MiB GEMV takes 50). Instead, the thread that
+    /* Hand-offs between the loops of one parallel region without a barrier: a barrier can put
+       the early threads to sleep, and waking them costs more than a whole 2 MiB GEMV takes
+       (docs/design-notes.md#no-barriers). Instead, the thread that
        completes the last item of a loop (counted atomically) does the short serial step, and
        threads that need its result spin on a flag for the few microseconds that takes. */
     static inline int last_done(int *counter, int total) {
@@ -81,9 +81,9 @@ cdef extern from * nogil:
     }
 
     /* out[r] = sum_k x[k] w[r*K + k] for 8 float32 rows r (one token): eight weight streams,
-       which the hardware prefetchers follow. AVX2 EPYC, 100 (3072, 1024) matrices, 2 threads,
-       alternating in one run: 19.1 GB/s (median of 11) against 15.2 for one row at a time with
-       the software prefetch; the engine's decode step 112-142 ms against 134-171 (A/B builds). */
+       which the hardware prefetchers follow: faster for float32 than one row at a time with the
+       software prefetch, in the GEMV alone and in the engine's decode step
+       (docs/design-notes.md#gemv-8rows). */
     ALWAYS_INLINE void gemv_8rows(const float *x, const float *w, Py_ssize_t K, float *out) {
         vf acc[8];
         for (int r = 0; r < 8; r++) acc[r] = (vf){0};

@@ -87,9 +87,9 @@ BF16 = np.dtype(np.uint16)
 WEIGHT_DTYPES = (np.dtype(np.float32), BF16)
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
-# packs its operands again for every block, so blocks must be big enough for that to be cheap: at
-# T=128 and the 0.6B shapes, 128K-element blocks ran at 70-90% of numpy's float32 GEMM, 512K at
-# 95-100%.
+# packs its operands again for every block, so blocks must be big enough for that to be cheap:
+# 512K elements come near numpy's own float32 GEMM, smaller blocks fall short
+# (docs/design-notes.md#bf16-gemm-blocks).
 _block_elems = 1 << 19
 
 _local = threading.local()  # per-thread scratch (numpy releases the GIL in matmul)

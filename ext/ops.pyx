@@ -12,8 +12,8 @@ from libc.math cimport sqrt
 from ext.simd cimport VL, sumsq_f32
 
 cdef enum:
-    # Below this many elements an op runs on the calling thread: a decode step's norms touch a few
-    # thousand floats (about a microsecond), less than waking a sleeping OpenMP thread costs.
+    # Below this many elements an op runs on the calling thread: a decode step's norms (a few
+    # thousand floats, a microsecond) cost less than waking an OpenMP thread (docs/design-notes.md#spin).
     PARALLEL_MIN = 32768
 
 

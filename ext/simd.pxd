@@ -1,7 +1,7 @@
 # Vector helpers shared by the kernels, as C (GCC/Clang vector extensions) of the machine's native
 # width: VL = 16 float lanes (one AVX-512 register), 8 (AVX2) or 4 (SSE, NEON). A vector wider
 # than the machine's registers would compile, but GCC keeps such values in memory and runs every
-# operation through the stack (measured: attention at 1/10 of its speed on an AVX2 EPYC).
+# operation through the stack (attention ran at a tenth of its speed: docs/design-notes.md#vector-width).
 # Cython cannot express register tiles, and without -ffast-math GCC neither vectorises float
 # reductions nor calls a vector expf, so these are written out.
 # Cimporting anything from here pastes the C below into the cimporting module.

@@ -153,7 +153,7 @@ class ReferenceModel:
         return logits
 
     def _cast(self, a: np.ndarray) -> np.ndarray:
-        # Everything in one dtype: a mixed float32/float64 matmul skips BLAS and is ~100x slower.
+        # Everything in one dtype: a mixed float32/float64 matmul is slower (docs/design-notes.md#one-dtype).
         # bf16 weights (uint16 bits) are widened exactly, so a bf16 export computes the same
         # numbers as a float32 export of the same checkpoint.
         return to_float(a, self.dtype)
