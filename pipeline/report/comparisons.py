@@ -62,11 +62,16 @@ def fnum(x: float | None) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
+def sig3(x: float) -> str:
+    """Three significant figures, trailing zeros kept: 1.00, 0.955, 0.00484 (177, not "177.")."""
+    return f"{x:#.3g}".rstrip(".")
+
+
 def ratio_text(median: float | None, rounds: list[float]) -> str:
-    """"×0.97 (0.95 / 0.97 / 1.02)": the median of the per-round ratios, then each round's."""
+    """"×0.971 (0.952 / 0.971 / 1.02)": the median of the per-round ratios, then each round's."""
     if median is None:
         return "—"
-    return f"×{median:.2f} ({' / '.join(f'{r:.2f}' for r in rounds)})"
+    return f"×{sig3(median)} ({' / '.join(sig3(r) for r in rounds)})"
 
 
 def agree_text(rec: dict) -> str:
@@ -79,17 +84,19 @@ def comparison_table(doc: dict, recs: list[dict]) -> list[str]:
     units = doc["units"]
     head = [
         "variant",
+        "reference",
         f"prefill {units['prefill']} per round",
         f"decode {units['decode']} per round",
         "prefill over reference",
         "decode over reference",
         "greedy tokens agree",
     ]
+    labels = {rec["variant"]: rec["label"] for rec in recs}
     rows = []
     for rec in recs:
-        reference = f" (over {rec['reference']})" if rec["reference"] else ""
         rows.append([
-            f"{rec['label']}{reference}",
+            rec["label"],
+            labels.get(rec["reference"], rec["reference"]) or "—",
             *(" / ".join(fnum(x) for x in rec[f"{phase}_rounds"]) for phase in PHASES),
             *(ratio_text(rec[f"{phase}_ratio"], rec[f"{phase}_ratio_rounds"]) for phase in PHASES),
             agree_text(rec),
@@ -106,9 +113,14 @@ def machine_text(doc: dict) -> str:
 
 
 def run_text(doc: dict) -> str:
+    """ "1 round; each run: prompt 128 tokens, 32 decode steps, 3 timed iterations after 1 warm-up"."""
+    n = doc["rounds"]
+    text = f"{n} round{'s' * (n != 1)}"
     run = doc.get("run") or {}
-    keys = ("prompt_len", "gen_len", "iters", "warmup")
-    return "; ".join(f"{k.replace('_', ' ')} {run[k]}" for k in keys if k in run)
+    if {"prompt_len", "gen_len", "iters", "warmup"} <= run.keys():
+        text += (f"; each run: prompt {run['prompt_len']} tokens, {run['gen_len']} decode steps, "
+                 f"{run['iters']} timed iterations after {run['warmup']} warm-up")
+    return text
 
 
 def section(docs: list[dict]) -> list[str]:
@@ -128,13 +140,12 @@ def section(docs: list[dict]) -> list[str]:
     for rec in records(docs):
         by_name.setdefault(rec["comparison"], []).append(rec)
     for doc in docs:
-        run = run_text(doc)
         lines += [
             f"### {doc['name']}: {doc['question']}",
             "",
             *comparison_table(doc, by_name[doc["name"]]),
             "",
-            f"{doc['rounds']} rounds{'; ' + run if run else ''}. Machine: {machine_text(doc)}.",
+            f"{run_text(doc)}. Machine: {machine_text(doc)}.",
             "",
         ]
     return lines

@@ -54,10 +54,13 @@ def test_records_hold_each_variants_rates_and_ratios(tmp_path):
 def test_section_renders_one_table_row_per_variant(agree, shown):
     lines = comparisons.section([fake_comparison(agree)])
     assert "### ranks: Do 2 ranks x 1 thread match 1 rank x 2 threads?" in lines
-    assert ("| 2 ranks x 1 thread, standard (over standard_1x2) | 120 / 72.0 / 110 | 5.00 / 4.50 / 5.50 "
-            f"| ×1.00 (1.20 / 0.80 / 1.00) | ×0.50 (0.50 / 0.50 / 0.50) | {shown} |") in lines
-    assert ("| 1 rank x 2 threads, standard | 100 / 90.0 / 110 | 10.0 / 9.00 / 11.0 | — | — "
+    assert ("| 2 ranks x 1 thread, standard | 1 rank x 2 threads, standard | 120 / 72.0 / 110 "
+            "| 5.00 / 4.50 / 5.50 | ×1.00 (1.20 / 0.800 / 1.00) | ×0.500 (0.500 / 0.500 / 0.500) "
+            f"| {shown} |") in lines
+    assert ("| 1 rank x 2 threads, standard | — | 100 / 90.0 / 110 | 10.0 / 9.00 / 11.0 | — | — "
             "| (reference) |") in lines
+    assert ("3 rounds; each run: prompt 128 tokens, 32 decode steps, 3 timed iterations after 1 warm-up. "
+            "Machine: Test CPU, 2 cores, testhost.") in lines
     assert not any("met**" in line or "target" in line for line in lines)  # states, grades nothing
 
 
