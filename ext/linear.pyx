@@ -73,7 +73,13 @@ def _bind_sgemm():
     return None
 
 
-SGEMM_SOURCE = _bind_sgemm()
+_sgemm_source = _bind_sgemm()
+
+
+def sgemm_source():
+    """Where the prefill GEMMs' sgemm was bound from ("library path:symbol"), or None when it was
+    not found and numpy.matmul does them (recorded in every bench JSON)."""
+    return _sgemm_source
 
 
 def gemm_in_openmp():

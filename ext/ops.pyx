@@ -1,4 +1,4 @@
-"""Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE, argmax.
+"""Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE.
 
 Each is one pass over a row, parallel over rows; sums of squares go through VL float lanes whose
 partial sums are added in double (vectorised, and well inside the 1e-5 relative contract).
@@ -123,21 +123,6 @@ def qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const float[
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     if T and x.shape[1] and D:
         _qk_norm_rope(x, w, eps, cos, sin, pos0, num_threads)
-
-
-def argmax(const float[::1] x):
-    """argmax_i x[i] (the first maximum)."""
-    cdef Py_ssize_t i, best = 0
-    cdef float mx
-    if x.shape[0] == 0:
-        raise ValueError("argmax of an empty array")
-    with nogil:
-        mx = x[0]
-        for i in range(1, x.shape[0]):
-            if x[i] > mx:
-                mx = x[i]
-                best = i
-    return best
 
 
 def _check_rows(T, d, dw, To, do, num_threads):

@@ -31,10 +31,14 @@ def set_threads(n: int) -> int:
     return n
 
 
-def blas_info() -> list[dict]:
-    """The BLAS libraries loaded in the process, with their thread counts (for the bench record)."""
-    return [
+def blas_info() -> dict:
+    """Which sgemm ext.linear bound (None: numpy.matmul does the GEMMs) and the BLAS libraries loaded
+    in the process with their thread counts, as set_threads left them (for the bench record)."""
+    from ext.linear import sgemm_source
+
+    libraries = [
         {k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "filepath")}
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
+    return {"sgemm": sgemm_source(), "libraries": libraries}

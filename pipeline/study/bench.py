@@ -30,7 +30,7 @@ from pipeline.engine.model import Qwen3Engine, check_job
 from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 from pipeline.engine.strategies.sequence import LAYOUTS
-from pipeline.engine.threads import set_threads
+from pipeline.engine.threads import blas_info, set_threads
 from pipeline.study.roofline import measure_ceilings, roofline_fractions
 from pipeline.study.stats import logits_digest, timings
 
@@ -95,7 +95,7 @@ def comm_books(seconds: list[float], tokens: int, comm_s: list[float], bytes_sen
 
 
 def environment(comm: Comm, threads: int) -> dict:
-    return machine_facts(comm.size, threads)
+    return {**machine_facts(comm.size, threads), "blas": blas_info()}
 
 
 def memory_mb(attention_scratch_bytes: int = 0) -> dict:

@@ -106,6 +106,10 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     assert len(result["memory"]["attention_scratch_mb"]) == 2
     assert min(result["memory"]["attention_scratch_mb"]) > 0
     assert len(result["output"]["greedy_tokens"]) == 5
+    blas = result["environment"]["blas"]  # the sgemm ext.linear bound, from a library BLAS left at 1 thread
+    if blas["sgemm"] is not None:
+        library = next(b for b in blas["libraries"] if blas["sgemm"].startswith(b["filepath"] + ":"))
+        assert library["num_threads"] == 1
     ref_tokens, ref_logits = ReferenceModel(open_export(synthetic_tiny_export)).generate(
         result["output"]["prompt_ids"], 5)
     assert result["output"]["greedy_tokens"] == ref_tokens

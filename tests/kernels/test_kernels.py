@@ -324,14 +324,12 @@ def test_qk_norm_rope(T, nh, D, pos0, threads, seed):
     close(x, want)
 
 
-def test_rope_table_and_argmax():
+def test_rope_table():
     cos, sin = O.rope_table(50, 8, 10000.0)
     assert cos.shape == sin.shape == (50, 4) and cos.dtype == np.float32
     ang = 49 * 10000.0 ** (-np.arange(0, 8, 2) / 8)
     close(cos[49], np.cos(ang), 1e-7)
     close(sin[49], np.sin(ang), 1e-7)
-    x = np.random.default_rng(0).standard_normal(151936).astype(np.float32)
-    assert O.argmax(x) == int(np.argmax(x))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
