@@ -9,7 +9,8 @@ rule compare:
         exports=get_compare_exports,
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
-        code=["pipeline/study/compare.py", "pipeline/study/variants.py"],
+        code=["pipeline/study/compare.py", "pipeline/study/variants.py", "pipeline/study/bench.py",
+              "pipeline/study/roofline.py"],
     output:
         "results/compare/{name}.json",
     wildcard_constraints:
