@@ -1,7 +1,7 @@
 """The export layout: which Hugging Face tensor goes to which subgraph file, under which name.
 
 Every matrix is stored so that the slice a rank needs under head-wise tensor parallelism is a
-contiguous row range, for every rank count P dividing num_key_value_heads:
+contiguous row range, for any contiguous block of KV groups (with their query heads) or features:
 - q/k/v_proj rows are head-major in Hugging Face already, and the query heads of KV group g
   (g*n_rep .. g*n_rep+n_rep-1) are adjacent, so rank r's heads are one row block;
 - o_proj and down_proj are stored transposed, so their input-feature shards are row blocks;
@@ -26,7 +26,7 @@ class TensorSpec:
     file: str  # subgraph file inside the export
     shape: tuple[int, ...]  # shape as stored in the export
     transpose: bool  # stored as the transpose of the Hugging Face tensor
-    shard: str | None  # how head-wise TP splits the rows: "q" (query heads), "kv", "mlp", None
+    shard: str | None  # what its rows are grouped by: "q" (query heads), "kv" (KV heads), "mlp", None
 
 
 def layer_file(i: int, part: str) -> str:
@@ -65,15 +65,19 @@ def hf_shape(spec: TensorSpec) -> tuple[int, ...]:
     return spec.shape[::-1] if spec.transpose else spec.shape
 
 
-def shard_rows(spec: TensorSpec, cfg: Qwen3Config, rank: int, nranks: int) -> slice:
-    """Row range of `spec` that rank `rank` of `nranks` owns under head-wise TP."""
-    if spec.shard is None:
-        return slice(0, spec.shape[0] if spec.shape else 0)
-    if cfg.num_key_value_heads % nranks:
-        raise ValueError(
-            f"{nranks} ranks do not divide num_key_value_heads={cfg.num_key_value_heads}; "
-            f"head-wise parallelism works with P in {cfg.valid_rank_counts()}")
-    if spec.shard == "mlp" and cfg.intermediate_size % nranks:
-        raise ValueError(f"{nranks} ranks do not divide intermediate_size={cfg.intermediate_size}")
-    rows = spec.shape[0] // nranks
-    return slice(rank * rows, (rank + 1) * rows)
+def shard_rows(spec: TensorSpec, cfg: Qwen3Config, block: range | None) -> slice:
+    """Rows of `spec` holding `block`, a [start, stop) range of the heads or features its rows are
+    grouped by (spec.shard); all rows when `block` is None or the tensor is not split.
+
+    Which block a rank holds is not the format's business: the engine computes it
+    (pipeline.engine.partition) and hands it over.
+    """
+    rows = spec.shape[0] if spec.shape else 0
+    if spec.shard is None or block is None:
+        return slice(0, rows)
+    per = cfg.head_dim if spec.shard in ("q", "kv") else 1  # rows per head, or per feature
+    unit = "features" if spec.shard == "mlp" else "heads"
+    if block.step != 1 or not 0 <= block.start <= block.stop <= rows // per:
+        raise ValueError(f"tensor {spec.name!r}: block {block} is not a range inside its "
+                         f"{rows // per} {unit}")
+    return slice(block.start * per, block.stop * per)

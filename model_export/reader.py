@@ -50,9 +50,8 @@ def take_rows(table: np.ndarray, ids: np.ndarray, out: np.ndarray) -> np.ndarray
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """One decoder layer's weights, as rank `rank` of `nranks` needs them under head-wise TP.
-
-    H_r = H / P query heads, Hkv_r = Hkv / P KV heads, I_r = I / P intermediate features.
+    """One decoder layer's weights for a block of H_r query heads, Hkv_r KV heads and I_r
+    intermediate features (all of them unless `Export.layer` is given blocks).
     Matrices are in the export's dtype (uint16 bf16 bits in a bfloat16 export); the norms are
     float32 in float32 and bfloat16 exports.
     """
@@ -112,23 +111,27 @@ class Export:
         raw = self._map(entry["file"])[entry["offset"]: entry["offset"] + count * dtype.itemsize]
         return raw.view(dtype).reshape(entry["shape"])
 
-    def shard(self, name: str, rank: int, nranks: int) -> np.ndarray:
-        """Rows of `name` that rank `rank` of `nranks` owns under head-wise TP (zero-copy view).
-
-        Tensors that are not split (norms, embedding, head) come back whole.
+    def shard(self, name: str, block: range | None = None) -> np.ndarray:
+        """The rows of `name` holding `block` of its query heads (wq, wo_t), KV heads (wk, wv) or
+        intermediate features (w_gate, w_up, w_down_t): a zero-copy view. The whole tensor when
+        `block` is None; tensors that are not split (norms, embedding, head) come back whole.
         """
-        if not 0 <= rank < nranks:
-            raise ValueError(f"rank {rank} out of range for {nranks} ranks")
         spec = self._specs.get(name)
         if spec is None:
             raise KeyError(f"{self.path}: no tensor {name!r} in this export")
-        return self.tensor(name)[layout.shard_rows(spec, self.cfg, rank, nranks)]
+        return self.tensor(name)[layout.shard_rows(spec, self.cfg, block)]
 
-    def layer(self, i: int, rank: int = 0, nranks: int = 1) -> LayerWeights:
+    def layer(self, i: int, q_heads: range | None = None, kv_heads: range | None = None,
+              features: range | None = None) -> LayerWeights:
+        """Layer i's weights for a block of query heads, KV heads and MLP features (all when None)."""
         if not 0 <= i < self.cfg.num_hidden_layers:
             raise IndexError(f"layer {i} out of range (model has {self.cfg.num_hidden_layers})")
-        names = [f.name for f in fields(LayerWeights)]  # the field names are the export's tensor names
-        return LayerWeights(**{n: self.shard(f"layers.{i}.{n}", rank, nranks) for n in names})
+        blocks = {"q": q_heads, "kv": kv_heads, "mlp": features, None: None}
+        weights = {}
+        for f in fields(LayerWeights):  # the field names are the export's tensor names
+            name = f"layers.{i}.{f.name}"
+            weights[f.name] = self.shard(name, blocks[self._specs[name].shard])
+        return LayerWeights(**weights)
 
     def lm_head(self) -> np.ndarray:
         """(V, d): the output projection; the embedding itself when the two are tied."""

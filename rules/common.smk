@@ -15,8 +15,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
+from pipeline.cells import CellId
+from pipeline.engine.partition import why_not
 
-CELL_PATTERN = "{strategy}_{algo}_np{nranks}_p{prompt_len}"
 RUNS = "results/runs"
 COMPARISONS = ("dtype", "ranks", "ceilings")  # the named comparisons of rules/compare.smk
 COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison measures at it
@@ -192,25 +193,15 @@ def get_cells():
         for strategy in config["strategies"]:
             for algo in config["algorithms"]:
                 for p in sorted(config["ranks"]):
-                    name = CELL_PATTERN.format(strategy=strategy, algo=algo, nranks=p, prompt_len=n)
+                    name = CellId(strategy, algo, p, n).name
                     reason = get_not_applicable_reason(strategy, p, n)
                     cells.append((name, reason is None, reason))
     return cells
 
 
 def get_not_applicable_reason(strategy, nranks, prompt_len):
-    """Why a cell cannot run (None when it can): head-wise needs P | Hkv and P | I, sequence
-    needs a prompt token per rank."""
-    if strategy == "sequence" and prompt_len < nranks:
-        return f"prompt_len={prompt_len} gives fewer tokens than the P={nranks} ranks"
-    if strategy != "headwise":
-        return None
-    if MODEL.num_key_value_heads % nranks:
-        return (f"P={nranks} does not divide num_key_value_heads={MODEL.num_key_value_heads} "
-                f"(head-wise works with P in {MODEL.valid_rank_counts(MODEL.num_key_value_heads)})")
-    if MODEL.intermediate_size % nranks:
-        return f"P={nranks} does not divide intermediate_size={MODEL.intermediate_size}"
-    return None
+    """Why a cell cannot run (None when it can): the engine's own reason (pipeline.engine.partition)."""
+    return why_not(MODEL, strategy, nranks, prompt_len)
 
 
 def get_run_files():

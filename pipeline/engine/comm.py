@@ -71,10 +71,3 @@ class Comm:
     def max(self, value: float) -> float:
         """The largest of one float over ranks (control-sized message)."""
         return value if self.size == 1 else self.comm.allreduce(value, op=MPI.MAX)
-
-
-def split_range(n: int, parts: int, index: int) -> tuple[int, int]:
-    """[start, stop) of block `index` when n items are split into `parts` near-equal blocks."""
-    base, extra = divmod(n, parts)
-    start = index * base + min(index, extra)
-    return start, start + base + (1 if index < extra else 0)

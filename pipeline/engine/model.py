@@ -17,6 +17,7 @@ from ext import mlp as mlp_kernels
 from ext import ops
 from ext.linear import linear, linear_many, linear_t
 from model_export.reader import Export, take_rows
+from pipeline.engine import partition
 from pipeline.engine.comm import Comm
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 
@@ -40,7 +41,7 @@ def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len:
         raise ValueError(f"{export.path}: the engine computes with {list(SUPPORTED_DTYPES)} weights, "
                          f"this export holds {export.dtype_name}; re-export with --dtype bf16 "
                          "(or float32)")
-    STRATEGIES[strategy].check(cfg, nranks, prompt_len)
+    partition.check(cfg, strategy, nranks, prompt_len)
 
 
 class Qwen3Engine:

@@ -32,13 +32,18 @@ import numpy as np
 
 from model_export.atomic import write_json_atomic
 from model_export.config import Qwen3Config
-from pipeline.engine.comm import split_range
+from pipeline.cells import CellId
+from pipeline.engine import partition
 from pipeline.study.roofline import attention_pairs, layer_matmul_params, model_bytes
 
 SCHEMA_VERSION = 1
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
-STRATEGIES = ("headwise", "sequence", "sequence_zigzag")  # sequence = the engine's contiguous blocks
+# The cost model's strategies as the engine's (strategy, sequence layout); what can run and who
+# computes which tokens come from pipeline.engine.partition. Its "sequence" is the contiguous split.
+ENGINE_LAYOUTS = {"headwise": ("headwise", "contiguous"), "sequence": ("sequence", "contiguous"),
+                  "sequence_zigzag": ("sequence", "zigzag")}
+STRATEGIES = tuple(ENGINE_LAYOUTS)
 DEFAULT_RANKS = [1, 2, 4, 8, 16, 32, 64]
 DEFAULT_PROMPT_LENS = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 # Used when comm.json is missing (stated as "assumed" in the output): shared-memory MPI on one node.
@@ -166,24 +171,19 @@ def t_bcast(nbytes: float, P: int, net: Network) -> float:
 # --------------------------------------------------------------------------- work per rank
 
 
-def feasible(cfg: Qwen3Config, strategy: str, P: int, T: int) -> str | None:
+def why_not(cfg: Qwen3Config, strategy: str, P: int, T: int) -> str | None:
     """None if the engine can run `strategy` at P ranks with a T-token prompt, else the reason."""
-    if strategy == "headwise" and (cfg.num_key_value_heads % P or cfg.intermediate_size % P):
-        return f"headwise needs P to divide num_key_value_heads={cfg.num_key_value_heads}"
-    if strategy.startswith("sequence") and T < P:
-        return "sequence needs at least one prompt token per rank"
-    return None
+    engine_strategy, _ = ENGINE_LAYOUTS.get(strategy, (strategy, None))
+    return partition.why_not(cfg, engine_strategy, P, T)
 
 
 def sequence_blocks(T: int, P: int, zigzag: bool) -> list[tuple[int, int]]:
     """(tokens, causal pairs) of each rank's prompt positions: contiguous blocks or zig-zag chunks."""
     out = []
     for r in range(P):
-        chunks = ([split_range(T, 2 * P, r), split_range(T, 2 * P, 2 * P - 1 - r)] if zigzag
-                  else [split_range(T, P, r)])
-        tokens = sum(b - a for a, b in chunks)
-        pairs = sum((b * (b + 1) - a * (a + 1)) // 2 for a, b in chunks)  # sum of (t + 1) over [a, b)
-        out.append((tokens, pairs))
+        chunks = partition.prompt_chunks("sequence", T, P, r, "zigzag" if zigzag else "contiguous")
+        pairs = sum((c.stop * (c.stop + 1) - c.start * (c.start + 1)) // 2 for c in chunks)  # sum of t + 1
+        out.append((sum(len(c) for c in chunks), pairs))
     return out
 
 
@@ -343,12 +343,7 @@ def _calibrate_cells(cfg: Qwen3Config, cells: list[dict]) -> dict:
     return {"rates": dataclasses.asdict(rates), "gflops_per_core": f_mm / 1e9,
             "attn_gflops_per_core": f_att / 1e9, "decode_gflops_per_core": rates.f_dec / 1e9,
             "mem_gb_s_per_node": rates.bandwidth / 1e9, "cores_per_node": cores, "prefill_fit": how,
-            "cells": [_cell_id(r) for r in cells], "checks": checks}
-
-
-def _cell_id(run: dict) -> str:
-    c = run["cell"]
-    return f"{c['parallel_strategy']}_{c['attention_algo']}_np{c['nranks']}_p{c['prompt_len']}"
+            "cells": [CellId.of_run(r).name for r in cells], "checks": checks}
 
 
 # --------------------------------------------------------------------------- comm.json
@@ -454,37 +449,67 @@ def engine_strategy(cell: dict) -> str:
     return cell["parallel_strategy"]
 
 
+def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, intra: Network, dtype_bytes: float) -> dict:
+    """One bench cell beside the model's prediction of it (intra-node network, this machine)."""
+    c, name = run["cell"], CellId.of_run(run).name
+    cores, _ = _cores(run)
+    place = local_placement(c["nranks"], cores, c["threads_per_rank"])
+    rates = Rates(**cal[c["attention_algo"]]["rates"])
+    p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place, rates, intra, dtype_bytes,
+                gen_len=c["gen_len"])
+    meas_pre, meas_dec = run["prefill"]["tokens_per_s"], run["decode"]["tokens_per_s"]
+    return {
+        "cell": name, "parallel_strategy": c["parallel_strategy"],
+        "attention_algo": c["attention_algo"], "nranks": c["nranks"], "prompt_len": c["prompt_len"],
+        "gen_len": c["gen_len"], "threads_per_rank": c["threads_per_rank"],
+        "oversubscribed": bool(run["environment"].get("oversubscribed", False)),
+        "calibration_cell": name in cal[c["attention_algo"]]["cells"],
+        "measured_prefill_tok_s": meas_pre, "predicted_prefill_tok_s": p["prefill_tok_s"],
+        "prefill_error_pct": _pct(p["prefill_tok_s"], meas_pre),
+        "measured_decode_tok_s": meas_dec, "predicted_decode_tok_s": p["decode_tok_s"],
+        "decode_error_pct": _pct(p["decode_tok_s"], meas_dec),
+        "measured_prefill_comm_s": run["prefill"].get("comm_s"),
+        "predicted_prefill_comm_s": p["prefill"]["comm_s"],
+        "measured_decode_comm_s": run["decode"].get("comm_s"),
+        "predicted_decode_comm_s": p["decode"]["comm_s"],
+        "predicted_prefill_bound": p["prefill"]["bound"], "predicted_decode_bound": p["decode"]["bound"],
+    }
+
+
+def predicted_curves(cfg: Qwen3Config, cal: dict, cluster: dict, intra: Network, dtype_bytes: float,
+                     ranks: list[int], prompt_lens: list[int]) -> list[dict]:
+    """tok/s per (algorithm, strategy, T, P) on the cluster; the layouts that cannot run say why."""
+    desc, _, _, _ = cluster_machine(cluster, cal[sorted(cal)[0]], intra)
+    curves = []
+    for algo in sorted(cal):
+        _, rates, intra_net, inter = cluster_machine(cluster, cal[algo], intra)
+        for strategy in STRATEGIES:
+            for T in prompt_lens:
+                for P in ranks:
+                    place = cluster_placement(P, desc["cores_per_node"], desc["ranks_per_node"])
+                    row = {"strategy": strategy, "attention_algo": algo, "nranks": P, "prompt_len": T,
+                           "nodes": place.nodes}
+                    reason = why_not(cfg, strategy, P, T)
+                    if reason:
+                        curves.append({**row, "feasible": False, "reason": reason})
+                        continue
+                    net = intra_net if place.nodes == 1 else inter
+                    p = predict(cfg, strategy, P, T, place, rates, net, dtype_bytes)
+                    curves.append({**row, "feasible": True, "prefill_tok_s": p["prefill_tok_s"],
+                                   "decode_tok_s": p["decode_tok_s"],
+                                   "prefill": p["prefill"], "decode": p["decode"]})
+    return curves
+
+
 def model_group(runs: list[dict], intra: Network, intra_info: dict, cluster: dict,
                 ranks: list[int], prompt_lens: list[int]) -> dict:
+    """The cost model of one (model config, dtype) group: calibration, cells, error, curves."""
     cfg = Qwen3Config.from_dict({**runs[0]["model"]["config"], "model_type": "qwen3"})
     b = dtype_bytes_of(runs[0])
     cal = calibrate(cfg, runs)
-    cells = []
-    for r in sorted(runs, key=lambda r: (r["cell"]["parallel_strategy"], r["cell"]["attention_algo"],
-                                         r["cell"]["prompt_len"], r["cell"]["nranks"])):
-        c = r["cell"]
-        cores, _ = _cores(r)
-        place = local_placement(c["nranks"], cores, c["threads_per_rank"])
-        rates = Rates(**cal[c["attention_algo"]]["rates"])
-        p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place,
-                    rates, intra, b, gen_len=c["gen_len"])
-        meas_pre, meas_dec = r["prefill"]["tokens_per_s"], r["decode"]["tokens_per_s"]
-        cells.append({
-            "cell": _cell_id(r), "parallel_strategy": c["parallel_strategy"],
-            "attention_algo": c["attention_algo"], "nranks": c["nranks"], "prompt_len": c["prompt_len"],
-            "gen_len": c["gen_len"], "threads_per_rank": c["threads_per_rank"],
-            "oversubscribed": bool(r["environment"].get("oversubscribed", False)),
-            "calibration_cell": _cell_id(r) in cal[c["attention_algo"]]["cells"],
-            "measured_prefill_tok_s": meas_pre, "predicted_prefill_tok_s": p["prefill_tok_s"],
-            "prefill_error_pct": _pct(p["prefill_tok_s"], meas_pre),
-            "measured_decode_tok_s": meas_dec, "predicted_decode_tok_s": p["decode_tok_s"],
-            "decode_error_pct": _pct(p["decode_tok_s"], meas_dec),
-            "measured_prefill_comm_s": r["prefill"].get("comm_s"),
-            "predicted_prefill_comm_s": p["prefill"]["comm_s"],
-            "measured_decode_comm_s": r["decode"].get("comm_s"),
-            "predicted_decode_comm_s": p["decode"]["comm_s"],
-            "predicted_prefill_bound": p["prefill"]["bound"], "predicted_decode_bound": p["decode"]["bound"],
-        })
+    order = sorted(runs, key=lambda r: (r["cell"]["parallel_strategy"], r["cell"]["attention_algo"],
+                                        r["cell"]["prompt_len"], r["cell"]["nranks"]))
+    cells = [measured_cell(cfg, r, cal, intra, b) for r in order]
     held_out = [x for x in cells if not x["calibration_cell"]]
     error = {"cells": len(cells), "held_out_cells": len(held_out)}
     for phase in ("prefill", "decode"):
@@ -492,30 +517,11 @@ def model_group(runs: list[dict], intra: Network, intra_info: dict, cluster: dic
         error[f"{phase}_mean_abs_error_pct"] = statistics.fmean(errs) if errs else None
         error[f"{phase}_max_abs_error_pct"] = max(errs) if errs else None
     calibration = {algo: {k: v for k, v in c.items() if k != "rates"} for algo, c in cal.items()}
-    first = cal[sorted(cal)[0]]
-    desc, _, _, _ = cluster_machine(cluster, first, intra)
-    curves = []
-    for algo in sorted(cal):
-        _, rates, intra_net, inter = cluster_machine(cluster, cal[algo], intra)
-        for strategy in STRATEGIES:
-            for T in prompt_lens:
-                for P in ranks:
-                    row = {"strategy": strategy, "attention_algo": algo, "nranks": P, "prompt_len": T}
-                    why = feasible(cfg, strategy, P, T)
-                    place = cluster_placement(P, desc["cores_per_node"], desc["ranks_per_node"])
-                    row["nodes"] = place.nodes
-                    if why:
-                        curves.append({**row, "feasible": False, "reason": why})
-                        continue
-                    net = intra_net if place.nodes == 1 else inter
-                    p = predict(cfg, strategy, P, T, place, rates, net, b)
-                    curves.append({**row, "feasible": True, "prefill_tok_s": p["prefill_tok_s"],
-                                   "decode_tok_s": p["decode_tok_s"],
-                                   "prefill": p["prefill"], "decode": p["decode"]})
+    desc, _, _, _ = cluster_machine(cluster, cal[sorted(cal)[0]], intra)
     return {"model": {"config": cfg.to_dict(), "dtype": runs[0]["model"].get("dtype", "float32"),
                       "dtype_bytes": b},
             "calibration": calibration, "intra_node": intra_info, "cells": cells, "error": error,
-            "cluster": desc, "curves": curves}
+            "cluster": desc, "curves": predicted_curves(cfg, cal, cluster, intra, b, ranks, prompt_lens)}
 
 
 def build(runs: list[dict], comm: dict | None, cluster: dict | None = None,
@@ -531,7 +537,7 @@ def build(runs: list[dict], comm: dict | None, cluster: dict | None = None,
                                       prompt_lens or DEFAULT_PROMPT_LENS))
         except ValueError as e:  # e.g. a bf16 group without a single-rank cell: say so, go on
             skipped.append({"config": g[0]["model"]["config"], "dtype": g[0]["model"].get("dtype"),
-                            "cells": [_cell_id(r) for r in g], "reason": str(e)})
+                            "cells": [CellId.of_run(r).name for r in g], "reason": str(e)})
     if not groups:
         raise ValueError("; ".join(s["reason"] for s in skipped))
     return {"schema_version": SCHEMA_VERSION, "equations_md": EQUATIONS_MD.strip(), "skipped": skipped,

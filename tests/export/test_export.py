@@ -94,17 +94,24 @@ def test_views_are_read_only_memmaps(synthetic_tiny_export):
 def test_shards_reassemble(nranks, tiny_export):
     export = open_export(tiny_export(TINY_GQA1_TIED))  # 4 KV heads: P = 1, 2, 4 all divide
     cfg = export.cfg
+    counts = {"q": cfg.num_attention_heads, "kv": cfg.num_key_value_heads, "mlp": cfg.intermediate_size}
+
+    def equal_block(kind, r):  # rank r's equal share of the heads or features the rows are grouped by
+        n = counts[kind] // nranks
+        return range(r * n, (r + 1) * n)
+
     for spec in layout.tensor_specs(cfg):
         full = export.tensor(spec.name)
-        parts = [export.shard(spec.name, r, nranks) for r in range(nranks)]
+        parts = [export.shard(spec.name, equal_block(spec.shard, r) if spec.shard else None)
+                 for r in range(nranks)]
         for part in parts:
             assert np.shares_memory(part, full) and part.flags.c_contiguous and not part.flags.writeable
         if spec.shard is None:
             assert all(p.shape == full.shape for p in parts)
         else:
             assert np.array_equal(np.concatenate(parts), full), spec.name
-    heads_r = cfg.num_attention_heads // nranks
-    w = export.layer(1, nranks - 1, nranks)
+    heads_r, last = cfg.num_attention_heads // nranks, nranks - 1
+    w = export.layer(1, equal_block("q", last), equal_block("kv", last), equal_block("mlp", last))
     assert w.wq.shape == w.wo_t.shape == (heads_r * cfg.head_dim, cfg.hidden_size)
     assert w.wk.shape == (cfg.num_key_value_heads // nranks * cfg.head_dim, cfg.hidden_size)
     assert w.w_gate.shape == w.w_down_t.shape == (cfg.intermediate_size // nranks, cfg.hidden_size)
@@ -112,14 +119,21 @@ def test_shards_reassemble(nranks, tiny_export):
     np.testing.assert_array_equal(w.wq, export.tensor("layers.1.wq")[-heads_r * cfg.head_dim:])
 
 
-def test_shard_count_must_divide_kv_heads(synthetic_tiny_export):
+def test_shard_blocks_are_rows_of_heads_and_features(synthetic_tiny_export):
+    """A block counts heads for q/k/v/o (head_dim rows each) and features for the MLP; one outside
+    the tensor is an error naming it. (Which P can run is pipeline.engine.partition's: tests/engine.)"""
     export = open_export(synthetic_tiny_export)
-    kv = export.cfg.num_key_value_heads
-    bad = kv + 1  # never divides kv
-    with pytest.raises(ValueError, match=rf"{bad} ranks do not divide num_key_value_heads={kv}.*P in \[1, "):
-        export.shard("layers.0.wq", 0, bad)
-    with pytest.raises(ValueError, match="rank 2 out of range"):
-        export.shard("layers.0.wq", 2, 2)
+    cfg = export.cfg
+    D, H = cfg.head_dim, cfg.num_attention_heads
+    np.testing.assert_array_equal(export.shard("layers.0.wk", range(1, 2)),
+                                  export.tensor("layers.0.wk")[D: 2 * D])
+    np.testing.assert_array_equal(export.shard("layers.0.w_up", range(3, 5)),
+                                  export.tensor("layers.0.w_up")[3:5])
+    assert export.shard("layers.0.attn_norm", range(0, 1)).shape == (cfg.hidden_size,)
+    with pytest.raises(ValueError, match=rf"'layers.0.wq': block range\(0, {H + 1}\) .* its {H} heads"):
+        export.shard("layers.0.wq", range(H + 1))
+    with pytest.raises(ValueError, match="'layers.0.w_gate'"):
+        export.shard("layers.0.w_gate", range(0, 4, 2))
 
 
 def test_tokenizer_is_copied(synthetic_tiny_checkpoint, tmp_path):

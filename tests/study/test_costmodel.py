@@ -85,6 +85,21 @@ def test_sequence_blocks_cover_the_causal_triangle(P):
         assert zigzag / (attention_pairs(T) / P) == pytest.approx(1.0, rel=0.02)
 
 
+def test_curves_cover_exactly_the_layouts_the_engine_can_run():
+    """Head-wise where P divides the KV heads and the MLP features, sequence where every rank gets
+    a prompt token; the others carry the engine's reason, naming P."""
+    cfg = Qwen3Config(**dict(PRESETS["tiny"], intermediate_size=90))  # 4 KV heads: P=4 splits them, not I
+    run = fake_run("headwise", "standard", 1, 16, 2000, 400, cfg=cfg)
+    result = cm.build([run], comm=None, ranks=[1, 2, 3, 4, 5, 8], prompt_lens=[2, 4, 16])
+    rows = result["groups"][0]["curves"]
+    assert {r["strategy"] for r in rows} == {"headwise", "sequence", "sequence_zigzag"}
+    for row in rows:
+        P, T = row["nranks"], row["prompt_len"]
+        runs = 4 % P == 0 and 90 % P == 0 if row["strategy"] == "headwise" else T >= P
+        assert row["feasible"] == runs, row
+        assert runs or f"{P} ranks" in row["reason"]
+
+
 def test_predictions_are_sane():
     run = fake_run("headwise", "online_softmax", 1, 128, prefill_tps=200, decode_tps=10)
     result = cm.build([run], comm=None, cluster={"net_alpha_s": 2e-6, "net_bandwidth_gb_s": 25.0})

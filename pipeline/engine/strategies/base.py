@@ -12,7 +12,8 @@ import numpy as np
 
 from model_export.config import Qwen3Config
 from model_export.reader import Export, LayerWeights
-from pipeline.engine.comm import Comm, split_range
+from pipeline.engine import partition
+from pipeline.engine.comm import Comm
 
 
 class Strategy(ABC):
@@ -21,20 +22,21 @@ class Strategy(ABC):
     def __init__(self, comm: Comm, cfg: Qwen3Config, attend_fn, max_seq: int) -> None:
         self.comm, self.cfg, self.max_seq = comm, cfg, max_seq
         self.attend_fn = attend_fn  # attention kernel with the algorithm already chosen
-        v0, v1 = split_range(cfg.vocab_size, comm.size, comm.rank)
-        self.vocab_rows = slice(v0, v1)  # this rank's block of the vocabulary-parallel lm_head
-        bounds = [split_range(cfg.vocab_size, comm.size, r) for r in range(comm.size)]
-        self.vocab_counts = np.array([b - a for a, b in bounds], dtype=np.int64)
-        self.vocab_displs = np.array([a for a, _ in bounds], dtype=np.int64)
+        self.shard = partition.shard(cfg, self.name, comm.size, comm.rank)  # what this rank holds
+        self.vocab_rows = slice(self.shard.vocab.start, self.shard.vocab.stop)  # its lm_head rows
+        vocab = [partition.shard(cfg, self.name, comm.size, r).vocab for r in range(comm.size)]
+        self.vocab_counts = np.array([len(b) for b in vocab], dtype=np.int64)
+        self.vocab_displs = np.array([b.start for b in vocab], dtype=np.int64)
 
     @classmethod
     def check(cls, cfg: Qwen3Config, nranks: int, prompt_len: int) -> None:
         """Raise ValueError when this strategy cannot run the job; called before any heavy work."""
-        return None
+        partition.check(cfg, cls.name, nranks, prompt_len)
 
-    @abstractmethod
     def layer_weights(self, export: Export, i: int) -> LayerWeights:
         """The weights of layer i this rank multiplies with (zero-copy views of the export)."""
+        s = self.shard
+        return export.layer(i, q_heads=s.q_heads, kv_heads=s.kv_heads, features=s.features)
 
     @abstractmethod
     def plan_prefill(self, T: int) -> np.ndarray:

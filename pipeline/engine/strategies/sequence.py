@@ -16,20 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from ext.attention import merge
-from model_export.reader import Export, LayerWeights
-from pipeline.engine.comm import split_range
+from pipeline.engine import partition
 from pipeline.engine.strategies.base import Strategy
 
-LAYOUTS = ("zigzag", "contiguous")
-
-
-def chunks_of(T: int, nranks: int, rank: int, layout: str) -> list[tuple[int, int]]:
-    """[start, stop) position ranges of the prompt that `rank` computes, in local row order."""
-    if layout == "contiguous":
-        return [split_range(T, nranks, rank)]
-    if layout == "zigzag":
-        return [split_range(T, 2 * nranks, rank), split_range(T, 2 * nranks, 2 * nranks - 1 - rank)]
-    raise ValueError(f"unknown sequence layout {layout!r}; choose from {list(LAYOUTS)}")
+LAYOUTS = partition.SEQUENCE_LAYOUTS
 
 
 class SequenceStrategy(Strategy):
@@ -37,7 +27,7 @@ class SequenceStrategy(Strategy):
 
     def __init__(self, comm, cfg, attend_fn, max_seq: int, layout: str = "zigzag") -> None:
         super().__init__(comm, cfg, attend_fn, max_seq)
-        chunks_of(1, 1, 0, layout)  # reject an unknown layout now
+        partition.prompt_chunks(self.name, 1, 1, 0, layout)  # reject an unknown layout now
         self.layout = layout
         P, L = comm.size, cfg.num_hidden_layers
         H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -58,28 +48,18 @@ class SequenceStrategy(Strategy):
         self.plan: list[tuple[tuple[int, int], slice, np.ndarray, np.ndarray]] = []
         self.T = 0
 
-    @classmethod
-    def check(cls, cfg, nranks: int, prompt_len: int) -> None:
-        if prompt_len < nranks:
-            raise ValueError(
-                f"sequence: the prompt has {prompt_len} tokens, fewer than the {nranks} ranks; "
-                f"every rank needs at least one token (use P <= {prompt_len})")
-
-    def layer_weights(self, export: Export, i: int) -> LayerWeights:
-        return export.layer(i, 0, 1)
-
     def plan_prefill(self, T: int) -> np.ndarray:
         """Per chunk: its positions, its local rows, and the Allgatherv counts/displs (in floats)."""
         P, row = self.comm.size, self.cfg.num_key_value_heads * self.cfg.head_dim
-        everyone = [chunks_of(T, P, r, self.layout) for r in range(P)]
+        everyone = [partition.prompt_chunks(self.name, T, P, r, self.layout) for r in range(P)]
         self.plan, first = [], 0
-        for c, (a, b) in enumerate(everyone[self.comm.rank]):
-            counts = np.array([(ch[c][1] - ch[c][0]) * row for ch in everyone], np.int64)
-            displs = np.array([ch[c][0] * row for ch in everyone], np.int64)
-            self.plan.append(((a, b), slice(first, first + b - a), counts, displs))
-            first += b - a
+        for c, chunk in enumerate(everyone[self.comm.rank]):
+            counts = np.array([len(ch[c]) * row for ch in everyone], np.int64)
+            displs = np.array([ch[c].start * row for ch in everyone], np.int64)
+            self.plan.append(((chunk.start, chunk.stop), slice(first, first + len(chunk)), counts, displs))
+            first += len(chunk)
         self.T = T
-        return np.concatenate([np.arange(a, b) for a, b in everyone[self.comm.rank]])
+        return np.concatenate([np.arange(ch.start, ch.stop) for ch in everyone[self.comm.rank]])
 
     def attend(self, layer, q, k, v, out, pos, prefill) -> None:
         if prefill:
@@ -129,7 +109,8 @@ class SequenceStrategy(Strategy):
 
     def last_token_owner(self, T: int) -> int:
         for r in range(self.comm.size):
-            if any(a < b == T for a, b in chunks_of(T, self.comm.size, r, self.layout)):
+            chunks = partition.prompt_chunks(self.name, T, self.comm.size, r, self.layout)
+            if any(len(ch) and ch.stop == T for ch in chunks):
                 return r
         raise AssertionError("no rank holds the last position")
 
