@@ -24,6 +24,8 @@ import resource
 import socket
 import sys
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +33,10 @@ from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model
 from pipeline.engine.prompts import random_prompt
 from pipeline.study.stats import logits_digest, timings
+
+if TYPE_CHECKING:  # only for the annotations: torch and transformers are optional
+    import torch as torch_module
+    from transformers import Qwen3ForCausalLM
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
@@ -62,7 +68,7 @@ def unavailable(reason: str) -> dict:
     return {"schema_version": SCHEMA_VERSION, "name": NAME, "available": False, "reason": reason}
 
 
-def import_hf():
+def import_hf() -> tuple[tuple | None, str | None]:
     """(torch, Qwen3ForCausalLM), or the reason they cannot be used."""
     try:
         import torch
@@ -73,7 +79,7 @@ def import_hf():
     return (torch, transformers, Qwen3ForCausalLM), None
 
 
-def set_torch_threads(torch, threads: int) -> None:
+def set_torch_threads(torch: ModuleType, threads: int) -> None:
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -81,7 +87,7 @@ def set_torch_threads(torch, threads: int) -> None:
         pass
 
 
-def one_iteration(model, torch, ids, gen_len: int) -> dict:
+def one_iteration(model: Qwen3ForCausalLM, torch: ModuleType, ids: torch_module.Tensor, gen_len: int) -> dict:
     """One prefill of `ids` (1, T) into an empty cache, then gen_len greedy decode steps on it."""
 
     def forward(input_ids, cache=None):
@@ -105,7 +111,8 @@ def one_iteration(model, torch, ids, gen_len: int) -> dict:
             "first": first, "final": out.logits[0, -1].float().numpy()}
 
 
-def timed_iterations(model, torch, prompt: np.ndarray, args: argparse.Namespace) -> list[dict]:
+def timed_iterations(model: Qwen3ForCausalLM, torch: ModuleType, prompt: np.ndarray,
+                     args: argparse.Namespace) -> list[dict]:
     """args.warmup + args.iters iterations; the timed ones (warm-up excluded)."""
     ids = torch.from_numpy(prompt.astype(np.int64))[None, :]  # (1, T)
     runs = []
@@ -120,7 +127,7 @@ def timed_iterations(model, torch, prompt: np.ndarray, args: argparse.Namespace)
     return runs
 
 
-def environment(torch, transformers, model) -> dict:
+def environment(torch: ModuleType, transformers: ModuleType, model: Qwen3ForCausalLM) -> dict:
     return {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count() or 1,

@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from model_export.atomic import write_json_atomic
+from model_export.config import Qwen3Config
 from model_export.dtypes import itemsize
 from model_export.reader import Export, open_export
 from pipeline.cells import CellId
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> dict | None:
     return result
 
 
-def ceilings_on_rank0(comm: Comm, cfg, prompt_len: int, threads: int) -> dict | None:
+def ceilings_on_rank0(comm: Comm, cfg: Qwen3Config, prompt_len: int, threads: int) -> dict | None:
     """The machine's GEMM and streaming-GEMV ceilings, measured in this run with the job's cores.
 
     Rank 0 measures; the others wait on a polled Ibarrier that sleeps, because MPICH's blocking
@@ -165,7 +166,7 @@ def ceilings_on_rank0(comm: Comm, cfg, prompt_len: int, threads: int) -> dict | 
     return ceilings
 
 
-def roofline(export, args, result: dict, ceilings: dict) -> dict:
+def roofline(export: Export, args: argparse.Namespace, result: dict, ceilings: dict) -> dict:
     """Prefill FLOP/s over the GEMM ceiling, decode bytes/s over the streaming bandwidth."""
     dtype_bytes = itemsize(export.dtype_name)
     fractions = roofline_fractions(export.cfg, ceilings, prompt_len=args.prompt_len, gen_len=args.gen_len,
@@ -190,8 +191,8 @@ def slowest_rank(comm: Comm, runs: list[dict]) -> tuple[np.ndarray, np.ndarray, 
     return local, steps, bytes_sent
 
 
-def summarise(args, comm: Comm, export, threads: int, prompt: np.ndarray, runs: list[dict],
-              attention_scratch_bytes: int = 0) -> dict | None:
+def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int, prompt: np.ndarray,
+              runs: list[dict], attention_scratch_bytes: int = 0) -> dict | None:
     """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
     local, steps, bytes_sent = slowest_rank(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
