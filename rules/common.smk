@@ -180,9 +180,11 @@ def get_kernel_libraries():
 
 
 def get_engine_sources():
-    """The engine's Python sources: editing them reruns the benchmarks."""
-    names = ["bench", "model", "comm", "weights", "threads", "generate", "jobs", "prompts", "roofline"]
-    files = [f"pipeline/{name}.py" for name in names] + glob("pipeline/engine/strategies/*.py")
+    """What a bench job runs besides the kernels (the engine, the export reader, the bench program):
+    editing them reruns the benchmarks."""
+    files = glob("pipeline/engine/**/*.py", recursive=True) + ["pipeline/__init__.py", "pipeline/cells.py"]
+    files += [f"pipeline/study/{name}.py" for name in ("bench", "stats", "roofline")]
+    files += [f"model_export/{name}.py" for name in ("config", "dtypes", "layout", "reader")]
     return sorted(f for f in files if os.path.exists(f))
 
 
