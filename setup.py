@@ -14,6 +14,8 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+# -march=native: the kernels use the SIMD width of the CPU that builds them
+# (docs/design-notes.md#vector-width); -ffp-contract=fast: a * b + c may become one FMA.
 COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
 LINK_ARGS = ["-fopenmp"]
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
