@@ -15,7 +15,7 @@
 #   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
 #   results/compare/{name}.json, results/compare/{name}/{variant}_r{round}.json   back-to-back
 #                                            comparisons (dtype, ranks, ceilings) and their rounds' JSONs
-#   results/report.md, results/summary.csv, results/figures/{throughput,cells}_p{prompt_len}.png,
+#   results/report.md, results/summary.{json,csv}, results/figures/{throughput,cells}_p{prompt_len}.png,
 #   results/figures/costmodel.png            (predicted curves beyond this machine)
 #   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)
 #
@@ -155,7 +155,7 @@ rule bench:
 rule verify:
     input:
         runs=get_run_files(),
-        code="pipeline/report/verify.py",
+        code=["pipeline/report/verify.py", "pipeline/cells.py"],
     output:
         md="results/verification.md",
         json="results/verification.json",
@@ -182,9 +182,10 @@ rule report:
         costmodel="results/costmodel.json",
         baseline=get_baseline_files(),
         compare=get_compare_files(),
-        code=["pipeline/report/render.py", "pipeline/report/figures.py"],
+        code=get_report_sources(),
     output:
         md="results/report.md",
+        json="results/summary.json",
         csv="results/summary.csv",
         figures=get_figure_files(),
         complete=touch("results/logs/report.complete"),
@@ -203,7 +204,7 @@ rule report:
         " --compare {input.compare}"
         " --cells {params.cells} --not-applicable {params.not_applicable:q}"
         " --workflow-config {params.workflow_config:q} --logs-dir {params.logs}"
-        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        " --out-md {output.md} --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
 onerror:

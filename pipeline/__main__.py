@@ -22,7 +22,7 @@ COMMANDS = {
     "cluster": ("pipeline.study.cluster", "an emulated cluster: nodes as network namespaces, capped links"),
     "ceilings": ("pipeline.study.roofline", "this machine's GEMM and streaming ceilings"),
     "verify": ("pipeline.report.verify", "every cell against the single-rank reference"),
-    "report": ("pipeline.report.render", "the report, summary.json/csv and figures from the JSONs"),
+    "report": ("pipeline.report.cli", "the report, summary.json/csv and figures from the JSONs"),
 }
 
 

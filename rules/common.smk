@@ -218,6 +218,11 @@ def get_not_applicable():
     return [f"{name}={reason}" for name, applicable, reason in get_cells() if not applicable]
 
 
+def get_report_sources():
+    """The report's code: editing it rebuilds the report (not the cells)."""
+    return sorted(glob("pipeline/report/*.py")) + ["pipeline/cells.py"]
+
+
 def get_figure_files():
     per_length = [f"results/figures/{kind}_p{n}.png" for n in LENGTHS for kind in ("throughput", "cells")]
     return per_length + ["results/figures/costmodel.png"]
@@ -327,6 +332,7 @@ def get_partial_report_command():
     args += ["--compare", *[f for f in get_compare_files() if os.path.exists(f)]]
     args += ["--atol", str(config["verify_atol"]), "--rtol", str(config["verify_rtol"]),
              "--workflow-config", get_workflow_config_json(), "--logs-dir", "results/logs/bench",
-             "--out-md", "results/report.md", "--out-csv", "results/summary.csv", "--partial"]
+             "--out-md", "results/report.md", "--out-json", "results/summary.json",
+             "--out-csv", "results/summary.csv", "--partial"]
     return shlex.join(args) + " > results/logs/report_partial.log 2>&1"
 

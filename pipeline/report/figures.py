@@ -1,14 +1,18 @@
 """The report's figures (matplotlib, Agg backend: no display needed).
 
-Each function draws from the report's Cell records and always writes its file, with a "no data"
-note when nothing was measured, so the workflow's declared outputs exist after a partial run.
+Each function draws from the report's Cell records (pipeline.report.load.Cell) and always writes its
+file, with a "no data" note when nothing was measured, so the workflow's declared outputs exist after a
+partial run.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
+
+from model_export.atomic import write_bytes_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,7 +35,7 @@ def _series(cells, phase):
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def throughput_vs_ranks(cells, prompt_len: int, path: str | Path) -> None:
+def throughput_vs_ranks(cells: list, prompt_len: int, path: str | Path) -> None:
     """tokens/s (median, min-max bars) against rank count, one line per strategy x algorithm."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ranks = sorted({c.nranks for c in cells})
@@ -65,7 +69,7 @@ def throughput_vs_ranks(cells, prompt_len: int, path: str | Path) -> None:
     _save(fig, path)
 
 
-def cells_bars(cells, prompt_len: int, path: str | Path) -> None:
+def cells_bars(cells: list, prompt_len: int, path: str | Path) -> None:
     """Prefill and decode tokens/s of every cell; missing and not-applicable cells labelled."""
     labels = [f"{c.strategy} {c.algo} P={c.nranks}" for c in cells]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(cells), 4) + 1.5))
@@ -100,7 +104,7 @@ def cells_bars(cells, prompt_len: int, path: str | Path) -> None:
     _save(fig, path)
 
 
-def costmodel_curves(group: dict, cells, path: str | Path, algo: str = "online_softmax") -> None:
+def costmodel_curves(group: dict, cells: list, path: str | Path, algo: str = "online_softmax") -> None:
     """Predicted tokens/s against ranks on the configured cluster (pipeline.study.costmodel's curves), one
     line per strategy at a few prompt lengths, with this machine's measured cells as black crosses."""
     curves = group.get("curves", [])
@@ -152,7 +156,8 @@ def costmodel_curves(group: dict, cells, path: str | Path, algo: str = "online_s
 
 
 def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    """The PNG, written atomically (rendered in memory, then renamed into place)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())

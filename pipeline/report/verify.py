@@ -22,16 +22,14 @@ import math
 import sys
 from pathlib import Path
 
+from model_export.atomic import write_text_atomic
+from pipeline.cells import CellId
+
 SCHEMA = Path(__file__).parents[1] / "study" / "schemas" / "bench.schema.json"
 
 
 class RunError(ValueError):
     """A bench JSON that cannot be used; the message names the file."""
-
-
-def cell_name(run: dict) -> str:
-    c = run["cell"]
-    return f"{c['parallel_strategy']}_{c['attention_algo']}_np{c['nranks']}_p{c['prompt_len']}"
 
 
 def load_run(path: str | Path) -> dict:
@@ -61,7 +59,7 @@ def load_runs(paths: list[str | Path]) -> dict[str, dict]:
     where: dict[str, Path] = {}
     for path in sorted(Path(p) for p in paths):
         run = load_run(path)
-        name = cell_name(run)
+        name = CellId.of_run(run).name
         if name in runs:
             raise RunError(f"{path}: cell {name} is also in {where[name]}")
         runs[name], where[name] = run, path
@@ -70,7 +68,7 @@ def load_runs(paths: list[str | Path]) -> dict[str, dict]:
 
 def reference_key(run: dict) -> tuple:
     c = run["cell"]
-    return (c["parallel_strategy"] != "headwise", c["attention_algo"] != "standard", cell_name(run))
+    return (c["parallel_strategy"] != "headwise", c["attention_algo"] != "standard", CellId.of_run(run).name)
 
 
 def references(runs: dict[str, dict]) -> dict[tuple[int, int], str]:
@@ -120,8 +118,8 @@ def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
     if not l2 <= rtol:
         problems.append(f"logits L2 norm differs by {l2:.3g} (relative) > rtol {rtol:g}")
     return {
-        "cell": cell_name(run),
-        "reference": cell_name(ref),
+        "cell": CellId.of_run(run).name,
+        "reference": CellId.of_run(ref).name,
         "same_prompt": same_prompt,
         "tokens_equal": first_diff is None,
         "first_token_mismatch": first_diff,
@@ -137,7 +135,7 @@ def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
 def unverified(run: dict, problem: str) -> dict:
     nan = math.nan
     return {
-        "cell": cell_name(run),
+        "cell": CellId.of_run(run).name,
         "reference": "—",
         "same_prompt": False,
         "tokens_equal": False,
@@ -283,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     markdown = render_markdown(result)
     for out, text in ((args.out_md, markdown), (args.out_json, json.dumps(json_safe(result), indent=1))):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        write_text_atomic(out, text + "\n")
     print(markdown)
     if not result["ok"]:
         for c in result["cells"]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.cells import CellId
 from pipeline.report import verify
 from tests.report.fakes import MATRIX, fake_run, matrix_runs, write_runs
 
@@ -67,9 +68,9 @@ def test_verify_mismatch_fails_naming_cells(tmp_path, capsys):
     )
     assert rc == 1
     err = capsys.readouterr().err
-    assert f"{verify.cell_name(runs[5])} does not match headwise_standard_np1_p16" in err
+    assert f"{CellId.of_run(runs[5]).name} does not match headwise_standard_np1_p16" in err
     assert "greedy tokens differ from step 2" in err
-    assert verify.cell_name(runs[6]) in err
+    assert CellId.of_run(runs[6]).name in err
     assert "MISMATCH" in (tmp_path / "v.md").read_text()
 
 

@@ -1,0 +1,217 @@
+"""Where the time and memory go, per cell: compute against communication, the roofline (achieved rate
+over the ceilings measured in the same run) and the memory of every rank."""
+
+from __future__ import annotations
+
+import statistics
+
+from pipeline.report.fmt import PHASES, flatten, fnum, fval, is_number, pct, table
+from pipeline.report.load import Cell
+
+DISTURBED = 0.5  # a ceiling under half the median of all cells' was measured on a busy machine
+
+
+def communication(cells: list[Cell]) -> dict:
+    """Per cell and phase: compute and MPI ms of the slowest rank, the MPI share, bytes sent per token."""
+    rows = []
+    for c in cells:
+        if not (c.run and any("comm_s" in c.run[p] for p in PHASES)):
+            continue
+        row = {"cell": c.name}
+        for phase in PHASES:
+            ph = c.run[phase]
+            comm, comp = ph.get("comm_s"), ph.get("compute_s")
+            row.update(
+                {
+                    f"{phase}_compute_ms": 1e3 * comp if comp is not None else None,
+                    f"{phase}_comm_ms": 1e3 * comm if comm is not None else None,
+                    f"{phase}_comm_share": comm / ph["median_s"]
+                    if comm is not None and ph["median_s"]
+                    else None,
+                    f"{phase}_bytes_sent_per_token": ph.get("bytes_sent_per_token"),
+                }
+            )
+        rows.append(row)
+    extra = [{"cell": c.name, **flatten(c.run["comm"])} for c in cells if c.run and c.run.get("comm")]
+    return {"cells": rows, "measurements": extra}
+
+
+def roofline(cells: list[Cell]) -> dict:
+    """Per cell: prefill GFLOP/s and decode GB/s against the GEMM and streaming ceilings of its run."""
+    measured = [c for c in cells if c.run and c.run.get("roofline")]
+    typical = {}
+    for key in ("gemm_gflops", "gemv_gb_s"):
+        values = [c.run["roofline"][key] for c in measured if is_number(c.run["roofline"].get(key))]
+        if values:
+            typical[key] = statistics.median(values)
+    rows, disturbed = [], []
+    for c in measured:
+        r = c.run["roofline"]
+        best = r.get("ceilings") or {}
+        if any(is_number(r.get(k)) and r[k] < DISTURBED * t for k, t in typical.items()):
+            disturbed.append(c.name)
+        rows.append(
+            {
+                "cell": c.name,
+                "oversubscribed": bool(c.run.get("environment", {}).get("oversubscribed")),
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "prefill_gflops",
+                        "gemm_gflops",
+                        "prefill_fraction",
+                        "decode_gb_s",
+                        "gemv_gb_s",
+                        "decode_fraction",
+                    )
+                },
+                "gemm_gflops_best": best.get("gemm_gflops_best"),
+                "gemv_gb_s_best": best.get("gemv_gb_s_best"),
+            }
+        )
+    return {"cells": rows, "typical_ceilings": typical, "disturbed": disturbed}
+
+
+def memory(cells: list[Cell]) -> list[dict]:
+    """Per cell: every rank's peak RSS and private (anonymous) memory, the largest attention scratch."""
+    out = []
+    for c in cells:
+        mem = c.run.get("memory", {}) if c.run else {}
+        if not mem.get("peak_rss_mb"):
+            continue
+        scratch = mem.get("attention_scratch_mb")
+        out.append(
+            {
+                "cell": c.name,
+                "peak_rss_mb": mem["peak_rss_mb"],
+                "peak_rss_mb_max": max(mem["peak_rss_mb"]),
+                "anon_mb": mem.get("anon_mb"),
+                "attention_scratch_mb_max": max(scratch) if scratch else None,
+            }
+        )
+    return out
+
+
+def records(cells: list[Cell]) -> dict:
+    return {"communication": communication(cells), "roofline": roofline(cells), "memory": memory(cells)}
+
+
+def communication_lines(rec: dict) -> list[str]:
+    if not rec["cells"]:
+        return []
+    keys = ("compute_ms", "comm_ms", "comm_share", "bytes_sent_per_token")
+    names = ("compute ms", "comm ms", "comm share", "bytes sent/token/rank")
+    head = ["cell"] + [f"{p} {k}" for p in PHASES for k in names]
+    body = [
+        [
+            r["cell"],
+            *[pct(r[f"{p}_{k}"]) if k == "comm_share" else fnum(r[f"{p}_{k}"]) for p in PHASES for k in keys],
+        ]
+        for r in rec["cells"]
+    ]
+    lines = [
+        "## Compute and communication",
+        "",
+        "Median time split into compute and communication (MPI calls) for the slowest rank, and the "
+        "bytes each rank sends per token.",
+        "",
+        *table(head, body),
+        "",
+    ]
+    if rec["measurements"]:
+        cols = sorted({k for m in rec["measurements"] for k in m if k != "cell"})
+        lines += [
+            "Communication measurements:",
+            "",
+            *table(
+                ["cell", *cols],
+                [[m["cell"], *[fval(m.get(k, "—")) for k in cols]] for m in rec["measurements"]],
+            ),
+            "",
+        ]
+    return lines
+
+
+def with_best(value: object, best: object) -> str:
+    return fnum(value) + (f" (best {fnum(best)})" if is_number(best) else "")
+
+
+def roofline_lines(rec: dict) -> list[str]:
+    if not rec["cells"]:
+        return []
+    head = [
+        "cell",
+        "prefill GFLOP/s",
+        "GEMM ceiling GFLOP/s",
+        "prefill % of ceiling",
+        "decode GB/s",
+        "streaming ceiling GB/s",
+        "decode % of ceiling",
+    ]
+    body = [
+        [
+            r["cell"] + (" †" if r["oversubscribed"] else ""),
+            fnum(r["prefill_gflops"]),
+            with_best(r["gemm_gflops"], r["gemm_gflops_best"]),
+            pct(r["prefill_fraction"]),
+            fnum(r["decode_gb_s"]),
+            with_best(r["gemv_gb_s"], r["gemv_gb_s_best"]),
+            pct(r["decode_fraction"]),
+        ]
+        for r in rec["cells"]
+    ]
+    lines = [
+        "## Roofline",
+        "",
+        "Ceilings measured in the same run with the job's cores: NumPy's float32 GEMM at the model's "
+        "prefill shapes (median; best repeat in brackets) and the bandwidth of GEMVs streaming distinct "
+        "weights from DRAM. Prefill GFLOP/s = the model's FLOPs of the prompt / prefill time; decode "
+        "GB/s = the weights and KV cache read by the decode steps / decode time (study/roofline.py). "
+        "The ceilings are NumPy's (OpenBLAS) rates, not the hardware's peaks: above 100% our kernels "
+        "stream or compute faster than NumPy's on the same shapes.",
+        "",
+        *table(head, body),
+        "",
+    ]
+    if rec["disturbed"]:
+        lines += [
+            "Ceilings below half the median of all cells (the machine was busy while they were measured, "
+            "so these cells' fractions are not trustworthy): " + ", ".join(rec["disturbed"]) + ".",
+            "",
+        ]
+    return lines
+
+
+def memory_lines(recs: list[dict]) -> list[str]:
+    if not recs:
+        return []
+    anon = any(r["anon_mb"] for r in recs)
+    scratch = any(r["attention_scratch_mb_max"] for r in recs)
+    head = (
+        ["cell", "peak RSS max MB", "peak RSS per rank MB"]
+        + (["private (anon) per rank MB"] if anon else [])
+        + (["attention working memory MB (largest rank)"] if scratch else [])
+    )
+    body = []
+    for r in recs:
+        row = [r["cell"], fnum(r["peak_rss_mb_max"]), ", ".join(fnum(x) for x in r["peak_rss_mb"])]
+        if anon:
+            row.append(", ".join(fnum(x) for x in r["anon_mb"] or []) or "—")
+        if scratch:
+            row.append(fnum(r["attention_scratch_mb_max"], 2))
+        body.append(row)
+    text = (
+        "Peak resident set size per rank (weights are memory-mapped and shared through the page cache, so "
+        "they count in every rank's RSS)"
+        + (
+            "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds."
+            if anon
+            else "."
+        )
+    )
+    if scratch:
+        text += (
+            " Attention working memory: the most one attention call held (standard: the whole heads x "
+            "queries x keys score tensor; online_softmax: one block of scores per thread)."
+        )
+    return ["## Memory", "", text, "", *table(head, body), ""]

@@ -1,0 +1,165 @@
+"""The per-cell tables: per prompt length, prefill and decode per rank count (the fastest row bold,
+the HF baseline beside the 1-rank cells), scaling with ranks; and the cells without a result.
+
+Rendered from summary.json's "cells" rows (the CSV's), "rankings" and "baselines" records.
+"""
+
+from __future__ import annotations
+
+from pipeline.report import baselines as hf
+from pipeline.report.fmt import PHASES, fnum, pct, ranks, ratio, table, tok_s
+
+PREFILL_HEAD = [
+    "strategy",
+    "algorithm",
+    "median ms",
+    "ms/token",
+    "tokens/s median (min–max)",
+    "seed: total ms",
+    "seed: ms/token",
+    "seed: tokens/s",
+]
+DECODE_HEAD = [
+    "strategy",
+    "algorithm",
+    "median ms",
+    "ms/token",
+    "tokens/s median (min–max)",
+    "step p50 / p90 ms",
+]
+ROOFLINE_HEAD = {"prefill": "% of GEMM ceiling", "decode": "% of streaming bandwidth"}
+
+
+def dagger(row: dict) -> str:
+    """† after an oversubscribed cell (more ranks x threads than cores)."""
+    return " †" if row.get("oversubscribed") else ""
+
+
+def status_lines(rows: list[dict]) -> list[str]:
+    gaps = [r for r in rows if r["status"] != "ok"]
+    lines = ["## Cells", "", f"{len(rows) - len(gaps)} of {len(rows)} cells measured."]
+    if gaps:
+        lines += [
+            "",
+            *table(["cell", "status", "why"], [[r["cell"], r["status"], r["reason"]] for r in gaps]),
+        ]
+    return lines + [""]
+
+
+def cell_row(row: dict, phase: str, roofline: bool, bold: bool) -> list[str]:
+    if row["status"] != "ok":
+        width = len(PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + roofline
+        return [row["strategy"], row["algorithm"], row["status"], *(["—"] * (width - 3))]
+    out = [
+        row["strategy"],
+        row["algorithm"] + dagger(row),
+        fnum(row[f"{phase}_median_ms"]),
+        fnum(row[f"{phase}_ms_per_token"], 2),
+        tok_s(
+            row[f"{phase}_tokens_per_s"], row[f"{phase}_tokens_per_s_min"], row[f"{phase}_tokens_per_s_max"]
+        ),
+    ]
+    if phase == "prefill":
+        out += [
+            fnum(row.get("seed_total_ms")),
+            fnum(row.get("seed_ms_per_token"), 2),
+            fnum(row.get("seed_tokens_per_s")),
+        ]
+    else:
+        p50 = row.get("decode_step_p50_ms")
+        out += [f"{fnum(p50, 2)} / {fnum(row.get('decode_step_p90_ms'), 2)}" if p50 is not None else "—"]
+    if roofline:
+        out.append(pct(row.get(f"roofline.{phase}_fraction")))
+    return [f"**{x}**" for x in out] if bold else out
+
+
+def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
+    measured = [r for r in rows if r["status"] == "ok"]
+    if phase == "prefill":
+        iters = measured[0]["iters"] if measured else None
+        return [
+            f"### Prefill ({prompt_len} prompt tokens into an empty cache)",
+            "",
+            "median ms and tokens/s over the timed iterations (slowest rank); the seed's metric sums the "
+            f"prefill time of all {iters} iterations (tokens = prompt length x iterations), as in the seed's "
+            "tables.",
+            "",
+        ]
+    gen = measured[0]["gen_len"] if measured else None
+    return [
+        f"### Decode ({gen} greedy tokens after the prefill)",
+        "",
+        "median ms for all decode steps of one iteration; tokens/s = generated tokens / that time.",
+        "",
+    ]
+
+
+def phase_tables(
+    rows: list[dict], prompt_len: int, phase: str, fastest: dict, baseline: dict | None
+) -> list[str]:
+    """One table per rank count at one prompt length; `fastest` maps a rank count to its fastest cell
+    (bold when the rank count has more than one measured cell)."""
+    sub = [r for r in rows if r["prompt_len"] == prompt_len]
+    roofline = any(f"roofline.{phase}_fraction" in r for r in sub)
+    head = (PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + (
+        [ROOFLINE_HEAD[phase]] if roofline else []
+    )
+    lines = phase_intro(sub, prompt_len, phase)
+    for p in sorted({r["nranks"] for r in sub} | ({1} if baseline else set())):
+        body = [cell_row(r, phase, roofline, r["cell"] == fastest.get(p)) for r in sub if r["nranks"] == p]
+        if baseline and p == 1:
+            body.append(hf.table_row(baseline, phase, len(head)))
+        lines += [f"**{ranks(p)}**", "", *table(head, body), ""]
+        if baseline and p == 1 and phase == "prefill":
+            lines += [hf.note(baseline), ""]
+    return lines
+
+
+def scaling_cell(row: dict | None, phase: str) -> str:
+    if row is None:
+        return ""
+    if row["status"] != "ok":
+        return row["status"]
+    s, e = row.get(f"{phase}_speedup"), row.get(f"{phase}_efficiency")
+    return fnum(row[f"{phase}_tokens_per_s"]) + (f" ({ratio(s)}, {pct(e)})" if s else "") + dagger(row)
+
+
+def scaling_tables(rows: list[dict], prompt_len: int) -> list[str]:
+    sub = [r for r in rows if r["prompt_len"] == prompt_len]
+    ps = sorted({r["nranks"] for r in sub})
+    lines = [
+        f"### Scaling with ranks (prompt {prompt_len})",
+        "",
+        "tokens/s, then speed-up and parallel efficiency against the same strategy and algorithm on 1 rank.",
+        "",
+    ]
+    layouts = dict.fromkeys((r["strategy"], r["algorithm"]) for r in sub)
+    for phase in PHASES:
+        body = []
+        for strategy, algo in layouts:
+            by_p = {r["nranks"]: r for r in sub if (r["strategy"], r["algorithm"]) == (strategy, algo)}
+            body.append([f"{strategy} + {algo}", *[scaling_cell(by_p.get(p), phase) for p in ps]])
+        lines += [f"**{phase}**", "", *table(["strategy + algorithm", *[f"P={p}" for p in ps]], body), ""]
+    return lines
+
+
+def fastest_by_ranks(rankings: list[dict], prompt_len: int, phase: str) -> dict[int, str]:
+    """Rank count -> its fastest cell, where it had a runner-up to beat."""
+    return {
+        r["nranks"]: r["cells"][0]["cell"]
+        for r in rankings
+        if (r["prompt_len"], r["phase"]) == (prompt_len, phase) and len(r["cells"]) > 1
+    }
+
+
+def per_length(summary: dict) -> list[str]:
+    """The per-cell tables of every prompt length."""
+    rows = summary["cells"]
+    lines = []
+    for n in sorted({r["prompt_len"] for r in rows}):
+        baseline = next((b for b in summary["baselines"] if b["available"] and b["prompt_len"] == n), None)
+        lines += [f"## Prompt length {n}", ""]
+        for phase in PHASES:
+            lines += phase_tables(rows, n, phase, fastest_by_ranks(summary["rankings"], n, phase), baseline)
+        lines += scaling_tables(rows, n)
+    return lines
