@@ -23,6 +23,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -186,6 +187,49 @@ def mpiexec_command(cluster: Cluster, argv: list[str], mpiexec: str) -> list[str
             f"hostname node0; exec {inner}"]
 
 
+def links_down(cluster: Cluster) -> list[str]:
+    """The nodes whose link is down at either end (`ip link set down`, a lost carrier)."""
+    down = []
+    for i in range(cluster.nodes):
+        ends = [(cluster.node(i), "eth0"), (cluster.switch, f"{cluster.prefix}b{i}")]
+        for ns, dev in ends:
+            out = subprocess.run(["ip", "-n", ns, "-o", "link", "show", dev], capture_output=True, text=True)
+            if out.returncode or "state DOWN" in out.stdout or "NO-CARRIER" in out.stdout:
+                down.append(f"node{i}")
+                break
+    return down
+
+
+def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
+    """Run the job; end it with a message naming the node when a link goes down mid-run.
+
+    TCP alone notices a dead link only after minutes of retransmissions (a job hung > 3 min here),
+    so the links are polled: the whole job (its own session) is killed within ~poll_s.
+    """
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                down = links_down(cluster)
+            else:
+                if rc:  # Hydra names a failed rank by its node's address: say which node that is
+                    names = ", ".join(f"{cluster.address(i)} = node{i}" for i in range(cluster.nodes))
+                    print(f"error: emulated cluster: the job failed (exit {rc}); {names}",
+                          file=sys.stderr, flush=True)
+                return rc
+            if down:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"error: emulated cluster: the link of {', '.join(down)} went down mid-run; "
+                      f"the job was ended", file=sys.stderr, flush=True)
+                return 3
+    except BaseException:  # Ctrl-C or a kill of this process: no rank is left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
 def find_mpiexec() -> str:
     local = Path(sys.executable).parent / "mpiexec"
     found = str(local) if local.exists() else shutil.which("mpiexec")
@@ -226,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster = load_state(args.prefix)
             if cluster is None:
                 raise ClusterError(f"no emulated cluster {args.prefix!r} is up (run: cluster up --nodes N)")
-            cmd = mpiexec_command(cluster, args.rest, find_mpiexec())
-            os.execvp(cmd[0], cmd)
+            return run_watched(cluster, mpiexec_command(cluster, args.rest, find_mpiexec()))
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

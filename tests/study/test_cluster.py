@@ -132,3 +132,38 @@ def test_a_capped_link_is_slower_than_an_uncapped_one(tmp_path):
     # 16 MB each way at 100 Mb/s is >= 1.3 s; uncapped TCP here moves it in tens of ms
     assert capped >= 1.0 and time.perf_counter() - start < 60
     assert capped >= 5 * uncapped
+
+
+LOOP = """
+import os, signal, sys, time
+import numpy as np
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+buf = np.ones(1 << 14, np.float32)
+start = time.time()
+while time.time() - start < 90:
+    comm.Allreduce(MPI.IN_PLACE, buf)
+    buf[:] = 1
+    if sys.argv[1] == "kill" and comm.rank == 1 and time.time() - start > 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@needs_netns
+@pytest.mark.parametrize("fault", ["kill", "link"])
+def test_a_fault_across_nodes_ends_the_job_with_a_message(two_nodes, tmp_path, fault):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    cmd = [sys.executable, "-m", "pipeline", "cluster", "--prefix", PREFIX, "mpiexec", "-n", "2",
+           sys.executable, str(script), fault]
+    start = time.perf_counter()
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if fault == "link":
+        time.sleep(3)
+        subprocess.run(["ip", "-n", f"{PREFIX}-n1", "link", "set", "eth0", "down"], check=True)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode != 0 and time.perf_counter() - start < 60
+    if fault == "link":
+        assert "the link of node1 went down mid-run" in err
+    else:
+        assert "RUNNING AT 10.213.7.2" in out + err and "10.213.7.2 = node1" in err  # Hydra's banner, ours
