@@ -64,10 +64,11 @@ def one_rank(cells: list[Cell], top: Cell) -> Cell | None:
     )
 
 
-def answer(cells: list[Cell], prompt_len: int, phase: str) -> dict | None:
+def answer(cells: list[Cell], prompt_len: int, phase: str) -> dict:
+    """The first screen's row of one prompt length and phase ("fastest" None: no cell measured)."""
     order = ranked(cells, phase)
     if not order:
-        return None
+        return {"prompt_len": prompt_len, "phase": phase, "fastest": None} | verified(cells)
     top = order[0]
     own = one_rank(cells, top)
     best1 = next((c for c in order if c.nranks == 1), None)
@@ -89,11 +90,11 @@ def answer(cells: list[Cell], prompt_len: int, phase: str) -> dict | None:
 
 
 def records(cells: list[Cell]) -> list[dict]:
-    """One answer per (prompt length, phase) with a measured cell."""
+    """One answer per (prompt length, phase) of the matrix."""
     out = []
     for n in sorted({c.prompt_len for c in cells}):
         sub = [c for c in cells if c.prompt_len == n]
-        out += [a for phase in PHASES if (a := answer(sub, n, phase))]
+        out += [answer(sub, n, phase) for phase in PHASES]
     return out
 
 
@@ -128,13 +129,18 @@ def layout(e: dict) -> str:
 
 
 def verified_text(a: dict) -> str:
-    text = "yes" if a["all_verified"] else f"**no**: {', '.join(a['cells_not_verified']) or 'none measured'}"
+    if not a["cells_measured"]:
+        return f"— (none of {a['cells_expected']} measured)"
+    text = "yes" if a["all_verified"] else f"**no**: {', '.join(a['cells_not_verified'])}"
     text += f" ({a['cells_verified']} of {a['cells_measured']}"
     return text + (f"; {len(a['cells_missing'])} missing)" if a["cells_missing"] else ")")
 
 
 def answer_row(a: dict) -> list[str]:
-    top, second = a["fastest"], a["runner_up"]
+    top = a["fastest"]
+    if top is None:
+        return [str(a["prompt_len"]), a["phase"], "no cell measured", *(["—"] * 5), verified_text(a)]
+    second = a["runner_up"]
     runner = f"{layout(second)}: {fnum(second['tokens_per_s'])}" if second else "—"
     margin = (
         "—"
@@ -157,7 +163,7 @@ def answer_row(a: dict) -> list[str]:
 def first_screen(answers: list[dict]) -> list[str]:
     """The answer table, then what its columns mean."""
     lines = ["## Fastest configuration on this machine", ""]
-    if not answers:
+    if not any(a["fastest"] for a in answers):
         return lines + ["**No cell produced a result.**", ""]
     head = [
         "prompt",

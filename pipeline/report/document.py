@@ -91,7 +91,7 @@ def render(summary: dict, comparison_docs: list[dict]) -> str:
     lines = opening(summary) + answers.first_screen(summary["answers"]) + context_lines(summary)
     lines += figure_lines(summary["figures"]) + tables.per_length(summary)
     lines += tables.status_lines(summary["cells"]) + verification_lines(summary["verification"])
-    lines += findings.lines(summary) if summary["answers"] else []
+    lines += findings.lines(summary) if summary["machine"] else []
     lines += hf.findings(summary["baselines"]) + comparisons.section(comparison_docs)
     lines += long_context.lines(summary) + resources.communication_lines(summary["communication"])
     lines += resources.roofline_lines(summary["roofline"]) + resources.memory_lines(summary["memory"])

@@ -76,7 +76,7 @@ def cell_row(row: dict, phase: str, roofline: bool, bold: bool) -> list[str]:
 def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
     measured = [r for r in rows if r["status"] == "ok"]
     if phase == "prefill":
-        iters = measured[0]["iters"] if measured else None
+        iters = measured[0]["iters"] if measured else "the"
         return [
             f"### Prefill ({prompt_len} prompt tokens into an empty cache)",
             "",
@@ -85,9 +85,9 @@ def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
             "tables.",
             "",
         ]
-    gen = measured[0]["gen_len"] if measured else None
+    gen = f"{measured[0]['gen_len']} greedy tokens" if measured else "greedy tokens"
     return [
-        f"### Decode ({gen} greedy tokens after the prefill)",
+        f"### Decode ({gen} after the prefill)",
         "",
         "median ms for all decode steps of one iteration; tokens/s = generated tokens / that time.",
         "",

@@ -113,6 +113,15 @@ def test_missing_and_not_applicable_cells(tmp_path):
     assert "; missing: sequence_standard_np2_p16; 1 not applicable (see Cells)." in text
 
 
+def test_a_prompt_length_without_results_has_an_empty_answer(tmp_path):
+    cells = [f"{s}_{a}_np{p}_p{n}" for n in (16, 32) for s, a, p in MATRIX]
+    summary, text, _ = run_report(tmp_path, matrix_runs(), cells=cells)
+    a = answer(summary, "decode", prompt_len=32)
+    assert a["fastest"] is None and a["cells_measured"] == 0 and len(a["cells_missing"]) == 8
+    assert not a["all_verified"] and answer(summary, "decode")["all_verified"]
+    assert "| 32 | decode | no cell measured |" in text
+
+
 def test_answers_come_first_and_appendices_last(tmp_path):
     summary, text, _ = run_report(
         tmp_path, matrix_runs(headwise_standard_np2_p16=180.0), "--workflow-config", json.dumps({"iters": 3})
