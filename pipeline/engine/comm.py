@@ -2,6 +2,9 @@
 
 Every collective of the engine goes through here, so the benchmark can split each phase into
 compute and communication and report bytes sent per token (as distributed-llama prints).
+The time inside a collective is split further by arrival skew: each call's entry time is kept,
+and after a timed region (never inside one) the ranks compare them. Until the last rank arrives
+a rank is waiting (the imbalance of the work before the call); after that it is transferring.
 """
 
 from __future__ import annotations
@@ -17,17 +20,62 @@ class Comm:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        self.clock_offset = self._clock_offset() if self.size > 1 else 0.0
         self.reset_counters()
 
     def reset_counters(self) -> None:
         self.seconds = 0.0
         self.bytes_sent = 0
         self.calls = 0
+        self.entered: list[float] = []  # MPI.Wtime() at each collective's start and end
+        self.left: list[float] = []
 
     def _account(self, t0: float, nbytes: int) -> None:
-        self.seconds += MPI.Wtime() - t0
+        t1 = MPI.Wtime()
+        self.seconds += t1 - t0
         self.bytes_sent += nbytes
         self.calls += 1
+        self.entered.append(t0)
+        self.left.append(t1)
+
+    def _clock_offset(self, rounds: int = 8) -> float:
+        """Seconds to add to this rank's MPI.Wtime() to read rank 0's clock (0 on rank 0).
+
+        Ranks on other hosts have clocks of their own; the ping-pong with the shortest round trip
+        bounds the error by half of it (tens of us over TCP), as NTP does.
+        """
+        best_rtt, offset = float("inf"), 0.0
+        for r in range(1, self.size):
+            for _ in range(rounds):
+                if self.rank == 0:
+                    self.comm.recv(source=r, tag=7)
+                    self.comm.send(MPI.Wtime(), dest=r, tag=7)
+                elif self.rank == r:
+                    t0 = MPI.Wtime()
+                    self.comm.send(None, dest=0, tag=7)
+                    server = self.comm.recv(source=0, tag=7)
+                    t1 = MPI.Wtime()
+                    if t1 - t0 < best_rtt:
+                        best_rtt, offset = t1 - t0, server - (t0 + t1) / 2
+        return offset
+
+    def arrival_split(self) -> tuple[float, float]:
+        """(transfer_s, wait_s) of this rank over the collectives since reset_counters().
+
+        Itself a collective (one Allreduce of the entry times): call it after a timed region.
+        """
+        if self.size == 1:
+            return 0.0, 0.0
+        counts = self.comm.allgather(len(self.entered))
+        if len(set(counts)) != 1:
+            raise RuntimeError(f"ranks ran different numbers of collectives: {counts}")
+        entered = np.array(self.entered, dtype=np.float64) + self.clock_offset
+        last = np.empty_like(entered)
+        self.comm.Allreduce(entered, last, op=MPI.MAX)
+        left = np.array(self.left, dtype=np.float64) + self.clock_offset
+        wait = float(np.sum(last - entered))
+        transfer = float(np.sum(np.maximum(0.0, left - last)))
+        return transfer, wait
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
         """buf <- sum over ranks, in place (no-op for one rank)."""

@@ -73,6 +73,7 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
     logits = engine.prefill(prompt)
     prefill_s = MPI.Wtime() - t0
     prefill_comm = (comm.seconds, comm.bytes_sent)
+    prefill_split = comm.arrival_split()
     tokens = [int(np.argmax(logits))]
     prefill_digest = logits_digest(logits)
     comm.barrier()
@@ -85,7 +86,27 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
         steps[i] = MPI.Wtime() - t
     return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, prefill_digest=prefill_digest,
                 final_digest=logits_digest(logits), prefill_comm=prefill_comm,
-                decode_comm=(comm.seconds, comm.bytes_sent))
+                decode_comm=(comm.seconds, comm.bytes_sent), prefill_split=prefill_split,
+                decode_split=comm.arrival_split())
+
+
+def time_split(comm: Comm, runs: list[dict]) -> dict[str, dict]:
+    """Per phase and rank: median compute, transfer and waiting seconds (on rank 0; {} elsewhere).
+
+    transfer: inside MPI once every rank has arrived; waiting: inside MPI before the last rank
+    arrived (imbalance); compute: the rest of the rank's phase time.
+    """
+    local = np.array([[r["prefill_s"], *r["prefill_split"], r["steps"].sum(), *r["decode_split"]]
+                      for r in runs])  # (iters, 6)
+    ranks = comm.comm.gather(local, root=0) if comm.size > 1 else [local]
+    if comm.rank:
+        return {}
+    split = {}
+    for phase, col in (("prefill", 0), ("decode", 3)):
+        parts = [(a[:, col] - a[:, col + 1] - a[:, col + 2], a[:, col + 1], a[:, col + 2]) for a in ranks]
+        split[phase] = {name: [float(np.median(p[i])) for p in parts]
+                        for i, name in enumerate(("compute_s", "transfer_s", "wait_s"))}
+    return split
 
 
 def comm_books(seconds: list[float], tokens: int, comm_s: list[float], bytes_sent: int) -> dict:
@@ -93,6 +114,12 @@ def comm_books(seconds: list[float], tokens: int, comm_s: list[float], bytes_sen
     med, comm_med = statistics.median(seconds), statistics.median(comm_s)
     return {"comm_s": comm_med, "compute_s": max(0.0, med - comm_med),
             "bytes_sent_per_token": bytes_sent / tokens}
+
+
+def split_books(per_rank: dict[str, list[float]]) -> dict:
+    """The phase's transfer and waiting seconds (the most of any rank) and every rank's split."""
+    return {"transfer_s": max(per_rank["transfer_s"]), "wait_s": max(per_rank["wait_s"]),
+            "per_rank": per_rank}
 
 
 def environment(comm: Comm, threads: int) -> dict:
@@ -195,6 +222,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
               runs: list[dict], attention_scratch_bytes: int = 0) -> dict | None:
     """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
     local, steps, bytes_sent = slowest_rank(comm, runs)
+    split = time_split(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
     if comm.rank:
         return None
@@ -209,8 +237,10 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "environment": environment(comm, threads),
         "model": model_record(args.export, export),
         **timings(prefill_s, decode_s, steps, args.prompt_len, args.gen_len,
-                  prefill_extra=comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),
-                  decode_extra=comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1])),
+                  prefill_extra={**comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),
+                                 **split_books(split["prefill"])},
+                  decode_extra={**comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1]),
+                                **split_books(split["decode"])}),
         "memory": {key: [m[key] for m in mem] for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},

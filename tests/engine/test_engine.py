@@ -106,6 +106,11 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     assert len(result["memory"]["attention_scratch_mb"]) == 2
     assert min(result["memory"]["attention_scratch_mb"]) > 0
     assert len(result["output"]["greedy_tokens"]) == 5
+    for phase in ("prefill", "decode"):  # each rank's phase = compute + transfer + waiting
+        split = result[phase]["per_rank"]
+        assert all(len(split[k]) == 2 for k in ("compute_s", "transfer_s", "wait_s"))
+        assert all(v >= 0 for k in ("transfer_s", "wait_s") for v in split[k])
+        assert result[phase]["transfer_s"] + result[phase]["wait_s"] <= result[phase]["comm_s"] * 2 + 1e-3
     blas = result["environment"]["blas"]  # the sgemm ext.linear bound, from a library BLAS left at 1 thread
     if blas["sgemm"] is not None:
         library = next(b for b in blas["libraries"] if blas["sgemm"].startswith(b["filepath"] + ":"))

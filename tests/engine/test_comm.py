@@ -1,0 +1,34 @@
+"""The collectives' books: waiting for the slowest rank is told apart from transfer."""
+
+from __future__ import annotations
+
+import json
+
+from tests.mpi import run_mpi
+
+SKEWED = """
+import json, sys, time
+import numpy as np
+from pipeline.engine.comm import Comm
+comm = Comm()
+buf = np.ones(1024, np.float32)
+comm.reset_counters()
+for late in (0.0, 0.15, 0.0):       # rank 1 arrives 150 ms late at the second collective
+    if comm.rank == 1:
+        time.sleep(late)
+    comm.allreduce_sum(buf)
+transfer, wait = comm.arrival_split()
+print(json.dumps({"rank": comm.rank, "transfer": transfer, "wait": wait, "calls": comm.calls}))
+"""
+
+
+def test_a_late_rank_shows_as_waiting_on_the_others(tmp_path):
+    script = tmp_path / "skewed.py"
+    script.write_text(SKEWED)
+    proc = run_mpi(2, [str(script)])
+    assert proc.returncode == 0, proc.stderr
+    books = {b["rank"]: b for b in map(json.loads, proc.stdout.split("\n")[:-1])}
+    assert books[0]["calls"] == books[1]["calls"] == 3
+    assert 0.14 <= books[0]["wait"] <= 0.5  # rank 0 waited for rank 1's 150 ms
+    assert books[1]["wait"] < 0.05  # the late rank did not wait
+    assert books[0]["transfer"] < 0.05 and books[1]["transfer"] < 0.05  # 4 KB: microseconds
