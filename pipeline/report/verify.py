@@ -206,14 +206,14 @@ def render_table(result: dict) -> list[str]:
             if c["first_token_mismatch"] is None
             else f"no (from step {c['first_token_mismatch']})"
         )
-        verdict = (
+        result_text = (
             "reference"
             if c["cell"] == c["reference"]
             else ("ok" if c["ok"] else "**MISMATCH**: " + "; ".join(c["problems"]))
         )
         lines.append(
             f"| {c['cell']} | {c['reference']} | {tokens} | {fmt_diff(c['max_abs_diff_prefill'])} "
-            f"| {fmt_diff(c['max_abs_diff_final'])} | {fmt_diff(c['l2_rel_diff'])} | {verdict} |"
+            f"| {fmt_diff(c['max_abs_diff_final'])} | {fmt_diff(c['l2_rel_diff'])} | {result_text} |"
         )
     return lines
 
