@@ -207,7 +207,20 @@ rule report:
         " --out-md {output.md} --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
+onstart:
+    if get_cluster_command("up"):
+        print(f"Emulated cluster: {get_cluster_command('up')}")
+        subprocess.run(get_cluster_command("up"), shell=True, check=True)
+
+
+onsuccess:
+    if get_cluster_command("down"):
+        subprocess.run(get_cluster_command("down"), shell=True, check=False)
+
+
 onerror:
+    if get_cluster_command("down"):
+        subprocess.run(get_cluster_command("down"), shell=True, check=False)
     if get_partial_report_wanted():
         print("Some jobs failed: building results/report.md from the cells that exist.")
         for stale in get_stale_files():

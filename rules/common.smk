@@ -86,7 +86,13 @@ def get_checked_lengths():
 
 
 def get_mpi_launcher():
-    """The MPI launcher (Snakemake's `mpi` resource); it must be on PATH here."""
+    """The MPI launcher (Snakemake's `mpi` resource); it must be on PATH here. With an emulated
+    cluster, mpiexec across its nodes (python -m pipeline cluster mpiexec)."""
+    if config["emulated_cluster"]["nodes"]:
+        if os.geteuid() != 0:
+            raise WorkflowError("config emulated_cluster: the emulated cluster needs root "
+                                "(network namespaces); set nodes: 0 to run on this machine")
+        return "python -m pipeline cluster mpiexec"
     launcher = config["mpi_launcher"]
     program = shlex.split(launcher)[0]
     if shutil.which(program) is None:
@@ -336,3 +342,14 @@ def get_partial_report_command():
              "--out-csv", "results/summary.csv", "--partial"]
     return shlex.join(args) + " > results/logs/report_partial.log 2>&1"
 
+
+
+def get_cluster_command(action):
+    """`python -m pipeline cluster up|down` for the configured emulated cluster ("" when off)."""
+    cluster = config["emulated_cluster"]
+    if not cluster["nodes"]:
+        return ""
+    if action == "up":
+        return (f"python -m pipeline cluster up --nodes {cluster['nodes']}"
+                f" --link-gbit {cluster['link_gbit']}")
+    return "python -m pipeline cluster down"

@@ -38,3 +38,14 @@ def test_files_are_written_whole(tmp_path):
     save_npy_atomic(tmp_path / "a.npy", np.arange(3.0))
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "sub"]  # no temporaries left
+
+
+def test_files_get_the_mode_open_would_give(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
