@@ -203,8 +203,9 @@ def links_down(cluster: Cluster) -> list[str]:
 def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
     """Run the job; end it with a message naming the node when a link goes down mid-run.
 
-    TCP alone notices a dead link only after minutes of retransmissions (a job hung > 3 min here),
-    so the links are polled: the whole job (its own session) is killed within ~poll_s.
+    TCP alone notices a dead link only after minutes of retransmissions
+    (docs/design-notes.md#emulated-cluster), so the links are polled: the whole job (its own
+    session) is killed within ~poll_s.
     """
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
