@@ -17,7 +17,6 @@ rule compare:
         name="|".join(COMPARISONS),
     params:
         options=get_compare_options,
-        cores=get_compare_threads,  # the command's own: Snakemake caps `threads` at --cores
         prompt_len=COMPARE_PROMPT_LEN,
         gen_len=config["gen_len"],
         iters=config["iters"],
@@ -27,6 +26,7 @@ rule compare:
     threads: get_compare_threads
     resources:
         mpi=MPI_LAUNCHER,  # a resource, as in rule bench: a launcher change alone reruns nothing
+        job_threads=get_compare_threads,  # a resource, not a param: --cores alone reruns nothing
         bench=1,
     log:
         "results/logs/compare/{name}.log",
@@ -36,6 +36,6 @@ rule compare:
         "../envs/workflow.yaml"
     shell:
         "python -m pipeline compare {wildcards.name} --export {input.exports} {params.options}"
-        " --threads {params.cores} --prompt-len {params.prompt_len} --gen-len {params.gen_len}"
+        " --threads {resources.job_threads} --prompt-len {params.prompt_len} --gen-len {params.gen_len}"
         " --iters {params.iters} --warmup {params.warmup} --rounds {params.rounds}"
         " --mpi {resources.mpi:q} --timeout {params.timeout} --out {output} > {log} 2>&1"
