@@ -29,8 +29,12 @@ def communication(cells: list[Cell]) -> dict:
                     if comm is not None and ph["median_s"]
                     else None,
                     f"{phase}_bytes_sent_per_token": ph.get("bytes_sent_per_token"),
+                    f"{phase}_transfer_ms": 1e3 * ph["transfer_s"] if "transfer_s" in ph else None,
+                    f"{phase}_wait_ms": 1e3 * ph["wait_s"] if "wait_s" in ph else None,
+                    f"{phase}_per_rank": ph.get("per_rank"),
                 }
             )
+        row["hosts"] = sorted(set(c.run.get("environment", {}).get("hosts") or []))
         rows.append(row)
     extra = [{"cell": c.name, **flatten(c.run["comm"])} for c in cells if c.run and c.run.get("comm")]
     return {"cells": rows, "measurements": extra}
@@ -129,7 +133,37 @@ def communication_lines(rec: dict) -> list[str]:
             ),
             "",
         ]
-    return lines
+    return lines + arrival_lines(rec["cells"])
+
+
+def per_rank_text(split: dict | None) -> str:
+    """'r0 a / b / c; r1 ...': each rank's compute / transfer / waiting ms."""
+    if not split:
+        return "—"
+    parts = zip(split["compute_s"], split["transfer_s"], split["wait_s"], strict=True)
+    return "; ".join(f"r{r} " + " / ".join(fnum(1e3 * v) for v in ms) for r, ms in enumerate(parts))
+
+
+def arrival_lines(rows: list[dict]) -> list[str]:
+    """Time inside MPI split by arrival: transfer once every rank is in, waiting for the last one."""
+    rows = [r for r in rows if any(r.get(f"{p}_transfer_ms") is not None for p in PHASES)]
+    if not rows:
+        return []
+    head = ["cell", "hosts", *[f"{p} {k}" for p in PHASES for k in ("transfer ms", "waiting ms")],
+            "decode per rank: compute / transfer / waiting ms"]
+    body = [[r["cell"], ", ".join(r["hosts"]) or "—",
+             *[fnum(r[f"{p}_{k}"]) for p in PHASES for k in ("transfer_ms", "wait_ms")],
+             per_rank_text(r["decode_per_rank"])] for r in rows]
+    crossed = [r["cell"] for r in rows if len(r["hosts"]) > 1]
+    return [
+        "Inside MPI, split by when the ranks arrived: transfer (after the last rank arrived) and waiting "
+        "for the slowest rank (imbalance), the most of any rank; then each rank's own split of decode. "
+        + (f"Cells whose ranks ran on more than one host (crossed the network): {', '.join(crossed)}."
+           if crossed else "Every cell ran on one host."),
+        "",
+        *table(head, body),
+        "",
+    ]
 
 
 def with_best(value: object, best: object) -> str:

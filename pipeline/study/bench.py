@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import socket
 import statistics
 import sys
 import time
@@ -224,6 +225,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
     local, steps, bytes_sent = slowest_rank(comm, runs)
     split = time_split(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
+    hosts = comm.comm.gather(socket.gethostname(), root=0)  # ranks on other (emulated) nodes show here
     if comm.rank:
         return None
     prefill_s, decode_s = list(local[:, 0]), list(local[:, 1])
@@ -234,7 +236,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "cell": {**cell.cell_block(), "gen_len": args.gen_len, "iters": args.iters, "warmup": args.warmup,
                  "threads_per_rank": threads, "block": args.block, "seed": args.seed,
                  "sequence_layout": args.sequence_layout},
-        "environment": environment(comm, threads),
+        "environment": {**environment(comm, threads), "hosts": hosts},
         "model": model_record(args.export, export),
         **timings(prefill_s, decode_s, steps, args.prompt_len, args.gen_len,
                   prefill_extra={**comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),

@@ -159,3 +159,21 @@ def test_without_a_cost_model_file_the_section_is_left_out(tmp_path):
     summary, text, _ = run_report(tmp_path, matrix_runs(), "--costmodel", str(tmp_path / "no-such.json"))
     assert summary["costmodel"] is None and "## Cost model" not in text
     assert not (tmp_path / "out" / "figures" / "costmodel.png").exists()
+
+
+def test_time_inside_mpi_splits_into_transfer_and_waiting_and_names_cells_that_crossed_nodes(tmp_path):
+    runs = matrix_runs()
+    crossed = runs[1]  # headwise_standard_np2_p16
+    crossed["environment"]["hosts"] = ["node0", "node1"]
+    for phase, (transfer, wait) in {"prefill": (0.004, 0.001), "decode": (0.002, 0.0005)}.items():
+        crossed[phase].update(transfer_s=transfer, wait_s=wait,
+                              per_rank={"compute_s": [0.03, 0.031], "transfer_s": [transfer, 0.0015],
+                                        "wait_s": [0.0, wait]})
+    summary, text, _ = run_report(tmp_path, runs)
+    rows = {r["cell"]: r for r in summary["communication"]["cells"]}
+    row = rows["headwise_standard_np2_p16"]
+    assert row["prefill_transfer_ms"] == pytest.approx(4.0) and row["decode_wait_ms"] == pytest.approx(0.5)
+    assert row["hosts"] == ["node0", "node1"]
+    assert rows["headwise_standard_np1_p16"]["prefill_transfer_ms"] is None  # an older JSON: no split
+    assert "(crossed the network): headwise_standard_np2_p16." in text
+    assert "| r0 30.0 / 2.0 / 0.0; r1 31.0 / 1.5 / 0.5 |" in text
