@@ -11,6 +11,16 @@ class CheckpointError(ValueError):
     """A checkpoint or export that cannot be used; the message says what is wrong."""
 
 
+def read_json(path: Path, missing: str) -> dict:
+    """A JSON file of the checkpoint or export; CheckpointError naming the file when it is unusable."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
 @dataclass(frozen=True)
 class Qwen3Config:
     vocab_size: int
@@ -61,13 +71,7 @@ class Qwen3Config:
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen3Config:
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: config.json not found")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw, where=str(path))
+        return cls.from_dict(read_json(path, "config.json not found"), where=str(path))
 
     def check(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

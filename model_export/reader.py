@@ -12,14 +12,13 @@ of the float32 of the same value). In this project a uint16 weight array always 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from model_export import layout
-from model_export.config import CheckpointError, Qwen3Config
+from model_export.config import CheckpointError, Qwen3Config, read_json
 from model_export.dtypes import BF16, EXPORT_DTYPES, bf16_to_float32
 from model_export.export import sha256_file
 
@@ -175,12 +174,7 @@ def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"{path}: export directory not found")
     mpath = path / "manifest.json"
-    if not mpath.is_file():
-        raise CheckpointError(f"{mpath}: not found (not an export, or an unfinished one)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{mpath}: not valid JSON ({e})") from None
+    manifest = read_json(mpath, "not found (not an export, or an unfinished one)")
     if manifest.get("format") != layout.FORMAT or manifest.get("version") != layout.VERSION:
         raise CheckpointError(
             f"{mpath}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "

@@ -232,6 +232,7 @@ def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
 
 
 def find_mpiexec() -> str:
+    """The mpiexec next to this Python (the PyPI mpich wheel), else the one on PATH."""
     local = Path(sys.executable).parent / "mpiexec"
     found = str(local) if local.exists() else shutil.which("mpiexec")
     if found is None:

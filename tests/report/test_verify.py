@@ -11,22 +11,14 @@ from pipeline.report import verify
 from tests.report.fakes import MATRIX, fake_run, matrix_runs, write_runs
 
 
+def run_verify(tmp_path, paths: list[str]) -> int:
+    return verify.main(["--runs", *paths, "--atol", "1e-3", "--rtol", "1e-4",
+                        "--out-md", str(tmp_path / "v.md"), "--out-json", str(tmp_path / "v.json")])
+
+
 def test_verify_all_match(tmp_path):
     paths = write_runs(tmp_path / "runs", matrix_runs())
-    rc = verify.main(
-        [
-            "--runs",
-            *paths,
-            "--atol",
-            "1e-3",
-            "--rtol",
-            "1e-4",
-            "--out-md",
-            str(tmp_path / "v.md"),
-            "--out-json",
-            str(tmp_path / "v.json"),
-        ]
-    )
+    rc = run_verify(tmp_path, paths)
     assert rc == 0
     result = json.loads((tmp_path / "v.json").read_text())
     assert result["ok"] and len(result["cells"]) == len(MATRIX)
@@ -52,20 +44,7 @@ def test_verify_mismatch_fails_naming_cells(tmp_path, capsys):
     runs[5]["output"]["greedy_tokens"] = [7, 3, 8, 1]
     runs[6]["output"]["final_logits"]["first8"][0] = float("nan")
     paths = write_runs(tmp_path / "runs", runs)
-    rc = verify.main(
-        [
-            "--runs",
-            *paths,
-            "--atol",
-            "1e-3",
-            "--rtol",
-            "1e-4",
-            "--out-md",
-            str(tmp_path / "v.md"),
-            "--out-json",
-            str(tmp_path / "v.json"),
-        ]
-    )
+    rc = run_verify(tmp_path, paths)
     assert rc == 1
     err = capsys.readouterr().err
     assert f"{CellId.of_run(runs[5]).name} does not match headwise_standard_np1_p16" in err
@@ -76,20 +55,7 @@ def test_verify_mismatch_fails_naming_cells(tmp_path, capsys):
 
 def test_verify_needs_single_rank_reference(tmp_path, capsys):
     paths = write_runs(tmp_path / "runs", [fake_run("headwise", "standard", 2)])
-    rc = verify.main(
-        [
-            "--runs",
-            *paths,
-            "--atol",
-            "1e-3",
-            "--rtol",
-            "1e-4",
-            "--out-md",
-            str(tmp_path / "v.md"),
-            "--out-json",
-            str(tmp_path / "v.json"),
-        ]
-    )
+    rc = run_verify(tmp_path, paths)
     assert rc == 2
     assert "no 1-rank cell with prompt_len=16" in capsys.readouterr().err
 

@@ -177,6 +177,12 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     proc = snakemake("--cores", "2", "report", *config, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = work / "results"
+    check_complete_run(results)
+    check_partial_run_then_completion(work, results, config)
+
+
+def check_complete_run(results: Path) -> None:
+    """A complete tiny run: every cell verified, the sweep, the cost model, baseline, comparisons."""
     assert "All 8 measured cells match" in (results / "report.md").read_text()
     assert json.loads((results / "verification.json").read_text())["ok"]
     assert (results / "figures" / "throughput_p16.png").exists() and (
@@ -219,6 +225,10 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     if hf["available"]:
         assert "Against headwise_standard_np1_p16: greedy tokens identical" in text
 
+
+
+def check_partial_run_then_completion(work: Path, results: Path, config: list[str]) -> None:
+    """Two cells crash (--keep-going): a partial report marks them; the next run redoes only them."""
     # a launcher that crashes the sequence cells on 2 ranks (test double for a failing benchmark)
     launcher = work / "crashing-mpiexec"
     launcher.write_text(
