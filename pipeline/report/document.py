@@ -95,6 +95,7 @@ def render(summary: dict, comparison_docs: list[dict]) -> str:
     lines += hf.findings(summary["baselines"]) + comparisons.section(comparison_docs)
     lines += long_context.lines(summary) + resources.communication_lines(summary["communication"])
     lines += resources.roofline_lines(summary["roofline"]) + resources.memory_lines(summary["memory"])
+    lines += resources.placement_lines(summary.get("placement", []))
     lines += costmodel_report.lines(summary["costmodel"])
     lines += appendix.configuration_lines(summary["workflow_config"])
     lines += appendix.equations_lines(summary["costmodel"]) + appendix.provenance_lines(summary["machine"])

@@ -96,8 +96,36 @@ def memory(cells: list[Cell]) -> list[dict]:
     return out
 
 
+def placement(cells: list[Cell]) -> list[dict]:
+    """Per cell: hosts, each rank's CPUs, the ranks that shared CPUs, and oversubscription."""
+    rows = []
+    for c in cells:
+        placed = (c.run or {}).get("placement")
+        if not placed:
+            continue
+        rows.append({"cell": c.name, "hosts": sorted({r["host"] for r in placed["ranks"]}),
+                     "rank_cpus": [r["cpus"] for r in placed["ranks"]],
+                     "sharing_cpus": placed["sharing_cpus"],
+                     "oversubscribed": bool(c.run.get("environment", {}).get("oversubscribed"))})
+    return rows
+
+
+def placement_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    body = [[r["cell"], ", ".join(r["hosts"]),
+             "; ".join(f"r{i}: {','.join(map(str, cpus))}" for i, cpus in enumerate(r["rank_cpus"])),
+             ", ".join(f"r{a}+r{b}" for a, b in r["sharing_cpus"]) or "none",
+             "yes" if r["oversubscribed"] else "no"] for r in rows]
+    return ["## Placement", "",
+            "Where each rank could run (its CPU affinity mask); ranks whose masks overlap on one host share "
+            "cores; oversubscribed: more ranks x threads than the machine's cores.", "",
+            *table(["cell", "hosts", "CPUs per rank", "ranks sharing CPUs", "oversubscribed"], body), ""]
+
+
 def records(cells: list[Cell]) -> dict:
-    return {"communication": communication(cells), "roofline": roofline(cells), "memory": memory(cells)}
+    return {"communication": communication(cells), "roofline": roofline(cells), "memory": memory(cells),
+            "placement": placement(cells)}
 
 
 def communication_lines(rec: dict) -> list[str]:

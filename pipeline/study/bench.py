@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from model_export.reader import Export, open_export
 from pipeline.cells import CellId
 from pipeline.engine.comm import Comm
 from pipeline.engine.launch import threads_per_rank, validated
-from pipeline.engine.machine import machine_facts
+from pipeline.engine.machine import machine_facts, placement, shared_cpus, topology
 from pipeline.engine.model import Qwen3Engine, check_job
 from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
@@ -225,7 +224,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
     local, steps, bytes_sent = slowest_rank(comm, runs)
     split = time_split(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
-    hosts = comm.comm.gather(socket.gethostname(), root=0)  # ranks on other (emulated) nodes show here
+    ranks = comm.comm.gather(placement(), root=0)  # ranks on other (emulated) nodes show here
     if comm.rank:
         return None
     prefill_s, decode_s = list(local[:, 0]), list(local[:, 1])
@@ -236,7 +235,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "cell": {**cell.cell_block(), "gen_len": args.gen_len, "iters": args.iters, "warmup": args.warmup,
                  "threads_per_rank": threads, "block": args.block, "seed": args.seed,
                  "sequence_layout": args.sequence_layout},
-        "environment": {**environment(comm, threads), "hosts": hosts},
+        "environment": {**environment(comm, threads), "hosts": [r["host"] for r in ranks]},
+        "placement": {"topology": topology(), "ranks": ranks, "sharing_cpus": shared_cpus(ranks)},
         "model": model_record(args.export, export),
         **timings(prefill_s, decode_s, steps, args.prompt_len, args.gen_len,
                   prefill_extra={**comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),

@@ -111,6 +111,10 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
         assert all(len(split[k]) == 2 for k in ("compute_s", "transfer_s", "wait_s"))
         assert all(v >= 0 for k in ("transfer_s", "wait_s") for v in split[k])
         assert result[phase]["transfer_s"] + result[phase]["wait_s"] <= result[phase]["comm_s"] * 2 + 1e-3
+    placed = result["placement"]  # unbound ranks may run on every allowed CPU: they share cores
+    assert len(placed["ranks"]) == 2 and placed["topology"]["logical_cpus"] >= 1
+    overlap = set(placed["ranks"][0]["cpus"]) & set(placed["ranks"][1]["cpus"])
+    assert (placed["sharing_cpus"] == [[0, 1]]) == bool(overlap)
     blas = result["environment"]["blas"]  # the sgemm ext.linear bound, from a library BLAS left at 1 thread
     if blas["sgemm"] is not None:
         library = next(b for b in blas["libraries"] if blas["sgemm"].startswith(b["filepath"] + ":"))
@@ -211,3 +215,11 @@ def test_generate_with_a_tokenizer_prints_the_text(synthetic_tiny_checkpoint, tm
     ref_tokens, _ = ReferenceModel(open_export(tmp_path / "export")).generate([5, 17, 99, 3, 250], 4)
     assert tokens == ref_tokens
     assert lines["text"].split() == [f"w{t}" for t in tokens]
+
+
+def test_ranks_share_cores_only_where_their_cpus_overlap_on_one_host():
+    from pipeline.engine.machine import shared_cpus
+
+    ranks = [{"host": "a", "cpus": [0, 1]}, {"host": "a", "cpus": [1]}, {"host": "b", "cpus": [0, 1]},
+             {"host": "a", "cpus": [2]}]
+    assert shared_cpus(ranks) == [[0, 1]]  # rank 2 is on another host, rank 3 on its own CPU

@@ -165,6 +165,10 @@ def test_time_inside_mpi_splits_into_transfer_and_waiting_and_names_cells_that_c
     runs = matrix_runs()
     crossed = runs[1]  # headwise_standard_np2_p16
     crossed["environment"]["hosts"] = ["node0", "node1"]
+    topology = {"sockets": 1, "numa_nodes": 1, "physical_cores": 2, "logical_cpus": 2}
+    crossed["placement"] = {"topology": topology,
+                            "ranks": [{"host": "node0", "cpus": [0]}, {"host": "node1", "cpus": [0, 1]}],
+                            "sharing_cpus": []}
     for phase, (transfer, wait) in {"prefill": (0.004, 0.001), "decode": (0.002, 0.0005)}.items():
         crossed[phase].update(transfer_s=transfer, wait_s=wait,
                               per_rank={"compute_s": [0.03, 0.031], "transfer_s": [transfer, 0.0015],
@@ -177,3 +181,6 @@ def test_time_inside_mpi_splits_into_transfer_and_waiting_and_names_cells_that_c
     assert rows["headwise_standard_np1_p16"]["prefill_transfer_ms"] is None  # an older JSON: no split
     assert "(crossed the network): headwise_standard_np2_p16." in text
     assert "| r0 30.0 / 2.0 / 0.0; r1 31.0 / 1.5 / 0.5 |" in text
+    placed = {r["cell"]: r for r in summary["placement"]}["headwise_standard_np2_p16"]
+    assert placed["hosts"] == ["node0", "node1"] and placed["rank_cpus"] == [[0], [0, 1]]
+    assert "| headwise_standard_np2_p16 | node0, node1 | r0: 0; r1: 0,1 | none | no |" in text
