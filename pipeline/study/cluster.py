@@ -158,10 +158,29 @@ def up(cluster: Cluster) -> str:
     return "up"
 
 
+def kill_processes(names: list[str]) -> int:
+    """SIGKILL every process inside these namespaces; returns how many there were.
+
+    Hydra starts the ranks in process groups of their own, so killing the job's session leaves
+    them running; a deleted namespace would keep them alive, unseen, on the cores.
+    """
+    pids = set()
+    for ns in names:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        pids |= {int(pid) for pid in out.split()} - {os.getpid()}
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
 def down(prefix: str = "qp") -> str:
     """Remove every namespace of this prefix (their veths go with them) and the state files."""
     check_host()
     mine = sorted(ns for ns in namespaces() if ns.startswith(f"{prefix}-"))
+    kill_processes(mine)
     for ns in mine:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     shutil.rmtree(state_dir(prefix), ignore_errors=True)
@@ -200,6 +219,10 @@ def links_down(cluster: Cluster) -> list[str]:
     return down
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
     """Run the job; end it with a message naming the node when a link goes down mid-run.
 
@@ -208,6 +231,8 @@ def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
     session) is killed within ~poll_s.
     """
     proc = subprocess.Popen(cmd, start_new_session=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # `timeout` or a closed terminal: end the job too
+        signal.signal(sig, _exit_on_signal)
     try:
         while True:
             try:
@@ -221,14 +246,23 @@ def run_watched(cluster: Cluster, cmd: list[str], poll_s: float = 1.0) -> int:
                           file=sys.stderr, flush=True)
                 return rc
             if down:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                end_job(cluster, proc)
                 print(f"error: emulated cluster: the link of {', '.join(down)} went down mid-run; "
                       f"the job was ended", file=sys.stderr, flush=True)
                 return 3
     except BaseException:  # Ctrl-C or a kill of this process: no rank is left behind
-        os.killpg(proc.pid, signal.SIGKILL)
+        end_job(cluster, proc)
         raise
+
+
+def end_job(cluster: Cluster, proc: subprocess.Popen) -> None:
+    """Kill the launcher's session, then whatever still runs on the nodes (the ranks)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kill_processes([cluster.node(i) for i in range(cluster.nodes)])
+    proc.wait()
 
 
 def find_mpiexec() -> str:

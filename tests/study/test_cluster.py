@@ -163,7 +163,24 @@ def test_a_fault_across_nodes_ends_the_job_with_a_message(two_nodes, tmp_path, f
         subprocess.run(["ip", "-n", f"{PREFIX}-n1", "link", "set", "eth0", "down"], check=True)
     out, err = job.communicate(timeout=60)
     assert job.returncode != 0 and time.perf_counter() - start < 60
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", str(script)], capture_output=True).returncode == 1  # no rank left
     if fault == "link":
         assert "the link of node1 went down mid-run" in err
     else:
         assert "RUNNING AT 10.213.7.2" in out + err and "10.213.7.2 = node1" in err  # Hydra's banner, ours
+
+
+@needs_netns
+def test_terminating_the_launcher_ends_the_ranks(two_nodes, tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    cmd = [sys.executable, "-m", "pipeline", "cluster", "--prefix", PREFIX, "mpiexec", "-n", "2",
+           sys.executable, str(script), "run"]
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    job.terminate()  # what `timeout` sends a hung bench
+    job.wait(timeout=30)
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
+    assert left == []
