@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -256,3 +257,23 @@ def check_partial_run_then_completion(work: Path, results: Path, config: list[st
     assert "8 of 8 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_one_cell_across_two_emulated_nodes(tmp_path):
+    """config emulated_cluster: the cell's ranks run on two namespaced nodes; the cluster is gone after."""
+    from pipeline.study import cluster
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the emulated cluster needs root and iproute2")
+    work = tmp_path / "repo"
+    skip = shutil.ignore_patterns(".git", "results", ".snakemake", "build", ".venv", "venv", "*.egg-info")
+    shutil.copytree(ROOT, work, ignore=skip)
+    cell = "results/runs/headwise_standard_np2_p16.json"
+    config = ["synthetic_preset=tiny", "prompt_lengths=[16]", "gen_len=4", "iters=1", "warmup=0",
+              "emulated_cluster={nodes: 2, link_gbit: 1}"]
+    proc = snakemake("--cores", "2", cell, "--config", *config, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((work / cell).read_text())
+    assert run["environment"]["hosts"] == ["node0", "node1"]
+    assert run["decode"]["transfer_s"] > 0 and len(run["decode"]["per_rank"]["wait_s"]) == 2
+    assert not any(ns.startswith("qp-") for ns in cluster.namespaces())  # taken down at the end
