@@ -27,16 +27,19 @@ class Comm:
         self.seconds = 0.0
         self.bytes_sent = 0
         self.calls = 0
-        self.entered: list[float] = []  # MPI.Wtime() at each collective's start and end
-        self.left: list[float] = []
+        if not hasattr(self, "_times"):
+            # (calls, 2) MPI.Wtime() at each collective's start and end; kept across resets and
+            # grown by doubling, so the decode loop allocates nothing for the books
+            self._times = np.empty((4096, 2), dtype=np.float64)
 
     def _account(self, t0: float, nbytes: int) -> None:
         t1 = MPI.Wtime()
         self.seconds += t1 - t0
         self.bytes_sent += nbytes
+        if self.calls == len(self._times):
+            self._times = np.concatenate([self._times, np.empty_like(self._times)])
+        self._times[self.calls] = t0, t1
         self.calls += 1
-        self.entered.append(t0)
-        self.left.append(t1)
 
     def _clock_offset(self, rounds: int = 8) -> float:
         """Seconds to add to this rank's MPI.Wtime() to read rank 0's clock (0 on rank 0).
@@ -66,13 +69,13 @@ class Comm:
         """
         if self.size == 1:
             return 0.0, 0.0
-        counts = self.comm.allgather(len(self.entered))
+        counts = self.comm.allgather(self.calls)
         if len(set(counts)) != 1:
             raise RuntimeError(f"ranks ran different numbers of collectives: {counts}")
-        entered = np.array(self.entered, dtype=np.float64) + self.clock_offset
+        entered = self._times[:self.calls, 0] + self.clock_offset
         last = np.empty_like(entered)
         self.comm.Allreduce(entered, last, op=MPI.MAX)
-        left = np.array(self.left, dtype=np.float64) + self.clock_offset
+        left = self._times[:self.calls, 1] + self.clock_offset
         wait = float(np.sum(last - entered))
         transfer = float(np.sum(np.maximum(0.0, left - last)))
         return transfer, wait

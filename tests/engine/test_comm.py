@@ -34,3 +34,27 @@ def test_a_late_rank_shows_as_waiting_on_the_others(tmp_path):
     assert 0.14 <= books[0]["wait"] <= 0.5  # rank 0 waited for rank 1's 150 ms
     assert books[1]["wait"] < 0.05  # the late rank did not wait
     assert books[0]["transfer"] < 0.05 and books[1]["transfer"] < 0.05  # 4 KB: microseconds
+
+
+MANY = """
+import json
+import numpy as np
+from pipeline.engine.comm import Comm
+comm = Comm()
+buf = np.ones(1, np.float32)
+for _ in range(5000):  # past the books' first capacity: they grow, none is lost
+    comm.allreduce_sum(buf)
+transfer, wait = comm.arrival_split()
+if comm.rank == 0:
+    print(json.dumps({"calls": comm.calls, "transfer": transfer, "wait": wait}))
+"""
+
+
+def test_the_books_keep_every_collective_past_their_first_capacity(tmp_path):
+    script = tmp_path / "many.py"
+    script.write_text(MANY)
+    proc = run_mpi(2, [str(script)])
+    assert proc.returncode == 0, proc.stderr
+    books = json.loads(proc.stdout)
+    assert books["calls"] == 5000
+    assert 0 < books["transfer"] + books["wait"] < 5  # 5000 calls of microseconds each, all counted
