@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "synthetic": ("model_export.synthetic", "write a synthetic Qwen3 checkpoint (seeded random weights)"),
     "export": ("model_export.__main__", "export a Qwen3 checkpoint into per-layer subgraph files"),
+    "gguf": ("model_export.gguf", "a Qwen3 checkpoint as a GGUF file for llama.cpp (f32, bf16, q8_0)"),
     "generate": ("pipeline.engine.generate", "greedy generation under mpiexec with any strategy"),
     "bench": ("pipeline.study.bench", "benchmark one cell (prefill + decode) under mpiexec"),
     "compare": ("pipeline.study.compare", "two or more variants back to back, in alternating rounds"),
