@@ -20,6 +20,8 @@ COMMANDS = {
     "baseline": ("pipeline.study.baseline", "Hugging Face transformers on the same checkpoint"),
     "commbench": ("pipeline.study.commbench", "MPI ping-pong and Allreduce sweep (latency, bandwidth)"),
     "costmodel": ("pipeline.study.costmodel", "the alpha-beta cost model: calibrate, predict"),
+    "launch": ("pipeline.engine.binding", "mpiexec with ranks and their threads bound to cores (chosen per machine)"),
+    "netcal": ("pipeline.study.netcal", "the MPI sweep and held-out cells on shared memory or across emulated nodes"),
     "cluster": ("pipeline.study.cluster", "an emulated cluster: nodes as network namespaces, capped links"),
     "ceilings": ("pipeline.study.roofline", "this machine's GEMM and streaming ceilings"),
     "verify": ("pipeline.report.verify", "every cell against the single-rank reference"),

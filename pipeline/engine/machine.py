@@ -42,37 +42,72 @@ def machine_facts(nranks: int, threads_per_rank: int) -> dict:
     return facts
 
 
-def topology() -> dict:
-    """Sockets, NUMA nodes and cores of this machine, from /sys (empty lists where it is not Linux)."""
+def cpu_list(text: str) -> list[int]:
+    """A kernel CPU list ("0-3,8,10-11") as CPU numbers."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+def topology(root: str | Path = "/sys/devices/system") -> dict:
+    """Sockets, NUMA nodes and physical cores of this machine, from /sys (`root` for tests).
+
+    `cores` lists each physical core's logical CPUs (SMT siblings together), `numa` each NUMA
+    node's CPUs; both empty where /sys does not say (not Linux).
+    """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    sys_cpu, packages, cores = Path("/sys/devices/system/cpu"), set(), set()
-    for cpu in range(os.cpu_count() or 0):
-        top = sys_cpu / f"cpu{cpu}" / "topology"
+    sys_cpu, packages, cores = Path(root) / "cpu", set(), {}
+    for d in sorted(sys_cpu.glob("cpu[0-9]*"), key=lambda d: int(d.name[3:])):
+        top = d / "topology"
         try:
             package = int((top / "physical_package_id").read_text())
             packages.add(package)
-            cores.add((package, int((top / "core_id").read_text())))
+            cores.setdefault((package, int((top / "core_id").read_text())), []).append(int(d.name[3:]))
         except (OSError, ValueError):
             continue
-    numa = sorted(int(d.name[4:]) for d in Path("/sys/devices/system/node").glob("node[0-9]*"))
+    numa = []
+    for d in sorted(Path(root).glob("node/node[0-9]*"), key=lambda d: int(d.name[4:])):
+        try:
+            numa.append(cpu_list((d / "cpulist").read_text()))
+        except (OSError, ValueError):
+            continue
     return {"sockets": len(packages), "numa_nodes": len(numa) or 1, "physical_cores": len(cores),
-            "logical_cpus": os.cpu_count() or 1, "allowed_cpus": cpus}
+            "logical_cpus": sum(len(c) for c in cores.values()) or os.cpu_count() or 1,
+            "allowed_cpus": cpus, "cores": sorted(cores.values()), "numa": numa}
+
+
+def boot_id() -> str:
+    """This kernel's boot id: the same in every network namespace of one machine, so emulated
+    nodes (namespaces with hostnames of their own) are recognised as one physical machine."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def placement() -> dict:
-    """Where this rank may run: its host, the CPUs of its affinity mask and the OpenMP binding asked."""
+    """Where this rank may run: its host, machine (boot id), the CPUs of its affinity mask, the
+    binding asked for (pipeline.engine.binding) and the OpenMP binding of its threads."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     env = os.environ
-    return {"host": socket.gethostname(), "cpus": allowed,
+    return {"host": socket.gethostname(), "machine": boot_id(), "cpus": allowed,
+            "binding": env.get("QWEN3_BINDING", ""),
             "omp_places": env.get("OMP_PLACES", ""), "omp_proc_bind": env.get("OMP_PROC_BIND", "")}
 
 
 def shared_cpus(placements: list[dict]) -> list[list[int]]:
-    """Groups of ranks (by index) whose affinity masks overlap on the same host: they share cores."""
+    """Pairs of ranks (by index) whose affinity masks overlap on one physical machine: they share
+    cores. Ranks on different emulated nodes of one machine (same boot id) count as one machine."""
+    def machine(p: dict) -> str:
+        return p.get("machine") or p["host"]
+
     groups = []
     for i, a in enumerate(placements):
         for j in range(i + 1, len(placements)):
             b = placements[j]
-            if a["host"] == b["host"] and set(a["cpus"]) & set(b["cpus"]):
+            if machine(a) == machine(b) and set(a["cpus"]) & set(b["cpus"]):
                 groups.append([i, j])
     return groups

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from pipeline.report import network
 from pipeline.report.fmt import PHASES, fnum, is_number, table
 
 PREFERRED_ALGO = "online_softmax"  # the algorithm whose predicted curves the report tabulates
@@ -95,7 +96,7 @@ def curves(rows: list[dict]) -> dict | None:
     }
 
 
-def group(g: dict) -> dict:
+def group(g: dict, fixed: dict | None = None) -> dict:
     m = g.get("model", {})
     return {
         "layers": m.get("config", {}).get("num_hidden_layers"),
@@ -106,6 +107,7 @@ def group(g: dict) -> dict:
         "error": g.get("error") or {},
         "cluster": g.get("cluster") or {},
         "curves": curves(g.get("curves", [])),
+        "network": network.records(g, fixed),
     }
 
 
@@ -114,7 +116,7 @@ def records(model: dict | None, figure: str | None) -> dict | None:
         return None
     eq = model.get("equations_md") or model.get("equations")
     return {
-        "groups": [group(g) for g in model.get("groups", [model])],
+        "groups": [group(g, model.get("fixed_cost")) for g in model.get("groups", [model])],
         "skipped": [
             {"dtype": s.get("dtype"), "cells": len(s.get("cells", [])), "reason": s.get("reason")}
             for s in model.get("skipped", [])
@@ -287,6 +289,7 @@ def lines(rec: dict | None) -> list[str]:
         if len(rec["groups"]) > 1:
             out += [f"### {g['layers'] or '?'}-layer model, {g['dtype'] or '?'} weights", ""]
         out += calibration_lines(g["calibration"]) + intra_node_lines(g["intra_node"]) + predicted_lines(g)
+        out += network.lines(g.get("network"))
         out += [cluster_statement(g["cluster"]), ""] if g["cluster"] else []
         out += curve_lines(g["curves"])
     out += [f"- Not modelled ({s['dtype']}, {s['cells']} cells): {s['reason']}" for s in rec["skipped"]]

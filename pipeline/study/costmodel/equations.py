@@ -1,0 +1,68 @@
+"""The cost model's equations, as the report's appendix renders them."""
+
+EQUATIONS_MD = r"""
+### Cost model
+
+Notation: `L` layers, `d` hidden, `H`/`Hkv` query/KV heads, `D` head_dim, `I` intermediate,
+`V` vocab, `P` ranks, `T` prompt tokens, `S` keys in the cache, `b` bytes per weight element
+(4 float32, 2 bf16), KV cache float32.
+
+**Work.** Projection weights per layer `M = d·H·D + 2·d·Hkv·D + H·D·d + 3·d·I`.
+
+- matmul FLOPs of `T` tokens: `W_mm(T) = 2·L·M·T + 2·d·V` (lm_head on the last position only)
+- attention FLOPs: `W_att = 4·L·H·D·pairs`, with `pairs` the causal (query, key) pairs:
+  `pairs(T) = T(T+1)/2` for a prefill, `S` for a decode step over `S` keys
+- bytes read: `Q_w = b·(L·M + V·d) + 4·(norms)` (every weight once; the lm_head in full),
+  `Q_kv(S) = 2·L·S·Hkv·D·4`
+
+**A rank's time.** `R` ranks share a node of `C` cores and bandwidth `B`; a rank has `c = C/R`
+cores (fewer than one if oversubscribed) and `B/R` bandwidth. With per-core rates `f_mm`
+(matmuls), `f_att` (attention), `f_dec` (decode GEMVs):
+
+`t_rank = max(W_mm,r/(c·f_mm) + W_att,r/(c·f_att),  Q_r/(B/R)) + t_comm,r`
+
+and a phase takes the slowest rank's time. Prefill tok/s = `T / t`, decode tok/s = `1 / t_step`.
+
+**Collectives** (alpha-beta, Thakur-Rabenseifner algorithms), `n` = bytes of the result,
+`lg = ceil(log2 P)`: Allreduce `2·lg·α + 2(P-1)/P·n·β`; Allgather(v) `lg·α + (P-1)/P·n·β`;
+Bcast `lg·(α + n·β)`. `α, β` are the intra-node values (measured by the ping-pong/Allreduce sweep)
+when all ranks share a node, otherwise the network's (config values).
+
+**Per strategy** (what pipeline/engine/strategies does):
+
+| phase | FLOPs per rank (matmul; attention) | bytes per rank | communication |
+|---|---|---|---|
+| headwise prefill | `W_mm/P`; `W_att/P` | `Q_w/P` | `2L`·AR(`4Td`) + AG(`4V`) |
+| headwise decode | `W_mm(1)/P`; `4LHD·S/P` | `(Q_w+Q_kv(S))/P` | `2L`·AR(`4d`) + AG(`4V`) |
+| sequence prefill | `2LM·T_r+2dV/P`; `4LHD·pairs_r` | `bLM+bVd/P` | `2L`·AG(`4T·Hkv·D`)+BC(`4d`)+AG(`4V`) |
+| sequence decode | `2LM+2dV/P`; `4LHD·S/P` | `bLM + (bVd+Q_kv(S))/P` | `L`·AG(`4P(HD+2H)`) + AG(`4V`) |
+
+AR = Allreduce (after o_proj and down_proj), AG = Allgather(v) (prefill K and V; decode the
+(o, m, l) statistics; the logits of the vocabulary-parallel lm_head), BC = Bcast (the last
+position's hidden state from the rank that owns it).
+
+`T_r` and `pairs_r` are the tokens and causal pairs of the slowest rank: with contiguous blocks
+(the engine's `sequence`) the last rank has `pairs ≈ (T/P)(T - T/2P)`, almost twice the balanced
+`T²/2P`; `sequence_zigzag` (zig-zag, as in Megatron's context parallelism) gives rank `r`
+chunks `r` and `2P-1-r` of `2P` equal chunks, which balances them.
+Under sequence decode every rank reads all layer weights, so `R` ranks on a node need `R` times
+the bytes of one: it pays off only across nodes or when attention over a long cache dominates.
+
+**Calibration** on this machine's single-rank cells (per attention algorithm):
+`f_mm` (and `f_att`) from prefill: `t·c = W_mm/f_mm + W_att/f_att`, least squares on relative
+error over the prompt lengths measured (one length: `f_att = f_mm`, which is exact for that cell);
+`B = ΣQ(S_i)/t_decode` over the decode steps; `f_dec` is `f_mm`, raised if needed until no
+calibration step is compute bound, so the cell is reproduced; `α, β` from the Allreduce sweep
+(`t = 2·lg·α + 2(P-1)/P·n·β` fitted on relative error), per message-size class (below and
+above 64 KiB: latency-bound and bandwidth-bound messages follow different lines, most of all over
+TCP), from the sweep of the network the cell ran on: shared memory, or the emulated nodes' links.
+
+**Fixed cost.** A forward pays `t_fix = c_step + c_layer·L_r` (Python, kernel launches) whatever
+its FLOPs and bytes: measured from the decode of a tiny Qwen3 (hidden 64) at 2 and 28 layers on
+one rank (`c_layer` the slope, `c_step` the intercept), added to every rank's prefill and decode
+step, and taken out of the calibration cells' times before the rates are fitted. Each collective
+also pays `c_call`, the engine's own cost around an MPI call beyond the sweep's back-to-back
+calls: the tiny model's decode step at P=2 minus its step at P=1 minus the sweep's prediction of
+its collectives, per call, measured on each network. So
+`t_rank = max(FLOP time, memory time) + t_fix + Σ_calls (alpha-beta(n) + c_call)`.
+"""

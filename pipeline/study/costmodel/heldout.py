@@ -1,0 +1,137 @@
+"""Measured cells beside their predictions: the matrix's (shared memory) and the held-out cells of
+pipeline.study.netcal, run on shared memory and across emulated nodes at each link speed."""
+
+from __future__ import annotations
+
+import statistics
+
+from model_export.config import Qwen3Config
+from pipeline.cells import CellId
+from pipeline.study.costmodel.calibrate import calibrate, cores_of, fixed_cost, per_call_cost
+from pipeline.study.costmodel.network import Network, network_from_comm
+from pipeline.study.costmodel.work import FixedCost, Rates, local_placement, predict
+
+PHASES = ("prefill", "decode")
+
+
+def pct(pred: float, meas: float) -> float:
+    return 100.0 * (pred / meas - 1.0)
+
+
+def engine_strategy(cell: dict) -> str:
+    """The cost model's strategy for a measured cell (the sequence layout decides which)."""
+    if cell["parallel_strategy"] == "sequence" and cell.get("sequence_layout", "contiguous") == "zigzag":
+        return "sequence_zigzag"
+    return cell["parallel_strategy"]
+
+
+def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, net: Network, dtype_bytes: float,
+                  fixed: FixedCost | None = None, network: str = "shm") -> dict:
+    """One bench cell beside the model's prediction of it on `net`.
+
+    The ranks share this machine's cores whatever node they ran on: emulated nodes are network
+    namespaces of one machine, so the placement is this machine's and only the network differs.
+    """
+    c, name = run["cell"], CellId.of_run(run).name
+    cores, _ = cores_of(run)
+    place = local_placement(c["nranks"], cores, c["threads_per_rank"])
+    rates = Rates(**cal[c["attention_algo"]]["rates"])
+    p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place, rates, net, dtype_bytes,
+                gen_len=c["gen_len"], fixed=fixed)
+    hosts = run["environment"].get("hosts") or []
+    out = {"cell": name, "network": network, "parallel_strategy": c["parallel_strategy"],
+           "attention_algo": c["attention_algo"], "nranks": c["nranks"], "prompt_len": c["prompt_len"],
+           "gen_len": c["gen_len"], "threads_per_rank": c["threads_per_rank"], "hosts": hosts,
+           "crossed_network": len(set(hosts)) > 1,
+           "placement": [r.get("cpus") for r in (run.get("placement") or {}).get("ranks", [])],
+           "oversubscribed": bool(run["environment"].get("oversubscribed", False)),
+           "calibration_cell": name in cal[c["attention_algo"]]["cells"] and network == "shm"}
+    for phase in PHASES:
+        meas = run[phase]
+        out.update({
+            f"measured_{phase}_tok_s": meas["tokens_per_s"],
+            f"predicted_{phase}_tok_s": p[f"{phase}_tok_s"],
+            f"{phase}_error_pct": pct(p[f"{phase}_tok_s"], meas["tokens_per_s"]),
+            f"measured_{phase}_comm_s": meas.get("comm_s"),
+            f"measured_{phase}_transfer_s": meas.get("transfer_s"),
+            f"measured_{phase}_wait_s": meas.get("wait_s"),
+            f"measured_{phase}_compute_s": meas.get("compute_s"),
+            f"predicted_{phase}_comm_s": p[phase]["comm_s"],
+            f"predicted_{phase}_fixed_s": p[phase]["fixed_s"],
+            f"predicted_{phase}_bound": p[phase]["bound"],
+        })
+    return out
+
+
+def tiny_calls(overhead: dict | None) -> int:
+    """Collectives per decode step of netcal's deeper tiny model under head-wise."""
+    deep = max((r["layers"] for r in (overhead or {}).get("runs", [])), default=0)
+    return 2 * deep + 1
+
+
+def network_of(record: dict) -> tuple[Network, dict]:
+    """A netcal record's network: its sweep's classes, and the engine's cost per call in situ."""
+    base, _ = network_from_comm(record.get("comm"))
+    per_call = per_call_cost(record.get("overhead"), tiny_calls(record.get("overhead")), base)
+    return network_from_comm(record.get("comm"), per_call)
+
+
+def label(record: dict) -> str:
+    return "shm" if record.get("link") == "shm" else f"{record.get('link_gbit'):g} Gb/s"
+
+
+def same_model(cfg: Qwen3Config, runs: list[dict], dtype: str) -> list[dict]:
+    return [r for r in runs if r["model"].get("dtype", "float32") == dtype
+            and Qwen3Config.from_dict({**r["model"]["config"], "model_type": "qwen3"}) == cfg]
+
+
+def session_model(cfg: Qwen3Config, rec: dict, cal: dict, fixed: FixedCost,
+                  dtype: str) -> tuple[dict, FixedCost, str]:
+    """The calibration a record's cells are predicted with: its own session's fixed cost and
+    single-rank cells when it measured them (the load of a shared machine drifts between
+    sessions), else the matrix's."""
+    rec_fixed, info = fixed_cost(rec.get("overhead"))
+    if info["layer_s"] == 0 and info["step_s"] == 0:
+        rec_fixed = fixed
+    singles = same_model(cfg, rec.get("calibration", []), dtype)
+    if singles:
+        return calibrate(cfg, singles, rec_fixed), rec_fixed, "this session's single-rank cells"
+    return cal, rec_fixed, "the matrix's single-rank cells"
+
+
+def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
+                  fixed: FixedCost, dtype: str = "float32") -> tuple[list, list]:
+    """(cells, networks): every held-out cell of this model in the netcal records, predicted on
+    its record's network; networks describe each record (or why it was skipped)."""
+    cells, networks = [], []
+    for rec in records:
+        if rec.get("skipped"):
+            networks.append({"network": label(rec), "skipped": rec["skipped"]})
+            continue
+        net, info = network_of(rec)
+        rec_cal, rec_fixed, source = session_model(cfg, rec, cal, fixed, dtype)
+        networks.append({"network": label(rec), "skipped": None, "nodes": rec.get("nodes"),
+                         "link_gbit": rec.get("link_gbit"), **info, "failed": rec.get("failed", []),
+                         "calibrated_on": source, "fixed_step_s": rec_fixed.step_s,
+                         "fixed_layer_s": rec_fixed.layer_s})
+        for run in same_model(cfg, rec.get("runs", []), dtype):
+            cells.append(measured_cell(cfg, run, rec_cal, net, b, rec_fixed, label(rec)))
+    return cells, networks
+
+
+def error_summary(cells: list[dict]) -> list[dict]:
+    """Per network and phase over the held-out cells: mean and max |error|, and the ratio of the
+    predicted communication term to the measured transfer time (inside MPI, all ranks arrived)."""
+    out = []
+    for network in sorted({c["network"] for c in cells}):
+        held = [c for c in cells if c["network"] == network and not c["calibration_cell"]]
+        for phase in PHASES:
+            errs = [abs(c[f"{phase}_error_pct"]) for c in held]
+            ratios = [c[f"predicted_{phase}_comm_s"] / c[f"measured_{phase}_transfer_s"] for c in held
+                      if c["nranks"] > 1 and c.get(f"measured_{phase}_transfer_s")]
+            out.append({"network": network, "phase": phase, "cells": len(held),
+                        "mean_abs_error_pct": statistics.fmean(errs) if errs else None,
+                        "max_abs_error_pct": max(errs) if errs else None,
+                        "comm_over_transfer": ratios,
+                        "comm_within_2x": all(0.5 <= r <= 2 for r in ratios) if ratios else None})
+    return out

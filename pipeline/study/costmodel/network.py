@@ -1,0 +1,108 @@
+"""The network term: alpha-beta per message-size class, the collectives' algorithms, and their
+calibration from pipeline.study.commbench's sweep (shared memory, or across emulated links)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.study.commbench import allreduce_alpha_beta, fit_alpha_beta
+
+# Used when comm.json is missing (stated as "assumed" in the output): shared-memory MPI on one node.
+ASSUMED_INTRA = (5e-6, 1 / 5e9)
+# Message-size classes, upper bounds in bytes: below 64 KiB a message is latency bound (eager
+# protocol, one TCP segment burst), above it bandwidth bound; one alpha-beta line cannot fit both
+# (docs/design-notes.md#network-calibration).
+SIZE_CLASSES = (64 << 10, math.inf)
+
+
+@dataclass(frozen=True)
+class Network:
+    """alpha (s per message) and beta (s per byte); `classes` refine them per message size.
+
+    `classes` holds (upper bound in bytes, alpha, beta), ascending; a message takes the first
+    class it fits. `per_call` is the engine's own cost around each collective (Python, books),
+    measured in situ, beyond what the sweep's back-to-back calls show.
+    """
+
+    alpha: float
+    beta: float
+    classes: tuple[tuple[float, float, float], ...] = ()
+    per_call: float = 0.0
+
+    def at(self, nbytes: float) -> tuple[float, float]:
+        for upper, alpha, beta in self.classes:
+            if nbytes <= upper:
+                return alpha, beta
+        return self.alpha, self.beta
+
+
+def _lg(P: int) -> int:
+    return math.ceil(math.log2(P)) if P > 1 else 0
+
+
+def t_allreduce(nbytes: float, P: int, net: Network) -> float:
+    if P < 2:
+        return 0.0
+    alpha, beta = net.at(nbytes)
+    return 2 * _lg(P) * alpha + 2 * (P - 1) / P * nbytes * beta + net.per_call
+
+
+def t_allgather(nbytes: float, P: int, net: Network) -> float:
+    """`nbytes` = size of the gathered result; the class is that of one rank's part."""
+    if P < 2:
+        return 0.0
+    alpha, beta = net.at(nbytes / P)
+    return _lg(P) * alpha + (P - 1) / P * nbytes * beta + net.per_call
+
+
+def t_bcast(nbytes: float, P: int, net: Network) -> float:
+    if P < 2:
+        return 0.0
+    alpha, beta = net.at(nbytes)
+    return _lg(P) * (alpha + nbytes * beta) + net.per_call
+
+
+COLLECTIVES = {"allreduce": t_allreduce, "allgather": t_allgather, "bcast": t_bcast}
+
+
+def comm_time(calls: list[tuple[str, float, int]], P: int, net: Network) -> float:
+    """Seconds of a phase's collectives, given as (collective, bytes, how many calls)."""
+    return sum(count * COLLECTIVES[name](nbytes, P, net) for name, nbytes, count in calls)
+
+
+def fit_classes(sizes: list[int], times: list[float], P: int) -> tuple[tuple[float, float, float], ...]:
+    """Per size class, the Allreduce sweep's (alpha, beta) under the Allreduce formula."""
+    out = []
+    lower = 0.0
+    for upper in SIZE_CLASSES:
+        pts = [(n, t) for n, t in zip(sizes, times, strict=True) if lower < n <= upper]
+        lower = upper
+        if len(pts) < 2:
+            continue
+        a, b = fit_alpha_beta([n for n, _ in pts], [t for _, t in pts])
+        alpha, beta = allreduce_alpha_beta(a, b, P)
+        out.append((upper, alpha, beta))
+    return tuple(out)
+
+
+def network_from_comm(comm: dict | None, per_call: float = 0.0) -> tuple[Network, dict]:
+    """(alpha, beta) of a sweep: the Allreduce's (the collective the engine uses most) with its
+    size classes, else the ping-pong's, else ASSUMED_INTRA."""
+    if comm and comm.get("allreduce"):
+        ar = comm["allreduce"]
+        classes = fit_classes(ar.get("sizes_bytes", []), ar.get("median_s", []), comm["nranks"])
+        net = Network(ar["alpha_s"], ar["beta_s_per_byte"], classes, per_call)
+        return net, {"source": f"allreduce sweep at P={comm['nranks']}", "alpha_s": ar["alpha_s"],
+                     "beta_s_per_byte": ar["beta_s_per_byte"], "per_call_s": per_call,
+                     "classes": [{"up_to_bytes": None if math.isinf(u) else u, "alpha_s": a,
+                                  "beta_s_per_byte": b} for u, a, b in classes]}
+    if comm and comm.get("pingpong"):
+        pp = comm["pingpong"]
+        return Network(pp["alpha_s"], pp["beta_s_per_byte"], per_call=per_call), {
+            "source": "ping-pong", "alpha_s": pp["alpha_s"], "beta_s_per_byte": pp["beta_s_per_byte"],
+            "per_call_s": per_call, "classes": []}
+    alpha, beta = ASSUMED_INTRA
+    return Network(alpha, beta, per_call=per_call), {
+        "source": "assumed (no comm.json measurement)", "alpha_s": alpha, "beta_s_per_byte": beta,
+        "per_call_s": per_call, "classes": []}

@@ -1,0 +1,198 @@
+"""Work per rank and phase time: what each rank of a layout multiplies, reads and sends.
+
+Every layout is one function in LAYOUTS, `fn(cfg, P, T, S, prefill, b) -> PhaseWork`: its ranks'
+FLOPs and bytes from `partition.shard` ranges and `partition.prompt_chunks` positions (lengths of
+ranges, never n // P), and the collectives it calls. `phase_time` turns that into seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+from model_export.config import Qwen3Config
+from pipeline.engine import partition
+from pipeline.study.costmodel.network import Network, comm_time
+
+KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
+NORM_BYTES = 4  # norms are float32 in every export
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Per-core compute rates (FLOP/s) and per-node memory bandwidth (bytes/s), effective."""
+
+    f_mm: float  # matmul FLOP/s per core (prefill GEMMs, lm_head)
+    f_att: float  # attention FLOP/s per core
+    f_dec: float  # decode matmul (GEMV) FLOP/s per core
+    bandwidth: float  # bytes/s per node
+
+
+@dataclass(frozen=True)
+class FixedCost:
+    """The engine's cost per forward that no FLOP or byte explains (Python, kernel launches):
+    `step_s` once per forward, `layer_s` per layer a rank runs (measured on a tiny model)."""
+
+    step_s: float = 0.0
+    layer_s: float = 0.0
+
+    def of(self, layers: int) -> float:
+        return self.step_s + self.layer_s * layers
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How P ranks sit on physical machines: R ranks on each of `nodes`, c cores per rank."""
+
+    nranks: int
+    ranks_per_node: int
+    nodes: int
+    cores_per_rank: float
+
+
+def local_placement(nranks: int, cores: int, threads_per_rank: int) -> Placement:
+    """All ranks on this one machine; oversubscribed ranks time-share the cores."""
+    return Placement(nranks, nranks, 1, min(float(threads_per_rank), cores / nranks))
+
+
+def cluster_placement(nranks: int, cores_per_node: int, ranks_per_node: int) -> Placement:
+    R = min(nranks, ranks_per_node)
+    return Placement(nranks, R, math.ceil(nranks / R), cores_per_node / R)
+
+
+@dataclass(frozen=True)
+class RankWork:
+    mm_flops: float  # matmul FLOPs
+    att_flops: float  # attention FLOPs
+    bytes: float  # bytes read (weights once, KV cache)
+    layers: int  # layers it runs (the fixed cost per layer)
+
+
+@dataclass(frozen=True)
+class PhaseWork:
+    ranks: list[RankWork]
+    calls: list[tuple[str, float, int]]  # (collective, bytes of its result, calls per phase)
+
+
+def _shard_params(cfg: Qwen3Config, sh: partition.Shard) -> int:
+    """Projection weights of one layer of this shard: q, k, v, o, gate, up, down."""
+    d, D = cfg.hidden_size, cfg.head_dim
+    H_r, Hkv_r, I_r = len(sh.q_heads), len(sh.kv_heads), len(sh.features)
+    return d * H_r * D + 2 * d * Hkv_r * D + H_r * D * d + 3 * d * I_r
+
+
+def _rank_work(cfg: Qwen3Config, sh: partition.Shard, tokens: int, pairs: int, cached: int,
+               b: float) -> RankWork:
+    """One rank: `tokens` rows through its shard's weights, `pairs` causal (query, key) pairs,
+    `cached` KV positions read from its cache, the lm_head rows of its vocabulary block."""
+    d, D, L_r = cfg.hidden_size, cfg.head_dim, len(sh.layers)
+    M_r, V_r = _shard_params(cfg, sh), len(sh.vocab)
+    mm = 2 * L_r * M_r * tokens + 2 * d * V_r  # lm_head on the last position only
+    att = 4 * L_r * len(sh.q_heads) * D * pairs
+    norms = NORM_BYTES * (L_r * (2 * d + 2 * D) + d)
+    kv = 2 * L_r * len(sh.kv_heads) * D * KV_BYTES * cached
+    return RankWork(mm, att, b * (L_r * M_r + V_r * d) + norms + kv, L_r)
+
+
+def headwise(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float) -> PhaseWork:
+    """Tensor parallel: a block of KV groups and MLP features per rank; two Allreduces a layer."""
+    ranks = []
+    for r in range(P):
+        sh = partition.shard(cfg, "headwise", P, r)
+        if prefill:
+            ranks.append(_rank_work(cfg, sh, T, T * (T + 1) // 2, 0, b))
+        else:
+            ranks.append(_rank_work(cfg, sh, 1, S, S, b))
+    tokens = T if prefill else 1
+    L = cfg.num_hidden_layers
+    return PhaseWork(ranks, [("allreduce", 4 * tokens * cfg.hidden_size, 2 * L),
+                             ("allgather", 4 * cfg.vocab_size, 1)])
+
+
+def sequence(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, layout: str) -> PhaseWork:
+    """Context parallel: every weight on every rank, the prompt split by `layout`; prefill gathers
+    K and V, decode keeps the cache split by position and merges partial softmax statistics."""
+    L, H, Hkv, D = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    ranks = []
+    for r in range(P):
+        sh = partition.shard(cfg, "sequence", P, r)
+        if prefill:
+            chunks = partition.prompt_chunks("sequence", T, P, r, layout)
+            pairs = sum((c.stop * (c.stop + 1) - c.start * (c.start + 1)) // 2 for c in chunks)
+            ranks.append(_rank_work(cfg, sh, sum(len(c) for c in chunks), pairs, 0, b))
+        else:
+            S_r = math.ceil(S / P)  # the cache split by position: the fullest rank
+            ranks.append(_rank_work(cfg, sh, 1, S_r, S_r, b))
+    if prefill:
+        calls = [("allgather", 4 * T * Hkv * D, 2 * L), ("bcast", 4 * cfg.hidden_size, 1),
+                 ("allgather", 4 * cfg.vocab_size, 1)]
+    else:
+        calls = [("allgather", P * 4 * (H * D + 2 * H), L), ("allgather", 4 * cfg.vocab_size, 1)]
+    return PhaseWork(ranks, calls)
+
+
+# The cost model's layouts. A new one (issue 15: "layer", uneven head-wise, "layer2.headwise2")
+# is one function here; ENGINE_LAYOUTS says which engine strategy runs it.
+LAYOUTS = {"headwise": headwise, "sequence": partial(sequence, layout="contiguous"),
+           "sequence_zigzag": partial(sequence, layout="zigzag")}
+ENGINE_LAYOUTS = {"headwise": ("headwise", "contiguous"), "sequence": ("sequence", "contiguous"),
+                  "sequence_zigzag": ("sequence", "zigzag")}
+STRATEGIES = tuple(LAYOUTS)
+
+
+def why_not(cfg: Qwen3Config, strategy: str, P: int, T: int) -> str | None:
+    """None if the engine can run `strategy` at P ranks with a T-token prompt, else the reason."""
+    engine_strategy, _ = ENGINE_LAYOUTS.get(strategy, (strategy, None))
+    return partition.why_not(cfg, engine_strategy, P, T)
+
+
+def sequence_blocks(T: int, P: int, zigzag: bool) -> list[tuple[int, int]]:
+    """(tokens, causal pairs) of each rank's prompt positions: contiguous blocks or zig-zag chunks."""
+    out = []
+    for r in range(P):
+        chunks = partition.prompt_chunks("sequence", T, P, r, "zigzag" if zigzag else "contiguous")
+        pairs = sum((c.stop * (c.stop + 1) - c.start * (c.start + 1)) // 2 for c in chunks)  # sum of t + 1
+        out.append((sum(len(c) for c in chunks), pairs))
+    return out
+
+
+def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Placement, rates: Rates,
+               net: Network, dtype_bytes: float, context: int = 0, fixed: FixedCost | None = None) -> dict:
+    """Predicted seconds of one prefill of T tokens, or one decode step over `context`+1 keys.
+
+    Returns {"total_s", "flop_s", "memory_s", "fixed_s", "comm_s", "bound"} of the slowest rank.
+    """
+    if strategy not in LAYOUTS:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    prefill = phase == "prefill"
+    work = LAYOUTS[strategy](cfg, place.nranks, T, context + 1, prefill, dtype_bytes)
+    c, bw = place.cores_per_rank, rates.bandwidth / place.ranks_per_node
+    f_mm = rates.f_mm if prefill else rates.f_dec
+    fixed = fixed or FixedCost()
+
+    def busy(w: RankWork) -> tuple[float, float, float]:
+        flop = w.mm_flops / (c * f_mm) + w.att_flops / (c * rates.f_att)
+        return flop, w.bytes / bw, fixed.of(w.layers)
+
+    flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks), key=lambda x: max(x[0], x[1]) + x[2])
+    comm = comm_time(work.calls, place.nranks, net)
+    return {"total_s": max(flop_s, memory_s) + fixed_s + comm, "flop_s": flop_s, "memory_s": memory_s,
+            "fixed_s": fixed_s, "comm_s": comm, "bound": "compute" if flop_s >= memory_s else "memory"}
+
+
+def predict(cfg: Qwen3Config, strategy: str, P: int, prompt_len: int, place: Placement, rates: Rates,
+            net: Network, dtype_bytes: float, gen_len: int = 1, fixed: FixedCost | None = None) -> dict:
+    """Prefill tok/s of the prompt and decode tok/s over `gen_len` steps after it.
+
+    "prefill" and "decode" hold the times of the phase (decode: all gen_len steps summed, and
+    "step_s" their mean), split into FLOP, memory, fixed and communication terms.
+    """
+    pre = phase_time(cfg, strategy, "prefill", prompt_len, place, rates, net, dtype_bytes, fixed=fixed)
+    steps = [phase_time(cfg, strategy, "decode", 1, place, rates, net, dtype_bytes, prompt_len + i, fixed)
+             for i in range(gen_len)]
+    decode = {k: sum(s[k] for s in steps) for k in ("total_s", "flop_s", "memory_s", "fixed_s", "comm_s")}
+    decode["bound"] = steps[-1]["bound"]
+    decode["step_s"] = decode["total_s"] / gen_len
+    return {"prefill_tok_s": prompt_len / pre["total_s"], "prefill": pre,
+            "decode_tok_s": gen_len / decode["total_s"], "decode": decode}

@@ -1,0 +1,155 @@
+"""The cost model's network and fixed-cost terms, and its held-out cells per network (TEST DATA:
+made-up sweeps and timings generated from known parameters; no runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from model_export.config import PRESETS, Qwen3Config
+from pipeline.report import network as network_report
+from pipeline.study import costmodel as cm
+from pipeline.study import netcal
+from pipeline.study.costmodel.calibrate import per_call_cost
+from pipeline.study.costmodel.heldout import tiny_calls
+from pipeline.study.costmodel.network import SIZE_CLASSES, comm_time, fit_classes
+from pipeline.study.costmodel.work import LAYOUTS
+from pipeline.study.roofline import model_flops
+from tests.study.test_costmodel import CFG06, fake_run
+
+SIZES = [4 << i for i in range(21)]  # 4 B .. 4 MB, as netcal's sweep
+
+
+def sweep(alpha_small: float, beta_small: float, alpha_large: float, beta_large: float, P: int = 2) -> dict:
+    """A comm.json whose Allreduce times follow the model's formula with one (alpha, beta) per class."""
+    lg = math.ceil(math.log2(P))
+    times = [2 * lg * (alpha_small if n <= SIZE_CLASSES[0] else alpha_large)
+             + 2 * (P - 1) / P * n * (beta_small if n <= SIZE_CLASSES[0] else beta_large) for n in SIZES]
+    return {"nranks": P, "allreduce": {"sizes_bytes": SIZES, "median_s": times, "alpha_s": alpha_small,
+                                       "beta_s_per_byte": beta_large}, "pingpong": None}
+
+
+def test_size_classes_recover_each_line():
+    comm = sweep(30e-6, 5e-8, 200e-6, 8e-9)
+    (up1, a1, b1), (up2, a2, b2) = fit_classes(SIZES, comm["allreduce"]["median_s"], 2)
+    assert up1 == SIZES[14] and math.isinf(up2)
+    assert (a1, b1) == (pytest.approx(30e-6, rel=1e-6), pytest.approx(5e-8, rel=1e-6))
+    assert (a2, b2) == (pytest.approx(200e-6, rel=1e-6), pytest.approx(8e-9, rel=1e-6))
+    net, info = cm.network_from_comm(comm, per_call=7e-6)
+    assert net.at(4096) == (a1, b1) and net.at(1 << 20) == (a2, b2) and info["per_call_s"] == 7e-6
+    # an Allreduce of n bytes at P=2 costs 2 alpha + n beta (+ the engine's own cost per call)
+    assert cm.t_allreduce(1 << 20, 2, net) == pytest.approx(2 * a2 + (1 << 20) * b2 + 7e-6)
+
+
+def overhead_record(step_s: float, layer_s: float, comm: dict, per_call: float) -> dict:
+    """netcal's `overhead`: decode steps of the tiny model that follow a known fixed cost, and at
+    P=2 also the sweep's collectives and a known cost per call."""
+    net, _ = cm.network_from_comm(comm)
+    deep = netcal.OVERHEAD_LAYERS[-1]
+    calls = [("allreduce", 4 * 64, 2 * deep), ("allgather", 4 * 512, 1)]
+    runs = [{"layers": L, "nranks": 1, "decode_step_s": step_s + layer_s * L} for L in netcal.OVERHEAD_LAYERS]
+    two = step_s + layer_s * deep + comm_time(calls, 2, net) + per_call * (2 * deep + 1)
+    return {"preset": "tiny", "runs": [*runs, {"layers": deep, "nranks": 2, "decode_step_s": two}]}
+
+
+def test_fixed_cost_and_cost_per_call_recovered():
+    comm = sweep(30e-6, 5e-8, 200e-6, 8e-9)
+    rec = overhead_record(0.4e-3, 25e-6, comm, per_call=12e-6)
+    fixed, info = cm.fixed_cost(rec)
+    assert fixed.step_s == pytest.approx(0.4e-3) and fixed.layer_s == pytest.approx(25e-6)
+    assert info["layer_s"] == fixed.layer_s
+    net, _ = cm.network_from_comm(comm)
+    assert per_call_cost(rec, tiny_calls(rec), net) == pytest.approx(12e-6)
+    assert cm.fixed_cost(None)[0] == cm.FixedCost()  # nothing measured: no fixed term
+
+
+@pytest.mark.parametrize("P", [1, 2, 4, 8])
+def test_headwise_work_splits_the_models_flops_exactly(P):
+    """Summed over ranks, head-wise work is the whole model's (roofline.model_flops, computed
+    independently from the full shapes); sequence work per rank covers the prompt once."""
+    cfg = Qwen3Config(**PRESETS["qwen3-0.6b"])
+    T = 64
+    work = LAYOUTS["headwise"](cfg, P, T, 1, True, 4)
+    total = sum(w.mm_flops + w.att_flops for w in work.ranks)
+    assert total == pytest.approx(model_flops(cfg, T), rel=1e-12)
+    seq = LAYOUTS["sequence_zigzag"](cfg, P, T, 1, True, 4)
+    L, M = cfg.num_hidden_layers, sum(k * n for k, n in [(1024, 2048), (1024, 1024), (1024, 1024),
+                                                           (2048, 1024), (1024, 3072), (1024, 3072),
+                                                           (3072, 1024)])
+    whole = 2 * L * M * T + 2 * cfg.hidden_size * cfg.vocab_size
+    assert sum(w.mm_flops for w in seq.ranks) == pytest.approx(whole)
+
+
+def network_record(link: str, gbit: float | None, runs: list[dict], comm: dict, per_call: float,
+                   calibration: list[dict] | None = None) -> dict:
+    return {"link": link, "link_gbit": gbit, "nodes": 1 if link == "shm" else 2, "skipped": None,
+            "comm": comm, "overhead": overhead_record(0.3e-3, 20e-6, comm, per_call),
+            "calibration": calibration or [], "runs": runs}
+
+
+def with_split(run: dict, transfer: float, hosts: list[str]) -> dict:
+    for phase in ("prefill", "decode"):
+        compute = run[phase]["median_s"] - transfer
+        run[phase].update({"transfer_s": transfer, "wait_s": 0.01, "compute_s": compute})
+    run["environment"]["hosts"] = hosts
+    run["placement"] = {"ranks": [{"host": h, "cpus": [i]} for i, h in enumerate(hosts)]}
+    return run
+
+
+def test_held_out_cells_per_network():
+    calib = [fake_run("headwise", "standard", 1, 128, 150, 10)]
+    held = [with_split(fake_run("headwise", "standard", 2, 128, 150, 10), 0.05, ["node0", "node1"])]
+    shm_comm, slow_comm = sweep(2e-6, 2e-10, 5e-6, 1e-10), sweep(30e-6, 5e-8, 200e-6, 8e-9)
+    records = [network_record("shm", None, [with_split(fake_run("headwise", "standard", 2, 128, 150, 10),
+                                                       0.02, ["vm", "vm"])], shm_comm, 2e-6, calib),
+               network_record("1", 1.0, held, slow_comm, 500e-6, calib),
+               {"link": "10", "link_gbit": 10.0, "skipped": "emulated cluster unavailable: needs root"}]
+    result = cm.build(calib, None, network=records)
+    net = result["groups"][0]["network"]
+    assert [n["network"] for n in net["networks"]] == ["shm", "1 Gb/s", "10 Gb/s"]
+    assert net["networks"][2]["skipped"].endswith("needs root")
+    by = {c["network"]: c for c in net["cells"]}
+    assert by["1 Gb/s"]["crossed_network"] and not by["shm"]["crossed_network"]
+    # the slower network and its larger cost per call give the larger communication term
+    assert by["1 Gb/s"]["predicted_decode_comm_s"] > 10 * by["shm"]["predicted_decode_comm_s"]
+    assert result["fixed_cost"]["layer_s"] == pytest.approx(20e-6)
+    rows = {(r["network"], r["phase"]): r for r in net["error"]}
+    r = rows[("1 Gb/s", "decode")]
+    assert r["cells"] == 1 and r["mean_abs_error_pct"] == pytest.approx(abs(by["1 Gb/s"]["decode_error_pct"]))
+    assert r["comm_over_transfer"] == [pytest.approx(by["1 Gb/s"]["predicted_decode_comm_s"] / 0.05)]
+    text = "\n".join(network_report.lines(network_report.records(result["groups"][0], result["fixed_cost"])))
+    assert "10 Gb/s: not measured (emulated cluster unavailable: needs root)" in text
+    assert "node0: 0; node1: 1" in text and "| headwise_standard_np2_p128 | 1 Gb/s | yes |" in text
+
+
+def test_netcal_writes_why_when_the_cluster_cannot_run(tmp_path, monkeypatch):
+    from pipeline.study import cluster
+
+    def refuse() -> None:
+        raise cluster.ClusterError("the emulated cluster needs root (network namespaces, veth, tc)")
+
+    monkeypatch.setattr(cluster, "check_host", refuse)
+    out = tmp_path / "link1.json"
+    assert netcal.main(["--export", "x", "--link", "1", "--cells", "headwise_standard_np2_p128",
+                        "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["skipped"].startswith("emulated cluster unavailable: the emulated cluster needs root")
+    assert netcal.calibration_cells(["sequence_online_softmax_np2_p128", "headwise_standard_np2_p64"]) == [
+        "headwise_online_softmax_np1_p128", "headwise_standard_np1_p64"]
+
+
+def test_netcal_rejects_bad_input(capsys):
+    for argv in (["--link", "fast"], ["--link", "1", "--nodes", "1"], ["--link", "shm", "--cells", "nope"]):
+        with pytest.raises(SystemExit):
+            netcal.parse_args(["--export", "x", "--out", "o.json", *argv])
+        assert "error:" in capsys.readouterr().err
+
+
+def test_model_unchanged_without_network_records():
+    """No netcal record: no fixed term, the old intra-node network (comm.json or assumed)."""
+    runs = [fake_run("headwise", "standard", P, 128, 150, 10) for P in (1, 2)]
+    result = cm.build(runs, None)
+    assert result["fixed_cost"]["step_s"] == 0 and result["groups"][0]["network"]["networks"] == []
+    assert CFG06.num_hidden_layers == 28
