@@ -1,6 +1,10 @@
 """Atomic writes: a temporary file (or directory) beside the target, then a rename into place.
 
-An interrupted run never leaves a file or a directory that looks complete.
+An interrupted run never leaves a file or a directory that looks complete. A run killed outright
+(SIGKILL, the OOM killer) cannot clean up after itself, so every temporary name carries its
+writer's host and pid, `.NAME.partial-HOST-PID-XXXXXXXX` (also `.old-`, and `.NAME.HOST-PID-XXXXXXXX.tmp`
+for files): the next write of NAME removes the temporaries of writers on this host that are no
+longer running, and leaves those of live writers (and of other hosts, which it cannot ask) alone.
 """
 
 from __future__ import annotations
@@ -8,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,10 +30,58 @@ def _umask() -> int:
     return mask
 
 
+def _owner() -> str:
+    """HOST-PID of this process, as it goes into temporary names (no '-' in the host part)."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` on this host is alive (a zombie, killed but not reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def remove_stale(target: str | Path) -> list[Path]:
+    """Remove the temporaries of `target` left by dead writers on this host; return what went.
+
+    Matches `.NAME.partial-HOST-PID-X`, `.NAME.old-HOST-PID-X` and `.NAME.HOST-PID-X.tmp`; a name
+    without a HOST-PID (older versions wrote `.NAME.partial-X`) cannot be judged and stays.
+    """
+    target = Path(target).absolute()
+    name, host = re.escape(target.name), _owner().split("-")[0]
+    temporary = re.compile(rf"\.{name}\.(?:(?:partial|old)-(?P<h>[^-]+)-(?P<p>\d+)-[0-9a-f]{{8}}"
+                           rf"|(?P<fh>[^-]+)-(?P<fp>\d+)-[a-z0-9_]+\.tmp)")
+    try:
+        entries = list(target.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    removed = []
+    for p in entries:
+        m = temporary.fullmatch(p.name)
+        if m is None or (m["h"] or m["fh"]) != host or _running(int(m["p"] or m["fp"])):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -64,9 +118,10 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     """
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale(out)  # a killed writer's partial directory (or moved-aside old one)
+    tmp = out.parent / f".{out.name}.partial-{_owner()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # not mkdtemp: its mode 0700 would become the finished directory's
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    old = out.parent / f".{out.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
     try:
         yield tmp
         if out.exists():

@@ -83,8 +83,8 @@ def encode(a: np.ndarray, code: str, dtype: str) -> np.ndarray:
     bf16 -> bf16 keeps the bit patterns; anything else goes through float32 (exact for bf16/f16/f32
     sources; a float64 source is rounded twice, to float32 then to bf16).
     """
-    if dtype not in EXPORT_DTYPES:
-        raise CheckpointError(f"unsupported export dtype {dtype!r}")
+    if dtype not in EXPORT_DTYPES or EXPORT_DTYPES[dtype].quantized:  # int8 needs scales: quant.py
+        raise CheckpointError(f"cannot encode as {dtype!r}: not a float export dtype")
     if dtype == "bfloat16":
         return a.astype(np.uint16) if code == "BF16" else float32_to_bf16(to_float32(a, code))
     return to_float32(a, code).astype(EXPORT_DTYPES[dtype].storage, copy=False)

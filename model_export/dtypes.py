@@ -3,8 +3,10 @@
 NumPy has no bfloat16, so bfloat16 is held as its raw bit patterns in uint16 (the high half of the
 float32 of the same value) everywhere: in checkpoints, in exports and in the arrays the reader
 hands out. `bf16_to_float32` widens them exactly; `float32_to_bf16` narrows with round to nearest
-even, as torch's `.to(torch.bfloat16)` does. A new stored dtype (int8 weights with float32 scales,
-say) is one more row of `TABLE`.
+even, as torch's `.to(torch.bfloat16)` does.
+
+int8 is a quantized dtype: its matrices are int8 with a float32 scale per output channel
+(`scale_dtype`; the rule is model_export/quant.py's), and its embedding is stored as `embed_dtype`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ class DType:
     norm_dtype: str  # what the 1-D norm weights of an export of this dtype are stored in
     export: bool  # an export may store it
     checkpoint: bool  # a Hugging Face checkpoint may store it (and synthetic can write it)
+    scale_dtype: str | None = None  # quantized: the dtype of the per-channel scales (None: a float dtype)
+    embed_dtype: str | None = None  # what the embedding table is stored in (None: this dtype itself)
+
+    @property
+    def quantized(self) -> bool:
+        """Its matrices are integers that need their scales (`scale_dtype`) to mean anything."""
+        return self.scale_dtype is not None
 
     @property
     def itemsize(self) -> int:
@@ -38,6 +47,11 @@ TABLE = (
     # bf16 norms stay float32: 0.02% of the bytes, and the fused norm kernels need no bf16 variant
     DType("bfloat16", np.dtype("<u2"), "BF16", "bfloat16", "float32", export=True, checkpoint=True),
     DType("float64", np.dtype("<f8"), "F64", "float64", "float64", export=False, checkpoint=True),
+    # int8 matrices (q/k/v/o, gate/up/down, lm_head) with float32 scales per output channel; the
+    # embedding is only looked up by row, so it stays bf16: exact for the bf16 checkpoints Qwen3
+    # ships, half the bytes of float32 (docs/design-notes.md#int8-export)
+    DType("int8", np.dtype("i1"), "I8", "int8", "float32", export=True, checkpoint=False,
+          scale_dtype="float32", embed_dtype="bfloat16"),
 )
 DTYPES: dict[str, DType] = {d.name: d for d in TABLE}
 ALIASES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}

@@ -5,12 +5,18 @@ its subgraph file, so memory holds one source tensor's pages and one block, neve
 The export is written into a hidden temporary directory next to --out and renamed into place
 only when complete, so an interrupted export never looks finished.
 
-Stored dtypes (`--dtype`): "float32" (default), "float16", or "bf16" (= "bfloat16"). A bfloat16
+Stored dtypes (`--dtype`): "float32" (default), "float16", "bf16" (= "bfloat16") or "int8". A bfloat16
 export keeps the matrices (embedding, q/k/v/o, gate/up/down, lm_head) as raw bf16 bit patterns
 (little-endian uint16, half the bytes of float32; a bf16 checkpoint's bits are copied unchanged)
 and the 1-D norm weights as float32: they are 0.02% of the bytes, and the fused norm kernels
 then need no bf16 variant. The manifest's top-level "dtype" is the matrices' dtype
 ("bfloat16"); each tensor entry records its own.
+
+An int8 export stores the same matrices, plus the lm_head (a separate int8 copy when it is tied
+to the embedding), as int8 of the same shape and row order, each followed in its file by its
+float32 scales over the output channels (model_export/quant.py; the entry's "scale" gives their
+offset, shape and axis). The embedding stays bf16 and the norms float32; the manifest's
+"quantization" records the granularity and the rule.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from model_export import dtypes, layout
+from model_export import dtypes, layout, quant
 from model_export.atomic import atomic_directory, write_json_atomic
 from model_export.checkpoint import Checkpoint, open_checkpoint
 from model_export.config import CheckpointError
@@ -45,7 +51,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, force: bool = 
     ckpt = open_checkpoint(checkpoint)
     check_out(out, force)
     with atomic_directory(out) as tmp:
-        files, tensors = write_tensors(ckpt, tmp, dtype, progress)
+        files, tensors = write_tensors(ckpt, tmp, dtype, progress)  # every file hashed as written
         tokenizer = copy_tokenizer(checkpoint, tmp)
         manifest = build_manifest(ckpt, dtype, files, tensors, tokenizer)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 3)
@@ -71,14 +77,18 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def stored_dtype(spec: layout.TensorSpec, dtype: str) -> str:
-    """The dtype `spec` is stored in: the norms (1-D) in the table's norm_dtype (float32 for bfloat16)."""
-    return dtypes.EXPORT_DTYPES[dtype].norm_dtype if len(spec.shape) == 1 else dtype
+    """The dtype `spec` is stored in: the norms (1-D) in the table's norm_dtype (float32 for bfloat16),
+    the embedding in its embed_dtype (bfloat16 for int8), every other matrix in `dtype`."""
+    row = dtypes.EXPORT_DTYPES[dtype]
+    if len(spec.shape) == 1:
+        return row.norm_dtype
+    return (row.embed_dtype or dtype) if spec.name == "embed" else dtype
 
 
 def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: str,
                   progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Write every subgraph file; return the manifest's "files" and "tensors" tables."""
-    specs = layout.tensor_specs(ckpt.cfg)
+    specs = layout.tensor_specs(ckpt.cfg, own_head=dtypes.EXPORT_DTYPES[dtype].quantized)
     files: dict[str, dict] = {}
     tensors: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -92,27 +102,58 @@ def write_tensors(ckpt: Checkpoint, tmp: Path, dtype: str,
     return files, tensors
 
 
+class HashedFile:
+    """An open file that hashes what it writes and pads every tensor to an ALIGN-byte offset."""
+
+    def __init__(self, f) -> None:
+        self.f, self.h, self.offset = f, hashlib.sha256(), 0
+
+    def write(self, data: memoryview | bytes) -> None:
+        self.f.write(data)
+        self.h.update(data)
+        self.offset += len(data)
+
+    def align(self) -> int:
+        self.write(b"\0" * (-self.offset % layout.ALIGN))
+        return self.offset
+
+
 def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dtype: str,
                tensors: dict) -> dict:
     """Write `group` into one file, each tensor at an ALIGN-byte offset; hash while writing."""
-    h = hashlib.sha256()
-    offset = 0
     with open(path, "wb") as f:
+        out = HashedFile(f)
         for spec in group:
-            pad = -offset % layout.ALIGN
-            f.write(b"\0" * pad)
-            h.update(b"\0" * pad)
-            offset += pad
             stored = stored_dtype(spec, dtype)
-            tensors[spec.name] = {"file": path.name, "offset": offset, "shape": list(spec.shape),
-                                  "dtype": stored, "hf_name": spec.hf_name,
-                                  "transposed": spec.transpose, "shard": spec.shard}
-            for block in ckpt.blocks(spec.hf_name, spec.transpose, stored):
-                data = memoryview(block).cast("B")
-                f.write(data)
-                h.update(data)
-                offset += len(data)
-    return {"size": offset, "sha256": h.hexdigest()}
+            entry = tensors[spec.name] = {
+                "file": path.name, "offset": out.align(), "shape": list(spec.shape), "dtype": stored,
+                "hf_name": spec.hf_name, "transposed": spec.transpose, "shard": spec.shard}
+            if dtypes.EXPORT_DTYPES[stored].quantized:
+                entry["scale"] = write_quantized(ckpt, spec, out)
+            else:
+                for block in ckpt.blocks(spec.hf_name, spec.transpose, stored):
+                    out.write(memoryview(block).cast("B"))
+    return {"size": out.offset, "sha256": out.h.hexdigest()}
+
+
+def write_quantized(ckpt: Checkpoint, spec: layout.TensorSpec, out: HashedFile) -> dict:
+    """Write `spec` as int8 in its stored layout, then its float32 scales; return the scale entry.
+
+    Two passes over the source: the scales need every K of a channel before any q of it
+    (for a transposed matrix a channel is a column, spread over all row blocks).
+    """
+    try:  # the Hugging Face rows are the output channels, whatever the stored layout
+        scale = quant.channel_scales(ckpt.blocks(spec.hf_name, False, "float32"))
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: tensor {spec.hf_name!r}: {e}") from None
+    axis, row = layout.output_axis(spec), 0
+    for block in ckpt.blocks(spec.hf_name, spec.transpose, "float32"):
+        s = scale[row:row + len(block), None] if axis == 0 else scale[None, :]
+        out.write(memoryview(quant.quantize(block, s)).cast("B"))
+        row += len(block)
+    offset = out.align()
+    out.write(memoryview(scale).cast("B"))
+    return {"offset": offset, "shape": [len(scale)], "dtype": "float32", "axis": axis}
 
 
 def copy_tokenizer(checkpoint: Path, tmp: Path) -> str | None:
@@ -131,11 +172,18 @@ def build_manifest(ckpt: Checkpoint, dtype: str, files: dict, tensors: dict,
               "digest": digest, "files": source_files}
     if ckpt.synthetic is not None:
         source["synthetic_params"] = ckpt.synthetic
-    return {"format": layout.FORMAT, "version": layout.VERSION,
-            "config": {**ckpt.cfg.to_dict(), "model_type": "qwen3"},
-            "dtype": dtype, "source": source, "tokenizer": tokenizer,
-            "files": files, "tensors": tensors,
-            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    manifest = {"format": layout.FORMAT, "version": layout.VERSION,
+                "config": {**ckpt.cfg.to_dict(), "model_type": "qwen3"},
+                "dtype": dtype, "source": source, "tokenizer": tokenizer,
+                "files": files, "tensors": tensors,
+                "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    row = dtypes.EXPORT_DTYPES[dtype]
+    if row.quantized:
+        manifest["quantization"] = {
+            "dtype": dtype, "scale_dtype": row.scale_dtype, "granularity": quant.GRANULARITY,
+            "rule": quant.RULE, "qmax": quant.QMAX,
+            "tensors": sorted(n for n, e in tensors.items() if "scale" in e)}
+    return manifest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

@@ -6,6 +6,8 @@ contiguous row range, for any contiguous block of KV groups (with their query he
   (g*n_rep .. g*n_rep+n_rep-1) are adjacent, so rank r's heads are one row block;
 - o_proj and down_proj are stored transposed, so their input-feature shards are row blocks;
 - gate/up rows are the intermediate features.
+A quantized (int8) matrix keeps this shape and row order; its scales over the output channels
+follow it in the same file (`output_axis`: rows for row-major matrices, columns for transposed).
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ def layer_file(i: int, part: str) -> str:
     return f"layer{i:03d}.{part}.bin"
 
 
-def tensor_specs(cfg: Qwen3Config) -> list[TensorSpec]:
-    """All exported tensors in file order (embedding, then layer by layer, then the head)."""
+def tensor_specs(cfg: Qwen3Config, own_head: bool = False) -> list[TensorSpec]:
+    """All exported tensors in file order (embedding, then layer by layer, then the head).
+
+    `own_head`: store an lm_head even when it is tied to the embedding (a quantized export keeps
+    an int8 copy of the tied table for the matmul beside the embedding it looks rows up in).
+    """
     d, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     qd, kvd, D = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, cfg.head_dim
     specs = [TensorSpec("embed", "model.embed_tokens.weight", "embed.bin", (V, d), False, None)]
@@ -55,9 +61,15 @@ def tensor_specs(cfg: Qwen3Config) -> list[TensorSpec]:
             TensorSpec(f"layers.{i}.w_down_t", p + "mlp.down_proj.weight", ml, (I, d), True, "mlp"),
         ]
     specs.append(TensorSpec("final_norm", "model.norm.weight", "final_norm.bin", (d,), False, None))
-    if not cfg.tie_word_embeddings:
-        specs.append(TensorSpec("lm_head", "lm_head.weight", "lm_head.bin", (V, d), False, None))
+    if not cfg.tie_word_embeddings or own_head:
+        hf = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        specs.append(TensorSpec("lm_head", hf, "lm_head.bin", (V, d), False, None))
     return specs
+
+
+def output_axis(spec: TensorSpec) -> int:
+    """The axis of the stored matrix that runs over its output channels (the HF rows)."""
+    return 1 if spec.transpose else 0
 
 
 def hf_shape(spec: TensorSpec) -> tuple[int, ...]:

@@ -37,5 +37,14 @@ def test_lookup_resolves_aliases_and_names_the_choices():
     with pytest.raises(CheckpointError, match=r"unsupported export dtype 'float64' \(choose from"):
         dtypes.lookup("float64")  # a checkpoint may hold it; an export may not
     assert dtypes.lookup("float64", dtypes.CHECKPOINT_DTYPES).safetensors == "F64"
-    assert dtypes.choices(dtypes.EXPORT_DTYPES) == ["bf16", "bfloat16", "float16", "float32", "fp16", "fp32"]
+    assert dtypes.choices(dtypes.EXPORT_DTYPES) == ["bf16", "bfloat16", "float16", "float32", "fp16", "fp32",
+                                                    "int8"]
+
+
+def test_int8_row_is_quantized_with_float32_scales():
+    row = dtypes.lookup("int8")
+    assert row.quantized and row.storage == np.dtype(np.int8) and row.itemsize == 1
+    assert dtypes.DTYPES[row.scale_dtype].storage == np.dtype("<f4") and row.norm_dtype == "float32"
+    assert row.embed_dtype == "bfloat16" and not row.checkpoint  # no checkpoint is read as int8
+    assert not any(r.quantized for r in dtypes.TABLE if r.name != "int8")
 
