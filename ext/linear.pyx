@@ -12,6 +12,11 @@ read-only memmaps of the export, never copied whole:
   (OpenBLAS's pthreads) whose idle threads spin on the cores ours need, or sleep when ours want
   them awake. The sgemm is numpy's own OpenBLAS (scipy-openblas, found through threadpoolctl);
   where it cannot be found, numpy.matmul with BLAS's own threads does the same products.
+- oneDNN's matmul (ext/dnnl.pyx), where it loaded and its implementation is not `ref`: the
+  prefill products of every dtype (bf16 on the bf16 units, float32 at the CPU's GEMM peak rather
+  than the OpenBLAS core the environment may force) and all int8 products (int8 weights with a
+  float32 scale per output channel, activations quantized per token). Without it, int8 weights
+  are dequantized O(block) at a time into float32 scratch and run the paths above.
 """
 
 import ctypes
@@ -26,6 +31,8 @@ from libc.stdint cimport int64_t
 from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
                        reduce_parts)
 from ext.simd cimport widen_bf16
+
+from ext import dnnl
 
 cnp.import_array()
 
@@ -90,7 +97,14 @@ def gemm_in_openmp():
 
 
 BF16 = np.dtype(np.uint16)
-WEIGHT_DTYPES = (np.dtype(np.float32), BF16)
+INT8 = np.dtype(np.int8)
+WEIGHT_DTYPES = (np.dtype(np.float32), BF16)   # our GEMV's and sgemm's
+ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per output channel
+
+# The fewest tokens at which oneDNN's matmul does a dtype's products (when it loaded and offers
+# more than its `ref` implementation): fewer run on our GEMV, which streams the weights faster at
+# decode; int8 has no kernel of ours (docs/design-notes.md#onednn).
+ONEDNN_MIN_T = {np.dtype(np.float32): SMALL_T + 1, BF16: SMALL_T + 1, INT8: 1}
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
 # packs its operands again for every block, so blocks must be big enough for that to be cheap:
@@ -225,31 +239,70 @@ def check_array(name, a, dtypes, shape):
                          f"got {a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
 
 
-def _check_linear(fn, x, w, out, num_threads, transposed):
+def _check_linear(fn, x, w, out, num_threads, transposed, scale=None):
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"{fn}: x and w must be 2-D, got {x.shape}, {w.shape}")
     T, K = x.shape
     N = w.shape[1] if transposed else w.shape[0]
     check_array(f"{fn}: x", x, (np.float32,), (T, K))
-    check_array(f"{fn}: w_t" if transposed else f"{fn}: w", w, WEIGHT_DTYPES,
+    check_array(f"{fn}: w_t" if transposed else f"{fn}: w", w, ALL_DTYPES,
                 (K, N) if transposed else (N, K))
     check_array(f"{fn}: out", out, (np.float32,), (T, N))
+    if w.dtype == INT8:
+        if scale is None:
+            raise ValueError(f"{fn}: int8 weights need scale, float32 ({N},) per output channel")
+        check_array(f"{fn}: scale", scale, (np.float32,), (N,))
+    elif scale is not None:
+        raise ValueError(f"{fn}: scale is for int8 weights only, got {w.dtype} weights")
     if num_threads < 1:
         raise ValueError(f"{fn}: num_threads must be >= 1, got {num_threads}")
     return T, K, N
 
 
-def linear(x, w, out, int num_threads=1):
-    """out = x @ w.T: x (T, K) float32, w (N, K) float32 or bf16 bits (uint16), out (T, N) float32.
+def _onednn(x, w, out, int num_threads, bint transposed, scale):
+    """out = x @ w.T (or x @ w_t) on oneDNN when the routing table says so and it can; True if it ran."""
+    T, K = x.shape[0], x.shape[1]
+    if T < ONEDNN_MIN_T[w.dtype] or not dnnl.available():
+        return False
+    try:
+        dnnl.matmul(x, w, out, num_threads, transposed, scale)
+    except dnnl.Unsupported:   # `ref` only here (bf16 on an AVX2 CPU, say): our paths below
+        return False
+    return True
 
-    T <= SMALL_T: SIMD GEMV over row blocks of w (num_threads OpenMP threads); larger T: BLAS
-    (its own threads, see pipeline.engine.threads.set_threads).
+
+def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint transposed=False,
+                   int num_threads=1) -> str:
+    """What computes x (T, K) @ W (K, N) with weights of w_dtype: "onednn:<its implementation
+    name>", "gemv" (ours), "sgemm" (BLAS's on our OpenMP threads), "numpy" (numpy.matmul), with
+    "+dequant" for int8 weights widened to float32 first (for the bench JSON)."""
+    dt = np.dtype(w_dtype)
+    if dt not in ALL_DTYPES:
+        raise ValueError(f"implementation: weights float32, uint16 (bf16) or int8, got {dt}")
+    if T >= ONEDNN_MIN_T[dt]:
+        impl = dnnl.implementation(dt, T, K, N, transposed, num_threads)
+        if impl is not None:
+            return f"onednn:{impl}"
+    base = "gemv" if T <= SMALL_T else ("sgemm" if _sgemm != NULL else "numpy")
+    return base + ("+dequant" if dt == INT8 else "")
+
+
+def linear(x, w, out, int num_threads=1, scale=None):
+    """out = x @ w.T: x (T, K) float32, w (N, K) float32, bf16 bits (uint16) or int8 with scale
+    (N,) float32 (w = q * scale[:, None]), out (T, N) float32.
+
+    oneDNN where ONEDNN_MIN_T says; else T <= SMALL_T: SIMD GEMV over row blocks of w
+    (num_threads OpenMP threads); larger T: BLAS's sgemm on those threads.
     """
-    T, K, N = _check_linear("linear", x, w, out, num_threads, False)
+    T, K, N = _check_linear("linear", x, w, out, num_threads, False, scale)
     if T == 0 or N == 0:
         return
     if K == 0:
         out[...] = 0
+    elif _onednn(x, w, out, num_threads, False, scale):
+        pass
+    elif w.dtype == INT8:
+        _dequantized(x, w, scale, out, False, num_threads)
     elif T <= SMALL_T:
         linear_many(x, (w,), (out,), num_threads)
     elif _sgemm != NULL:
@@ -260,11 +313,12 @@ def linear(x, w, out, int num_threads=1):
         np.matmul(x, w.T, out=out)
 
 
-def linear_many(x, ws, outs, int num_threads=1):
-    """outs[j] = x @ ws[j].T for up to MAX_MANY weights of one dtype with x's K columns (q, k, v).
+def linear_many(x, ws, outs, int num_threads=1, scales=None):
+    """outs[j] = x @ ws[j].T for up to MAX_MANY weights of one dtype with x's K columns (q, k, v);
+    int8 weights come with scales[j], (N_j,) float32 each.
 
-    T <= SMALL_T: one parallel region for all of them (one thread wake-up instead of len(ws));
-    otherwise one linear() each.
+    T <= SMALL_T on our GEMV: one parallel region for all of them (one thread wake-up instead of
+    len(ws)); otherwise one linear() each.
     """
     cdef const void *wp[MAX_MANY]
     cdef float *op[MAX_MANY]
@@ -274,14 +328,17 @@ def linear_many(x, ws, outs, int num_threads=1):
     cdef const float *xp
     if m != len(outs) or not 1 <= m <= MAX_MANY:
         raise ValueError(f"linear_many: 1 to {MAX_MANY} weights, one output each (got {m}, {len(outs)})")
+    if scales is not None and len(scales) != m:
+        raise ValueError(f"linear_many: one scale per weight (got {len(scales)} for {m})")
     for j in range(m):
-        _check_linear("linear_many", x, ws[j], outs[j], num_threads, False)
+        _check_linear("linear_many", x, ws[j], outs[j], num_threads, False,
+                      None if scales is None else scales[j])
         if ws[j].dtype != ws[0].dtype:
             raise ValueError(f"linear_many: weights of one dtype, got {ws[0].dtype} and {ws[j].dtype}")
     T, K = x.shape[0], x.shape[1]
-    if T > SMALL_T or K == 0:
+    if T > SMALL_T or K == 0 or T >= ONEDNN_MIN_T[ws[0].dtype] or ws[0].dtype == INT8:
         for j in range(m):
-            linear(x, ws[j], outs[j], num_threads)
+            linear(x, ws[j], outs[j], num_threads, None if scales is None else scales[j])
         return
     if T == 0:
         return
@@ -295,10 +352,12 @@ def linear_many(x, ws, outs, int num_threads=1):
         _gemv_many(xp, <int>T, K, m, wp, Ns, op, bf, num_threads)
 
 
-def linear_t(x, w_t, out, int num_threads=1):
-    """out = x @ w_t: x (T, K) float32, w_t (K, N) float32 or bf16 bits (uint16), out (T, N) float32.
+def linear_t(x, w_t, out, int num_threads=1, scale=None):
+    """out = x @ w_t: x (T, K) float32, w_t (K, N) float32, bf16 bits (uint16) or int8 with scale
+    (N,) float32 (w_t = q * scale[None, :]), out (T, N) float32.
 
-    For the transposed (row-sharded) weights, o_proj and down_proj. T <= SMALL_T: SIMD GEMV over
+    For the transposed (row-sharded) weights, o_proj and down_proj. oneDNN where ONEDNN_MIN_T
+    says; else T <= SMALL_T: SIMD GEMV over
     fixed chunks of rows of w_t (partial sums added in order, so any num_threads gives the same
     bits); larger T: BLAS (bf16: row blocks of w_t widened into scratch, out += x[:, block] @ block).
     """
@@ -308,11 +367,15 @@ def linear_t(x, w_t, out, int num_threads=1):
     cdef float *outp
     cdef int bf
     cdef Py_ssize_t T, K, N
-    T, K, N = _check_linear("linear_t", x, w_t, out, num_threads, True)
+    T, K, N = _check_linear("linear_t", x, w_t, out, num_threads, True, scale)
     if T == 0 or N == 0:
         return
     if K == 0:
         out[...] = 0
+    elif _onednn(x, w_t, out, num_threads, True, scale):
+        pass
+    elif w_t.dtype == INT8:
+        _dequantized(x, w_t, scale, out, True, num_threads)
     elif T <= SMALL_T:
         pv = scratch(nchunks_of(K) * T * N, "parts")   # reused: no allocation, no page faults
         xp, wp, outp = <const float *>data(x), data(w_t), <float *>cnp.PyArray_DATA(out)
@@ -359,3 +422,30 @@ def _linear_t_bf16_blas(x, w_t, out):
         else:
             np.matmul(x[:, k0:k0 + m], blk, out=tmp)
             np.add(out, tmp, out=out)
+
+
+def _dequantized(x, q, scale, out, bint transposed, int num_threads):
+    """int8 weights without oneDNN: blocks of ~_block_elems weights dequantized into float32
+    scratch (w = q * scale per output channel), each block through linear / linear_t."""
+    cdef Py_ssize_t T = x.shape[0], K = x.shape[1], N = out.shape[1], r0, m
+    rows = q.shape[0]
+    nb = max(16, _block_elems // q.shape[1])
+    buf = scratch(nb * q.shape[1], "dequant")
+    part = scratch(T * N, "dequant_out")[: T * N].reshape(T, N) if transposed else None
+    for r0 in range(0, rows, nb):
+        m = min(nb, rows - r0)
+        blk = buf[: m * q.shape[1]].reshape(m, q.shape[1])
+        if transposed:   # rows r0.. of w_t (K, N): out += x[:, r0:r0+m] @ blk
+            np.multiply(q[r0:r0 + m], scale[None, :], out=blk, casting="unsafe")
+            xs = np.ascontiguousarray(x[:, r0:r0 + m])
+            linear_t(xs, blk, out if r0 == 0 else part, num_threads)
+            if r0:
+                np.add(out, part, out=out)
+        else:            # rows r0.. of w (N, K): out[:, r0:r0+m] = x @ blk.T
+            np.multiply(q[r0:r0 + m], scale[r0:r0 + m, None], out=blk, casting="unsafe")
+            if m == N:
+                linear(x, blk, out, num_threads)
+            else:
+                o = scratch(T * m, "dequant_out")[: T * m].reshape(T, m)
+                linear(x, blk, o, num_threads)
+                out[:, r0:r0 + m] = o

@@ -2,8 +2,9 @@
 
 Few tokens (T <= SMALL_T: decode): the three products and SiLU * up in one OpenMP region of our
 SIMD GEMV (ext/gemv.pxd), one thread wake-up per MLP. More tokens: the products go through
-ext.linear (BLAS: numpy's OpenBLAS, whose threads pipeline.engine.threads.set_threads controls); only
-SiLU * up is ours.
+ext.linear (oneDNN's matmul, or BLAS's sgemm on our OpenMP threads); only SiLU * up is ours.
+int8 weights (with float32 scales per output channel) always go through ext.linear: oneDNN's
+int8 matmul, or blocks dequantized to float32 where oneDNN is absent.
 """
 
 import numpy as np
@@ -15,7 +16,8 @@ from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nch
                        reduce_parts, set_flag, wait_flag)
 from ext.simd cimport silu_mul_f32
 
-from ext.linear import BF16, WEIGHT_DTYPES, check_array, linear, linear_t, scratch
+from ext.linear import (ALL_DTYPES, BF16, INT8, ONEDNN_MIN_T, check_array, linear, linear_t,
+                        scratch)
 
 cnp.import_array()
 
@@ -92,12 +94,13 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
                 reduce_parts(parts, nchunks, T * d, out)
 
 
-def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
+def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):
     """out = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down_t  (a rank's partial sum under TP).
 
-    x, out (T, d) float32; w_gate, w_up, w_down_t (I_r, d), all float32 or all bf16 bits (uint16,
-    model_export.reader.BF16); ws an MLPWorkspace with I_r columns (grown once if max_T < T).
-    T <= SMALL_T: num_threads OpenMP threads for everything; more: BLAS threads for the products.
+    x, out (T, d) float32; w_gate, w_up, w_down_t (I_r, d), all float32, all bf16 bits (uint16,
+    model_export.reader.BF16) or all int8 with scales = (s_gate (I_r,), s_up (I_r,), s_down (d,))
+    float32; ws an MLPWorkspace with I_r columns (grown once if max_T < T).
+    Few tokens (float32, bf16): our GEMV, one OpenMP region; else the products via ext.linear.
     """
     if x.ndim != 2 or w_gate.ndim != 2:
         raise ValueError(f"mlp: x and w_gate must be 2-D, got {x.shape}, {w_gate.shape}")
@@ -105,8 +108,11 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
     I_r = w_gate.shape[0]
     check_array("mlp: x", x, (np.float32,), (T, d))
     for name, w in (("w_gate", w_gate), ("w_up", w_up), ("w_down_t", w_down_t)):
-        check_array(f"mlp: {name}", w, (w_gate.dtype,) if w_gate.dtype in WEIGHT_DTYPES
-                    else WEIGHT_DTYPES, (I_r, d))
+        check_array(f"mlp: {name}", w, (w_gate.dtype,) if w_gate.dtype in ALL_DTYPES
+                    else ALL_DTYPES, (I_r, d))
+    if (w_gate.dtype == INT8) != (scales is not None) or (scales is not None and len(scales) != 3):
+        raise ValueError("mlp: int8 weights need scales = (s_gate, s_up, s_down), other dtypes none")
+    sg, su, sd = (None, None, None) if scales is None else scales
     check_array("mlp: out", out, (np.float32,), (T, d))
     if ws.I_r != I_r:
         raise ValueError(f"MLPWorkspace is for I_r={ws.I_r}, weights have I_r={I_r}")
@@ -115,11 +121,11 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1):
     ws.reserve(T)
     gate = ws.gate[:T]   # (T, I_r)
     up = ws.up[:T]       # (T, I_r)
-    if T > SMALL_T or d == 0:
-        linear(x, w_gate, gate, num_threads)
-        linear(x, w_up, up, num_threads)
+    if T > SMALL_T or d == 0 or T >= ONEDNN_MIN_T[w_gate.dtype] or w_gate.dtype == INT8:
+        linear(x, w_gate, gate, num_threads, sg)
+        linear(x, w_up, up, num_threads, su)
         silu_mul(gate, up, num_threads)
-        linear_t(gate, w_down_t, out, num_threads)
+        linear_t(gate, w_down_t, out, num_threads, sd)
         return
     if T == 0:
         return

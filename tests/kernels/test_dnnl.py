@@ -1,0 +1,225 @@
+"""ext.dnnl (oneDNN matmul) and the int8 paths of ext.linear / ext.mlp against NumPy float64.
+
+Every reference takes the kernel's own inputs: activations rounded to bf16 for the bf16 matmul,
+quantized per token (s = max|x| / 127, q = round(x / s)) for int8, weights widened exactly.
+Tolerances, once per dtype, relative to the output's scale (max(1, max |want|)):
+- float32, bf16: 1e-5, float32 accumulation of up to a few thousand terms (~100 ulp of headroom);
+  the bf16 inputs are exact in float32, so bf16 gets no slack of its own.
+- int8: 1e-5 against the float64 product of the quantized operands: the s32 accumulation is
+  exact, what is left is float32 rounding of the scales' products and of the +128 shift's
+  cancellation. Against the unquantized float64 product int8 is only ~1e-2 close, which
+  test_int8_close_to_float is there to bound (a lost scale is off by O(1)).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ext import dnnl
+from ext import linear as L
+from ext import mlp as M
+from model_export.dtypes import bf16_to_float32, float32_to_bf16
+
+RTOL = {"float32": 1e-5, "bf16": 1e-5, "int8": 1e-5}
+needs_dnnl = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN absent: {dnnl.load_error()}")
+# M not a multiple of the kernels' blocks, K and N small and odd, and Qwen3-like
+SHAPES = ((1, 64, 48), (3, 21, 37), (17, 1031, 515), (130, 1024, 1000), (5, 1, 3))
+
+
+def close(got, want, rtol):
+    want = np.asarray(want, dtype=np.float64)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    err = float(np.abs(np.asarray(got, dtype=np.float64) - want).max(initial=0.0))
+    assert err <= rtol * scale, f"max abs error {err:.3g} > {rtol:g} x scale {scale:.3g}"
+
+
+def quantize_weights(w, transposed):
+    """int8 q and float32 per-output-channel scale with w ~ q * scale (axis N)."""
+    axis = 0 if transposed else 1
+    scale = (np.abs(w).max(axis=axis) / 127).astype(np.float32)
+    scale[scale == 0] = 1
+    q = np.rint(w / (scale[None, :] if transposed else scale[:, None])).astype(np.int8)
+    return q, scale
+
+
+def quantized_x(x):
+    """x as the int8 path sees it, float64: per row s = max|x| / 127, round(x * (1/s)) * s."""
+    s = (np.abs(x).max(axis=1) / np.float32(127)).astype(np.float32)
+    s[s == 0] = 1
+    inv = (np.float32(1) / s).astype(np.float32)
+    q = np.rint((x * inv[:, None]).astype(np.float32))
+    return q.astype(np.float64) * s[:, None].astype(np.float64)
+
+
+def operands(dtype, M_, K, N, transposed, seed):
+    """(x, w, scale, x as the kernel sees it, w as float64 (K, N))."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M_, K), dtype=np.float32)
+    w = rng.standard_normal((K, N) if transposed else (N, K), dtype=np.float32) * np.float32(0.05)
+    if dtype == "float32":
+        wf, scale, xs = w, None, x.astype(np.float64)
+        w64 = w.astype(np.float64)
+    elif dtype == "bf16":
+        wf, scale = float32_to_bf16(w), None
+        xs = bf16_to_float32(float32_to_bf16(x)).astype(np.float64)
+        w64 = bf16_to_float32(wf).astype(np.float64)
+    else:
+        wf, scale = quantize_weights(w, transposed)
+        xs = quantized_x(x)
+        w64 = wf.astype(np.float64) * (scale[None, :] if transposed else scale[:, None])
+    return x, wf, scale, xs, (w64 if transposed else w64.T)
+
+
+@needs_dnnl
+@pytest.mark.parametrize("packed", (False, True))
+@pytest.mark.parametrize("transposed", (False, True))
+@pytest.mark.parametrize("dtype", ("float32", "bf16", "int8"))
+@pytest.mark.parametrize("M_, K, N", SHAPES)
+def test_matmul(M_, K, N, dtype, transposed, packed):
+    x, w, scale, xs, w64 = operands(dtype, M_, K, N, transposed, M_ + K + N)
+    for threads in (1, 2):
+        if dnnl.implementation(w.dtype, M_, K, N, transposed, threads, packed) is None:
+            pytest.skip(f"oneDNN has only `ref` for {dtype} here")
+        out = np.full((M_, N), np.nan, np.float32)
+        impl = dnnl.matmul(x, w, out, threads, transposed, scale, packed)
+        assert impl and not impl.startswith("ref")
+        close(out, xs @ w64, RTOL[dtype])
+
+
+@needs_dnnl
+def test_zero_rows_and_primitive_cache():
+    """A zero activation row quantizes with scale 1 (no 0/0); a second call reuses the primitive."""
+    x, w, scale, xs, w64 = operands("int8", 4, 64, 32, False, 1)
+    x[2] = 0
+    out = np.empty((4, 32), np.float32)
+    dnnl.matmul(x, w, out, 2, False, scale)
+    assert np.all(out[2] == 0)
+    close(out, quantized_x(x) @ w64, RTOL["int8"])
+    assert dnnl.primitive(np.int8, 4, 64, 32, False, 2) is dnnl.primitive(np.int8, 4, 64, 32, False, 2)
+
+
+@needs_dnnl
+def test_read_only_memmap_weights(tmp_path):
+    """The export's weights are read-only memory maps: used in place, every dtype."""
+    for dtype in ("float32", "bf16", "int8"):
+        x, w, scale, xs, w64 = operands(dtype, 20, 200, 300, False, 2)
+        path = tmp_path / f"w_{dtype}.bin"
+        w.tofile(path)
+        wm = np.memmap(path, dtype=w.dtype, mode="r", shape=w.shape)
+        out = np.empty((20, 300), np.float32)
+        dnnl.matmul(x, wm, out, 2, False, scale)
+        close(out, xs @ w64, RTOL[dtype])
+
+
+@pytest.mark.parametrize("transposed", (False, True))
+@pytest.mark.parametrize("T", (1, 5, 16, 17, 130))
+def test_linear_int8(T, transposed):
+    """linear / linear_t with int8 weights: oneDNN, or dequantized blocks without it."""
+    K, N = (1100, 300) if transposed else (300, 1100)
+    x, w, scale, xs, w64 = operands("int8", T, K, N, transposed, T)
+    out = np.full((T, N), np.nan, np.float32)
+    fn = L.linear_t if transposed else L.linear
+    fn(x, w, out, num_threads=2, scale=scale)
+    onednn = L.implementation(w.dtype, T, K, N, transposed, 2).startswith("onednn")
+    # without oneDNN the activations stay float32: the reference is the float64 product then
+    close(out, (xs if onednn else x.astype(np.float64)) @ w64, RTOL["int8"])
+
+
+def test_int8_close_to_float():
+    """The quantized product stays near the float one: per-token and per-channel scales at 8 bits
+    leave ~0.5% of the output's scale; a dropped or misplaced scale would be off by O(1)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 512), dtype=np.float32)
+    w = rng.standard_normal((256, 512), dtype=np.float32) * np.float32(0.05)
+    q, scale = quantize_weights(w, False)
+    out = np.empty((9, 256), np.float32)
+    L.linear(x, q, out, num_threads=2, scale=scale)
+    close(out, x.astype(np.float64) @ w.T.astype(np.float64), 2e-2)
+
+
+def test_linear_many_and_mlp_int8():
+    rng = np.random.default_rng(9)
+    d, I = 128, 384
+    for T in (1, 7, 40):
+        x = rng.standard_normal((T, d), dtype=np.float32)
+        mats = [quantize_weights(rng.standard_normal((I, d), dtype=np.float32) * np.float32(0.05),
+                                 t) for t in (False, False, True)]
+        outs = [np.empty((T, I), np.float32) for _ in range(2)]
+        L.linear_many(x, [m[0] for m in mats[:2]], outs, 2, scales=[m[1] for m in mats[:2]])
+        for (q, s), o in zip(mats[:2], outs, strict=True):
+            single = np.empty_like(o)
+            L.linear(x, q, single, 2, s)
+            np.testing.assert_array_equal(o, single)
+        out = np.empty((T, d), np.float32)
+        ws = M.MLPWorkspace(T, I)
+        M.mlp(x, mats[0][0], mats[1][0], mats[2][0], out, ws, 2, scales=[m[1] for m in mats])
+        g, u = outs[0].astype(np.float64), outs[1].astype(np.float64)
+        h = (g / (1 + np.exp(-g)) * u).astype(np.float32)
+        close(ws.gate[:T], h, 1e-5)
+        down = np.empty((T, d), np.float32)
+        L.linear_t(ws.gate[:T].copy(), mats[2][0], down, 2, mats[2][1])
+        np.testing.assert_array_equal(out, down)
+
+
+def test_int8_bad_input():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-127, 128, (8, 16), dtype=np.int8)
+    x, out = rng.standard_normal((2, 16), dtype=np.float32), np.empty((2, 8), np.float32)
+    with pytest.raises(ValueError, match="need scale"):
+        L.linear(x, q, out)
+    with pytest.raises(ValueError, match="scale"):
+        L.linear(x, q, out, scale=np.ones(7, np.float32))
+    with pytest.raises(ValueError, match="int8 weights only"):
+        L.linear(x, q.astype(np.float32), out, scale=np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="scales"):
+        M.mlp(x, q, q, q, np.empty((2, 16), np.float32),
+              M.MLPWorkspace(2, 8), 1)
+
+
+def _run(code: str, **env) -> str:
+    """Run code in a fresh interpreter (oneDNN is chosen when ext.dnnl loads) with env added."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+CHECK = """
+import numpy as np
+from ext import dnnl, linear as L
+from tests.kernels.test_dnnl import operands, close, RTOL
+print(dnnl.available(), dnnl.load_error())
+for dtype in ("float32", "bf16", "int8"):
+    for T, tr in ((1, False), (40, False), (40, True)):
+        x, w, s, xs, w64 = operands(dtype, T, 96, 80, tr, 3)
+        out = np.empty((T, 80), np.float32)
+        (L.linear_t if tr else L.linear)(x, w, out, 2, s)
+        impl = L.implementation(w.dtype, T, 96, 80, tr, 2)
+        ref = xs if impl.startswith("onednn") else x.astype(np.float64)
+        close(out, ref @ w64, RTOL[dtype])
+        print(dtype, T, tr, impl)
+"""
+
+
+def test_fallback_without_onednn():
+    """oneDNN absent: a message naming the package, and every dtype on our own kernels."""
+    out = _run(CHECK, QWEN3_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3")
+    first = out.splitlines()[0]
+    assert first.startswith("False") and dnnl.PACKAGE in first
+    assert "onednn:" not in out and "int8 1 False gemv+dequant" in out
+
+
+@needs_dnnl
+def test_ref_is_refused():
+    """oneDNN capped at SSE4.1 (ONEDNN_MAX_CPU_ISA) offers `ref` for bf16 matmul, and an int8
+    one without VNNI (16-bit pair sums that saturate): both refused, so those products run on our
+    kernels (dequantized int8), correct, and the name says which ran."""
+    out = _run(CHECK, ONEDNN_MAX_CPU_ISA="SSE41")
+    low = [ln for ln in out.splitlines() if ln.startswith(("bf16", "int8"))]
+    assert len(low) == 6 and all("onednn" not in ln for ln in low), out
+    assert any(ln.endswith("sgemm") or ln.endswith("numpy") for ln in low), out
