@@ -7,6 +7,7 @@
 # results/ path scheme (every file the workflow writes):
 #   results/work/checkpoint/{model}/         synthetic checkpoint (only when config checkpoint is "")
 #   results/work/export/{model}-{dtype}/     exported per-layer subgraph files + manifest.json
+#   results/work/gguf/{model}-{f32,bf16,q8_0}.gguf   the checkpoint for llama.cpp (baselines comparison)
 #   ext/*.so                                 compiled kernels (built in place by setup.py)
 #   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}.json    one bench JSON per cell
 #   results/verification.{md,json}           every cell against the single-rank reference
@@ -14,7 +15,7 @@
 #   results/costmodel.json                   alpha-beta model: calibration, predicted vs measured, curves
 #   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
 #   results/compare/{name}.json, results/compare/{name}/{variant}_r{round}.json   back-to-back
-#                                            comparisons (dtype, ranks, ceilings) and their rounds' JSONs
+#                                            comparisons (dtype, ranks, ceilings, baselines) and their rounds' JSONs
 #   results/report.md, results/summary.{json,csv}, results/figures/{throughput,cells}_p{prompt_len}.png,
 #   results/figures/costmodel.png            (predicted curves beyond this machine)
 #   results/logs/{rule}/...log, results/logs/benchmarks/{rule}/...tsv   (not committed)

@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": ("pipeline.study.bench", "benchmark one cell (prefill + decode) under mpiexec"),
     "compare": ("pipeline.study.compare", "two or more variants back to back, in alternating rounds"),
     "baseline": ("pipeline.study.baseline", "Hugging Face transformers on the same checkpoint"),
+    "llamacpp": ("pipeline.study.llamacpp", "llama.cpp (llama-cpp-python) on a GGUF file of the checkpoint"),
     "commbench": ("pipeline.study.commbench", "MPI ping-pong and Allreduce sweep (latency, bandwidth)"),
     "costmodel": ("pipeline.study.costmodel", "the alpha-beta cost model: calibrate, predict"),
     "launch": ("pipeline.engine.binding", "mpiexec with ranks and their threads bound to cores (chosen per machine)"),

@@ -19,7 +19,8 @@ from pipeline.cells import CellId
 from pipeline.engine.partition import why_not
 
 RUNS = "results/runs"
-COMPARISONS = ("dtype", "ranks", "ceilings")  # the named comparisons of rules/compare.smk
+COMPARISONS = ("dtype", "ranks", "ceilings", "baselines")  # the named comparisons of rules/compare.smk
+GGUF_DTYPES = ("f32", "bf16", "q8_0")  # the GGUF files llama.cpp runs on (rule gguf)
 COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison measures at it
 
 
@@ -137,7 +138,7 @@ def get_export_dir(dtype=None):
 
 def get_compare_files():
     """results/compare/{name}.json of each comparison the config turns on and this machine can run."""
-    wanted = [name for name in COMPARISONS if config["comparisons"][name]]
+    wanted = [name for name in COMPARISONS if config["comparisons"][name]]  # baselines: a non-empty list
     if not get_compare_rank_cores():  # no C >= 2 that head-wise splits over: no ranks comparison
         wanted = [name for name in wanted if name != "ranks"]
     return [f"results/compare/{name}.json" for name in wanted]
@@ -155,9 +156,30 @@ def get_compare_rank_cores():
 def get_compare_exports(wildcards):
     """The exports a comparison reads: float32 and bf16 for dtype (float32 the reference), else the
     configured one."""
-    if wildcards.name == "dtype":
+    if wildcards.name in ("dtype", "baselines"):
         return [get_export_dir("float32"), get_export_dir("bf16")]
     return [get_export_dir()]
+
+
+def get_gguf_file(dtype):
+    """The GGUF file of the checkpoint in `dtype` (f32, bf16, q8_0, or the "{gguf_dtype}" wildcard)."""
+    return f"results/work/gguf/{get_model_id()}-{dtype}.gguf"
+
+
+def get_compare_ggufs(wildcards):
+    """The GGUF files of the baselines comparison: none unless llama.cpp is asked for and both its
+    packages (llama-cpp-python, gguf) are installed; otherwise the comparison says it skipped it."""
+    import importlib.util
+
+    wanted = wildcards.name == "baselines" and "llamacpp" in config["comparisons"]["baselines"]
+    if not wanted or any(importlib.util.find_spec(m) is None for m in ("llama_cpp", "gguf")):
+        return []
+    return [get_gguf_file(dtype) for dtype in GGUF_DTYPES]
+
+
+def get_compare_checkpoint(wildcards):
+    """The checkpoint's files, which the torch baseline loads (baselines comparison only)."""
+    return get_checkpoint_files() if wildcards.name == "baselines" else []
 
 
 def get_compare_threads(wildcards):
@@ -168,7 +190,11 @@ def get_compare_threads(wildcards):
 
 def get_compare_options(wildcards):
     """The options only one comparison takes: the dtype comparison's rank counts, 1 and, where
-    head-wise splits the model, 2."""
+    head-wise splits the model, 2; the baselines', their checkpoint, GGUF files and names."""
+    if wildcards.name == "baselines":
+        ggufs = [f"{d}={get_gguf_file(d)}" for d in GGUF_DTYPES if get_compare_ggufs(wildcards)]
+        return shlex.join(["--checkpoint", get_checkpoint_dir(), "--gguf", *ggufs,
+                           "--baselines", *config["comparisons"]["baselines"]])
     if wildcards.name != "dtype":
         return ""
     ranks = [p for p in (1, 2) if get_not_applicable_reason("headwise", p, COMPARE_PROMPT_LEN) is None]

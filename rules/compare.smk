@@ -2,15 +2,18 @@
 # after the other, in alternating (ABBA) rounds, and writes results/compare/{name}.json (the
 # rounds' own JSONs in results/compare/{name}/). The config's `comparisons:` block turns each
 # on; the report shows every one that ran. Like the benchmarks they hold the `bench` resource.
-# The get_compare_* helpers are in rules/common.smk.
+# The get_compare_* helpers are in rules/common.smk. The baselines comparison also reads the
+# checkpoint (torch) and the GGUF files rule gguf writes from it (llama.cpp).
 
 rule compare:
     input:
         exports=get_compare_exports,
+        ggufs=get_compare_ggufs,
+        checkpoint=get_compare_checkpoint,
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
         code=["pipeline/study/compare.py", "pipeline/study/variants.py", "pipeline/study/bench.py",
-              "pipeline/study/roofline.py"],
+              "pipeline/study/roofline.py", "pipeline/study/llamacpp.py", "pipeline/study/baseline.py"],
     output:
         "results/compare/{name}.json",
     wildcard_constraints:
@@ -39,3 +42,23 @@ rule compare:
         " --threads {resources.job_threads} --prompt-len {params.prompt_len} --gen-len {params.gen_len}"
         " --iters {params.iters} --warmup {params.warmup} --rounds {params.rounds}"
         " --mpi {resources.mpi:q} --timeout {params.timeout} --out {output} > {log} 2>&1"
+
+
+rule gguf:
+    input:
+        get_checkpoint_files(),
+    output:
+        get_gguf_file("{gguf_dtype}"),
+    wildcard_constraints:
+        gguf_dtype="|".join(GGUF_DTYPES),
+    params:
+        checkpoint=get_checkpoint_param,
+    log:
+        "results/logs/gguf/{gguf_dtype}.log",
+    benchmark:
+        "results/logs/benchmarks/gguf/{gguf_dtype}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline gguf --checkpoint {params.checkpoint} --dtype {wildcards.gguf_dtype}"
+        " --out {output} > {log} 2>&1"

@@ -1,11 +1,15 @@
-"""Hugging Face transformers on the same checkpoint (pipeline.study.baseline): its numbers, whether it
-computed what our reference cell computed, and our fastest cells' tokens/s over its own."""
+"""Baselines. Hugging Face transformers on the same checkpoint (pipeline.study.baseline): its numbers,
+whether it computed what our reference cell computed, and our fastest cells' tokens/s over its own.
+And the baselines measured back to back with our cells (`compare baselines`: llama.cpp on GGUF
+files and torch, float32 and bf16): per dtype our cell beside them, ours over theirs per round."""
 
 from __future__ import annotations
 
+import statistics
+
 from pipeline.report import verify
 from pipeline.report.answers import ranked
-from pipeline.report.fmt import PHASES, fnum, ranks, ratio, tok_s
+from pipeline.report.fmt import PHASES, fnum, ranks, ratio, table, tok_s
 from pipeline.report.load import Cell, matrix_key
 
 DEFAULT_NAME = "HF transformers (torch)"
@@ -155,3 +159,60 @@ def findings(recs: list[dict]) -> list[str]:
                 )
             lines.append(text + ".")
     return lines + [""]
+
+
+# --- The baselines measured back to back (`python -m pipeline compare baselines`) -------------------
+# Each baseline variant's reference is our cell of its dtype, so the comparison's ratio is theirs over
+# ours per round; the report states ours over theirs, the same rounds' ratios inverted.
+
+BASELINE_KINDS = ("llamacpp", "torch")
+
+
+def inverted(rounds: list[float]) -> list[float]:
+    return [1.0 / r for r in rounds if r]
+
+
+def beside_records(doc: dict) -> list[dict]:
+    """One record per baseline of a baselines comparison: our cell, its rates, ours over theirs per phase."""
+    by_name = {v["name"]: v for v in doc["variants"]}
+    out = []
+    for v in doc["variants"]:
+        if v["kind"] not in BASELINE_KINDS or v.get("reference") not in by_name:
+            continue
+        ours = by_name[v["reference"]]
+        rec = {"baseline": v["name"], "baseline_label": v.get("label", v["name"]), "kind": v["kind"],
+               "ours": ours["name"], "ours_label": ours.get("label", ours["name"]),
+               "tokens_agree": v.get("tokens_agree")}
+        for phase in PHASES:
+            rounds = inverted((v.get("ratio_rounds") or {}).get(phase, []))
+            rec[f"{phase}_ours"] = ours["median"][phase]
+            rec[f"{phase}_baseline"] = v["median"][phase]
+            rec[f"{phase}_ours_over_baseline_rounds"] = rounds
+            rec[f"{phase}_ours_over_baseline"] = statistics.median(rounds) if rounds else None
+        out.append(rec)
+    return out
+
+
+def beside_section(doc: dict) -> list[str]:
+    """Markdown: per dtype, our cell beside its baselines (medians, and ours over theirs per round)."""
+    recs = beside_records(doc)
+    lines = []
+    if recs:
+        head = ["ours", "baseline", "prefill tok/s: ours / theirs", "decode tok/s: ours / theirs",
+                "prefill: ours over theirs", "decode: ours over theirs", "greedy tokens: theirs = ours"]
+        rows = []
+        for r in recs:
+            rows.append([r["ours_label"], r["baseline_label"],
+                         *(f"{fnum(r[f'{ph}_ours'])} / {fnum(r[f'{ph}_baseline'])}" for ph in PHASES),
+                         *(ratio_rounds(r[f"{ph}_ours_over_baseline"], r[f"{ph}_ours_over_baseline_rounds"])
+                           for ph in PHASES),
+                         {True: "yes", False: "**no**", None: "—"}[r["tokens_agree"]]])
+        lines += ["Ours over each baseline, per round (the rounds' ratios of the table above, inverted):", "",
+                  *table(head, rows), ""]
+    return lines
+
+
+def ratio_rounds(median: float | None, rounds: list[float]) -> str:
+    if median is None:
+        return "—"
+    return f"{ratio(median)} ({' / '.join(f'{r:.2f}' for r in rounds)})"

@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+from pipeline.report import baselines
+
 PHASES = ("prefill", "decode")
 REQUIRED = ("name", "question", "rounds", "units", "variants")
 
@@ -35,9 +37,11 @@ def load(paths: list[str]) -> list[dict]:
 
 
 def records(docs: list[dict]) -> list[dict]:
-    """One flat record per variant of every comparison: its medians, and its ratios over its reference."""
+    """One flat record per variant of every comparison: its medians, and its ratios over its reference
+    (a baseline's also ours over it); one record of kind "skipped" per variant left out, with the reason."""
     out = []
     for doc in docs:
+        beside = {r["baseline"]: r for r in baselines.beside_records(doc)}
         for v in doc["variants"]:
             rec = {"comparison": doc["name"], "variant": v["name"], "label": v.get("label", v["name"]),
                    "kind": v["kind"], "reference": v.get("reference"), "rounds": doc["rounds"]}
@@ -48,8 +52,12 @@ def records(docs: list[dict]) -> list[dict]:
                 ratio = v.get("ratio") or {}
                 rec[f"{phase}_ratio"] = ratio.get(phase)
                 rec[f"{phase}_ratio_rounds"] = list((v.get("ratio_rounds") or {}).get(phase, []))
+                if v["name"] in beside:
+                    rec[f"{phase}_ours_over_baseline"] = beside[v["name"]][f"{phase}_ours_over_baseline"]
             rec["tokens_agree"] = v.get("tokens_agree")
             out.append(rec)
+        out += [{"comparison": doc["name"], "kind": "skipped", "reason": line}
+                for line in doc.get("skipped", [])]
     return out
 
 
@@ -138,13 +146,17 @@ def section(docs: list[dict]) -> list[str]:
     ]
     by_name = {}
     for rec in records(docs):
-        by_name.setdefault(rec["comparison"], []).append(rec)
+        if rec["kind"] != "skipped":
+            by_name.setdefault(rec["comparison"], []).append(rec)
     for doc in docs:
         lines += [
             f"### {doc['name']}: {doc['question']}",
             "",
-            *comparison_table(doc, by_name[doc["name"]]),
+            *comparison_table(doc, by_name.get(doc["name"], [])),
             "",
+            *baselines.beside_section(doc),
+            *(f"- {line}." for line in doc.get("skipped", [])),
+            *([""] if doc.get("skipped") else []),
             f"{run_text(doc)}. Machine: {machine_text(doc)}.",
             "",
         ]

@@ -4,7 +4,9 @@
         --threads 2 --out results/baseline/hf_p128.json
 
 The model is loaded from the checkpoint directory the export was made from, in float32 (a bf16
-checkpoint is widened, as the float32 export is), with `torch.set_num_threads(threads)`. The
+checkpoint is widened, as the float32 export is) or, with `--dtype bf16`, in bfloat16 (torch then
+runs its linear layers through oneDNN's bf16 matmul where the CPU has the units), with
+`torch.set_num_threads(threads)`. The
 prompt is pipeline.study.bench's: `pipeline.engine.prompts.random_prompt(seed, vocab, prompt_len)`.
 prefill: one forward of the prompt into an empty cache (use_cache=True, logits of the last
 position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # only for the annotations: torch and transformers are option
 
 SCHEMA_VERSION = 1
 NAME = "HF transformers (torch)"
+DTYPES = ("float32", "bf16")  # --dtype -> torch's dtype name
+TORCH_DTYPE = {"float32": "float32", "bf16": "bfloat16"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (the bench's)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype in torch")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
     for name in ("prompt_len", "gen_len", "iters"):
@@ -127,6 +132,14 @@ def timed_iterations(model: Qwen3ForCausalLM, torch: ModuleType, prompt: np.ndar
     return runs
 
 
+def onednn_bf16(torch: ModuleType) -> bool | None:
+    """Whether torch's oneDNN (mkldnn) runs bf16 on this CPU's units (None: this torch cannot say)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def environment(torch: ModuleType, transformers: ModuleType, model: Qwen3ForCausalLM) -> dict:
     return {
         "cpu_model": cpu_model(),
@@ -136,6 +149,7 @@ def environment(torch: ModuleType, transformers: ModuleType, model: Qwen3ForCaus
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "onednn_bf16": onednn_bf16(torch),
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
@@ -147,7 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     torch, transformers, Qwen3ForCausalLM = hf
     threads = args.threads or os.cpu_count() or 1
     set_torch_threads(torch, threads)
-    model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+    dtype = getattr(torch, TORCH_DTYPE[args.dtype])
+    model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=dtype).eval()
     prompt = random_prompt(args.seed, model.config.vocab_size, args.prompt_len)
     runs = timed_iterations(model, torch, prompt, args)
     last = runs[-1]
@@ -158,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         "cell": {"prompt_len": args.prompt_len, "gen_len": args.gen_len, "iters": args.iters,
                  "warmup": args.warmup, "threads": threads, "seed": args.seed},
         "environment": environment(torch, transformers, model),
-        "model": {"checkpoint": os.path.abspath(args.checkpoint), "dtype": "float32",
+        "model": {"checkpoint": os.path.abspath(args.checkpoint), "dtype": args.dtype,
                   "num_parameters": int(sum(p.numel() for p in model.parameters()))},
         **timings([r["prefill_s"] for r in runs], [r["decode_s"] for r in runs],
                   [s for r in runs for s in r["steps"]], args.prompt_len, args.gen_len),
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if result["available"]:
         p, d = result["prefill"], result["decode"]
         print(
-            f"{NAME}, {result['cell']['threads']} threads, prompt {args.prompt_len}: prefill "
+            f"{NAME} {args.dtype}, {result['cell']['threads']} threads, prompt {args.prompt_len}: prefill "
             f"{p['tokens_per_s']:.1f} tok/s, decode {d['tokens_per_s']:.2f} tok/s"
         )
     else:

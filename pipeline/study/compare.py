@@ -4,6 +4,9 @@
         --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/compare/dtype.json
     python -m pipeline compare ranks --export DIR --threads 2 ... --out results/compare/ranks.json
     python -m pipeline compare ceilings --export DIR --threads 2 ... --out results/compare/ceilings.json
+    python -m pipeline compare baselines --export F32_DIR BF16_DIR --checkpoint CKPT \
+        --baselines llamacpp torch --gguf f32=F32.gguf bf16=BF16.gguf q8_0=Q8.gguf --threads 2 ... \
+        --out results/compare/baselines.json
 
 On a shared machine two things measured minutes apart differ by the load in between; measured
 one right after the other they see the same load, so their ratio holds. A named comparison
@@ -23,7 +26,7 @@ import json
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from model_export.atomic import write_json_atomic
@@ -31,7 +34,16 @@ from model_export.reader import open_export
 from pipeline.engine.launch import threads_per_rank
 from pipeline.engine.machine import machine_facts
 from pipeline.engine.strategies import ALGORITHMS
-from pipeline.study.variants import PHASES, UNITS, Measured, RunSettings, Variant, check_variant, measure
+from pipeline.study.variants import (
+    PHASES,
+    UNITS,
+    Measured,
+    RunSettings,
+    Unavailable,
+    Variant,
+    check_variant,
+    measure,
+)
 
 SCHEMA_VERSION = 1
 STRATEGY = "headwise"  # the strategy every comparison's engine cells run (on 1 rank all run alike)
@@ -43,6 +55,7 @@ class Plan:
     question: str  # one line: what the comparison answers
     metric: str  # a key of variants.UNITS: what the rates measure
     variants: list[Variant]
+    skipped: list[str] = field(default_factory=list)  # one line per variant left out (Unavailable)
 
 
 COMPARISONS: dict[str, Callable[[argparse.Namespace], Plan]] = {}
@@ -76,7 +89,7 @@ def the_export(args: argparse.Namespace) -> str:
     return args.export[0]
 
 
-def dtypes_of(exports: list[str]) -> list[tuple[str, str]]:
+def dtypes_of(exports: list[str], least: int = 2) -> list[tuple[str, str]]:
     """[(dtype, export)] of exports of one model in distinct dtypes, in the order given."""
     found, models = [], set()
     for path in exports:
@@ -86,8 +99,9 @@ def dtypes_of(exports: list[str]) -> list[tuple[str, str]]:
             raise ValueError(f"two exports hold {export.dtype_name}: {first}, {path}")
         found.append((export.dtype_name, path))
         models.add(json.dumps(export.cfg.to_dict(), sort_keys=True))
-    if len(found) < 2 or len(models) > 1:
-        raise ValueError(f"comparison dtype takes two or more exports of one model, got {exports}")
+    if len(found) < least or len(models) > 1:
+        name, count = ("dtype", "two") if least > 1 else ("baselines", "one")
+        raise ValueError(f"comparison {name} takes {count} or more exports of one model, got {exports}")
     return found
 
 
@@ -138,6 +152,65 @@ def ceilings_plan(args: argparse.Namespace) -> Plan:
     return Plan(question, "roofline", [ref, *engines])
 
 
+# a baseline's (kind, dtype) -> the export dtypes of ours it is set beside, the first of them exported
+BASELINE_PAIRS = {("llamacpp", "f32"): ("float32",), ("llamacpp", "bf16"): ("bfloat16",),
+                  ("llamacpp", "q8_0"): ("int8", "bfloat16"), ("torch", "float32"): ("float32",),
+                  ("torch", "bf16"): ("bfloat16",)}
+BASELINE_LABELS = {"llamacpp": "llama.cpp", "torch": "HF transformers (torch)"}
+
+
+def gguf_files(pairs: list[str]) -> list[tuple[str, str]]:
+    """[(dtype, path)] of --gguf DTYPE=PATH pairs (dtype f32, bf16 or q8_0)."""
+    out = []
+    for pair in pairs:
+        dtype, _, path = pair.partition("=")
+        if ("llamacpp", dtype) not in BASELINE_PAIRS or not path:
+            raise ValueError(f"--gguf {pair!r}: expected DTYPE=PATH with DTYPE f32, bf16 or q8_0")
+        out.append((dtype, path))
+    return out
+
+
+def baseline_variants(args: argparse.Namespace, ours: dict[str, Variant]) -> list[tuple[str, Variant]]:
+    """[(our dtype, baseline variant)]: each asked-for baseline beside the first of its dtypes we exported."""
+    runs = []
+    if "llamacpp" in args.baselines:
+        runs += [("llamacpp", dtype, {"gguf": path}) for dtype, path in gguf_files(args.gguf)]
+    if "torch" in args.baselines:
+        if not args.checkpoint:
+            raise ValueError("comparison baselines with torch needs --checkpoint (Hugging Face directory)")
+        runs += [("torch", dtype, {"checkpoint": args.checkpoint, "dtype": dtype})
+                 for dtype in ("float32", "bf16")]
+    out = []
+    for kind, dtype, settings in runs:
+        mine = next((d for d in BASELINE_PAIRS[kind, dtype] if d in ours), None)
+        if mine is None:
+            continue  # nothing of ours in a dtype to set it beside
+        label = f"{BASELINE_LABELS[kind]} {dtype}, {args.threads} thread{'s' * (args.threads > 1)}"
+        out.append((mine, Variant(f"{kind}_{dtype}", label, kind, {**settings, "threads": args.threads},
+                                  ours[mine].name)))
+    return out
+
+
+@comparison("baselines")
+def baselines_plan(args: argparse.Namespace) -> Plan:
+    """Each baseline (llama.cpp per GGUF dtype, torch float32 and bf16) beside our 1-rank cell of a dtype."""
+    cores, where = args.threads, layout(1, args.threads)
+    ours = {dtype: engine_cell(f"ours_{dtype}", f"ours {dtype}, {where}", export, DTYPE_ALGO, 1, cores)
+            for dtype, export in dtypes_of(args.export, least=1)}
+    pairs = baseline_variants(args, ours)
+    skipped = []
+    if "llamacpp" in args.baselines and not args.gguf:  # the workflow writes none without the packages
+        skipped.append("llama.cpp: skipped, no GGUF files (llama-cpp-python or gguf is not installed: "
+                       "pip install -e '.[baselines]')")
+    variants = []
+    for dtype, mine in ours.items():  # each of ours between its baselines: pairs adjacent in time
+        theirs = [v for d, v in pairs if d == dtype]
+        variants += [*theirs[:1], mine, *theirs[1:]]
+    question = (f"How fast is the engine ({where}, {STRATEGY} + {DTYPE_ALGO}) beside llama.cpp and torch on "
+                "the same checkpoint, prompt ids, lengths and threads?")
+    return Plan(question, "tokens_per_s", variants, skipped)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help=f"the comparison: one of {', '.join(COMPARISONS)}")
@@ -146,6 +219,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ranks", nargs="+", type=int, default=[1, 2], help="rank counts (dtype)")
     p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS,
                    help="attention algorithms (ranks, ceilings)")
+    p.add_argument("--checkpoint", default="", help="Hugging Face checkpoint directory (baselines: torch)")
+    p.add_argument("--gguf", nargs="*", default=[], metavar="DTYPE=PATH",
+                   help="GGUF files by dtype f32, bf16, q8_0 (baselines: llamacpp)")
+    p.add_argument("--baselines", nargs="*", default=["llamacpp", "torch"], choices=list(BASELINE_LABELS),
+                   help="the baselines to run (baselines)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
@@ -167,9 +245,21 @@ def planned(args: argparse.Namespace, run: RunSettings) -> Plan:
     if args.name not in COMPARISONS:
         raise ValueError(f"unknown comparison {args.name!r} (known: {', '.join(COMPARISONS)})")
     plan = COMPARISONS[args.name](args)
+    kept, skipped = [], list(plan.skipped)
     for variant in plan.variants:
-        check_variant(variant, run, plan.metric)
-    return plan
+        try:
+            check_variant(variant, run, plan.metric)
+        except Unavailable as e:  # an optional baseline not installed: left out, and said so
+            skipped.append(str(e))
+            continue
+        kept.append(variant)
+    names = {v.name for v in kept}
+    for v in [v for v in kept if v.reference is not None and v.reference not in names]:
+        kept.remove(v)
+        skipped.append(f"{v.label}: skipped, its reference {v.reference} is")
+    for line in skipped:
+        print(f"[compare] {line}", file=sys.stderr, flush=True)
+    return replace(plan, variants=kept, skipped=skipped)
 
 
 def in_turn(items: list, rnd: int) -> list:
@@ -236,6 +326,7 @@ def result(name: str, plan: Plan, run: RunSettings, got: dict[str, list[Measured
                     "warmup": run.warmup},
             "order": order,
             "variants": [variant_result(v, got, plan.metric, files[v.name]) for v in plan.variants],
+            "skipped": plan.skipped,
             "machine": machine()}
 
 

@@ -6,13 +6,17 @@ this machine's ceilings (kind "ceilings"). Each kind is one function, registered
 it runs one program in a subprocess, which writes a JSON, and returns that JSON's rates per
 metric and phase, and the greedy tokens where the program produces some. An optional `check`
 raises ValueError for a variant that cannot run, before any variant runs. A baseline that is
-another program (Hugging Face transformers, llama.cpp) is one more such function.
+another program is one more such function: "llamacpp" (llama.cpp on a GGUF file,
+pipeline.study.llamacpp) and "torch" (Hugging Face transformers, pipeline.study.baseline). A
+baseline's package is optional: its check raises Unavailable (not a ValueError) when the package is
+not installed, and the comparison then runs without that variant and says why in its result.
 
     Variant --KINDS[variant.kind].measure(variant, run, out)--> Measured(rates, tokens)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -135,8 +139,68 @@ def ceilings(variant: Variant, run: RunSettings, out: Path) -> Measured:
     return Measured({"roofline": {"prefill": doc["gemm_gflops"], "decode": doc["gemv_gb_s"]}})
 
 
+class Unavailable(Exception):  # noqa: N818  (a state, not an error: the variant is skipped)
+    """A variant whose program cannot run here (its optional package is missing); the message says why."""
+
+
+def require(variant: Variant, *modules: str) -> None:
+    """Unavailable naming the first of `modules` that is not installed (found without importing it)."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise Unavailable(f"{variant.label}: skipped, the Python package {module!r} is not installed "
+                              "(pip install -e '.[baselines]')")
+
+
+def phase_rates(doc: dict) -> Measured:
+    """The tokens/s and greedy tokens of a baseline program's JSON (pipeline.study.stats' shape)."""
+    if not doc.get("available", True):  # installed but not importable (a library that fails to load)
+        raise RuntimeError(f"baseline {doc.get('name')}: not available ({doc.get('reason')})")
+    return Measured({"tokens_per_s": {phase: doc[phase]["tokens_per_s"] for phase in PHASES}},
+                    doc["output"]["greedy_tokens"])
+
+
+def check_llamacpp(variant: Variant, run: RunSettings) -> None:
+    s = variant.settings
+    if s["threads"] < 1:
+        raise ValueError(f"variant {variant.name}: threads must be >= 1")
+    if not Path(s["gguf"]).is_file():
+        raise ValueError(f"variant {variant.name}: GGUF file {s['gguf']} not found (python -m pipeline gguf)")
+    require(variant, "llama_cpp")
+
+
+@kind("llamacpp", metrics=("tokens_per_s",), check=check_llamacpp)
+def llamacpp(variant: Variant, run: RunSettings, out: Path) -> Measured:
+    """`python -m pipeline llamacpp`: llama.cpp on the GGUF file, the same prompt ids and lengths."""
+    s = variant.settings
+    cmd = [sys.executable, "-m", "pipeline", "llamacpp", "--gguf", str(s["gguf"]),
+           "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len), "--iters", str(run.iters),
+           "--warmup", str(run.warmup), "--threads", str(s["threads"]), "--out", str(out)]
+    return phase_rates(run_program(cmd, out, run.timeout))
+
+
+def check_torch(variant: Variant, run: RunSettings) -> None:
+    s = variant.settings
+    if s["threads"] < 1:
+        raise ValueError(f"variant {variant.name}: threads must be >= 1")
+    if not (Path(s["checkpoint"]) / "config.json").is_file():
+        raise ValueError(f"variant {variant.name}: {s['checkpoint']} is not a checkpoint (no config.json)")
+    require(variant, "torch", "transformers")
+
+
+@kind("torch", metrics=("tokens_per_s",), check=check_torch)
+def torch_baseline(variant: Variant, run: RunSettings, out: Path) -> Measured:
+    """`python -m pipeline baseline`: Hugging Face transformers in settings["dtype"] on the checkpoint."""
+    s = variant.settings
+    cmd = [sys.executable, "-m", "pipeline", "baseline", "--checkpoint", str(s["checkpoint"]),
+           "--dtype", s["dtype"], "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len),
+           "--iters", str(run.iters), "--warmup", str(run.warmup), "--threads", str(s["threads"]),
+           "--out", str(out)]
+    return phase_rates(run_program(cmd, out, run.timeout))
+
+
 def check_variant(variant: Variant, run: RunSettings, metric: str) -> None:
-    """ValueError when `variant` cannot be measured in `metric`, before anything runs."""
+    """ValueError when `variant` cannot be measured in `metric`, Unavailable when its package is
+    missing; before anything runs."""
     if variant.kind not in KINDS:
         raise ValueError(f"variant {variant.name}: unknown kind {variant.kind!r} (known: {', '.join(KINDS)})")
     found = KINDS[variant.kind]

@@ -142,7 +142,7 @@ def test_round_files_of_other_runs_are_removed(synthetic_tiny_export, tmp_path):
     (["ranks", "--threads", "2", "--export", "missing"], "export directory not found"),
     (["ceilings", "--threads", "2", "--export", "missing"], "export directory not found"),
     (["dtype", "--threads", "2"], "comparison dtype takes two or more exports of one model"),
-    (["bogus", "--threads", "2"], "unknown comparison 'bogus' (known: dtype, ranks, ceilings)"),
+    (["bogus", "--threads", "2"], "unknown comparison 'bogus' (known: dtype, ranks, ceilings, baselines)"),
 ])
 def test_bad_input_fails_in_one_line_before_any_run(synthetic_tiny_export, tmp_path, capsys, args, message):
     if "--export" not in args:
