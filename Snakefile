@@ -12,6 +12,8 @@
 #   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}.json    one bench JSON per cell
 #   results/verification.{md,json}           every cell against the single-rank reference
 #   results/comm.json                        MPI ping-pong + Allreduce sweep (2 ranks): alpha, beta
+#   results/network/{shm,link<G>}.json       network calibration: sweep, tiny model, held-out cells on
+#                                            shared memory and across emulated nodes at G Gb/s (rule netcal)
 #   results/costmodel.json                   alpha-beta model: calibration, predicted vs measured, curves
 #   results/baseline/hf_p{prompt_len}.json   HF transformers (torch) on the same checkpoint (optional)
 #   results/compare/{name}.json, results/compare/{name}/{variant}_r{round}.json   back-to-back

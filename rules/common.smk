@@ -99,6 +99,9 @@ def get_mpi_launcher():
     if shutil.which(program) is None:
         raise WorkflowError(f"config mpi_launcher: {program!r} not found on PATH "
                             f"(install MPI, activate the environment, or set mpi_launcher)")
+    if config["binding"] != "none" and os.path.basename(program) in ("mpiexec", "mpiexec.hydra"):
+        # Hydra's binding options, chosen per job for the machine it runs on (pipeline.engine.binding)
+        return f"python -m pipeline launch --bind {config['binding']} --mpiexec {shlex.quote(launcher)}"
     return launcher
 
 
@@ -368,6 +371,38 @@ def get_partial_report_command():
              "--out-csv", "results/summary.csv", "--partial"]
     return shlex.join(args) + " > results/logs/report_partial.log 2>&1"
 
+
+
+def get_netcal_files():
+    """results/network/{shm,link<G>}.json: the network calibration's records (none when off, or
+    when none of its held-out cells is a cell of the matrix)."""
+    nc = config["network_calibration"]
+    links = (["shm"] if nc["shared_memory"] else []) + [f"link{g:g}" for g in nc["link_gbit"]]
+    return [f"results/network/{link}.json" for link in links] if get_netcal_cells() else []
+
+
+def get_netcal_link(wildcards):
+    """netcal's --link: "shm", or the link cap in Gb/s of results/network/link<G>.json."""
+    return wildcards.link if wildcards.link == "shm" else wildcards.link[len("link"):]
+
+
+def get_netcal_cells():
+    """The held-out cells of the network calibration that are cells of the matrix (the others are
+    left out: a held-out cell is a matrix cell measured again across each network), checked at
+    parse time (name and layout)."""
+    matrix = {name for name, applicable, _ in get_cells() if applicable}
+    cells = []
+    for name in config["network_calibration"]["cells"]:
+        try:
+            cell = CellId.parse(name)
+        except ValueError as e:
+            raise WorkflowError(f"config network_calibration.cells: {e}")
+        reason = why_not(MODEL, cell.strategy, cell.nranks, cell.prompt_len)
+        if reason:
+            raise WorkflowError(f"config network_calibration.cells: {name}: {reason}")
+        if name in matrix:
+            cells.append(name)
+    return cells
 
 
 def get_cluster_command(action):

@@ -1,6 +1,7 @@
-# Beyond the matrix: the MPI latency/bandwidth sweep, the cost model calibrated on it and on the
-# single-rank cells, and the optional Hugging Face baseline. All feed the report. The two
-# measurements hold the `bench` resource, so they never run beside a benchmark.
+# Beyond the matrix: the MPI latency/bandwidth sweep, the network calibration (sweep, tiny model
+# and held-out cells on shared memory and across emulated nodes per link speed), the cost model
+# calibrated on them and on the single-rank cells, and the optional Hugging Face baseline. All
+# feed the report. The measurements hold the `bench` resource, so they never run beside a benchmark.
 
 
 rule commbench:
@@ -25,11 +26,44 @@ rule commbench:
         " python -m mpi4py -m pipeline commbench --out {output} > {log} 2>&1"
 
 
+rule netcal:
+    input:
+        export=get_export_dir(),
+        kernels=get_kernel_libraries(),
+        engine=get_engine_sources(),
+        code=["pipeline/study/netcal.py", "pipeline/study/commbench.py", "pipeline/study/cluster.py"],
+    output:
+        "results/network/{link}.json",
+    wildcard_constraints:
+        link=r"shm|link[0-9.]+",
+    params:
+        link=get_netcal_link,
+        nodes=config["network_calibration"]["nodes"],
+        cells=get_netcal_cells(),
+        gen_len=config["gen_len"],
+        iters=config["iters"],
+        mpiexec=config["mpi_launcher"],
+    threads: get_machine_cores()
+    resources:
+        bench=1,
+    log:
+        "results/logs/netcal/{link}.log",
+    benchmark:
+        "results/logs/benchmarks/netcal/{link}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python -m pipeline netcal --export {input.export} --link {params.link} --nodes {params.nodes}"
+        " --cells {params.cells} --gen-len {params.gen_len} --iters {params.iters}"
+        " --threads {threads} --mpiexec {params.mpiexec:q} --out {output} > {log} 2>&1"
+
+
 rule costmodel:
     input:
         runs=get_run_files(),
         comm="results/comm.json",
-        code="pipeline/study/costmodel.py",
+        network=get_netcal_files(),
+        code=glob("pipeline/study/costmodel/*.py"),
     output:
         "results/costmodel.json",
     params:
@@ -42,7 +76,8 @@ rule costmodel:
         "../envs/workflow.yaml"
     shell:
         "python -m pipeline costmodel --runs {input.runs} --comm {input.comm} {params.cluster}"
-        " --ranks {params.ranks} --prompt-lens {params.lengths} --out {output} > {log} 2>&1"
+        " --ranks {params.ranks} --prompt-lens {params.lengths} --network {input.network}"
+        " --out {output} > {log} 2>&1"
 
 
 rule baseline:

@@ -11,9 +11,10 @@ namespace prefix, so the workflow's cluster is left alone), runs the jobs across
 down (also on failure). Each link speed records:
 
 - `comm`: the ping-pong/Allreduce sweep (pipeline.study.commbench) at 2 ranks, one per node;
-- `overhead`: decode of a 28-layer Qwen3 of hidden 64 (its weights are negligible) at P=1 and P=2,
-  and of its 2-layer sibling at P=1: the fixed cost per step and per layer of the engine (Python,
-  kernel launches) and, at P=2, of its collectives in situ (the cost model's fixed terms);
+- `overhead`: decode of a 28-layer Qwen3 of hidden 64 (its weights are negligible) at P=1 and P=2
+  (and, on shared memory, of its 2-layer sibling at P=1), one thread per rank: the fixed cost per
+  step and per layer of the engine (Python, kernel launches) and, at P=2, the cost of its
+  collectives in situ (the cost model's fixed terms; the per-layer split once, on shared memory);
 - `calibration`: the single-rank cells measured in the same session (the machine's load drifts
   between the workflow's matrix and this rule: rates from the same session are comparable);
 - `runs`: the bench JSONs of the held-out cells (never used in calibration).
@@ -83,18 +84,20 @@ class Runner:
             raise RuntimeError(f"`{shlex.join(cmd[:6])} ...` failed (exit {proc.returncode})")
 
 
-def overhead(runner: Runner, workdir: Path, threads: int, timeout: float, rounds: int) -> dict:
+def overhead(runner: Runner, workdir: Path, timeout: float, rounds: int, depths: tuple[int, ...]) -> dict:
     """Decode of the tiny model: s per step at P=1 for both depths and at P=2 for the deeper, in
     `rounds` alternating rounds (the load of this shared machine drifts; a ratio within a round
     is what holds)."""
     out: dict = {"preset": TINY_PRESET, "prompt_len": OVERHEAD_PROMPT, "gen_len": OVERHEAD_GEN, "runs": []}
-    jobs = [(layers, 1) for layers in OVERHEAD_LAYERS] + [(OVERHEAD_LAYERS[-1], 2)]
+    jobs = [(layers, 1) for layers in depths] + [(depths[-1], 2)]
     for rnd in range(rounds):
         for layers, P in jobs if rnd % 2 == 0 else jobs[::-1]:
             export = tiny_export(layers, workdir)
             cell = CellId("headwise", "standard", P, OVERHEAD_PROMPT)
             path = workdir / f"overhead_l{layers}_np{P}.json"
-            runner.run(P, bench_argv(export, cell, OVERHEAD_GEN, OVERHEAD_ITERS, threads, path), timeout)
+            # One thread per rank: the fixed cost is per call, and a 2-thread team on a loaded
+            # machine adds the wait for both threads at every kernel (docs/design-notes.md#fixed-cost).
+            runner.run(P, bench_argv(export, cell, OVERHEAD_GEN, OVERHEAD_ITERS, P, path), timeout)
             run = json.loads(path.read_text())
             dec, pre = run["decode"], run["prefill"]
             out["runs"].append({"round": rnd, "layers": layers, "nranks": P,
@@ -137,7 +140,8 @@ def measure(args: argparse.Namespace, mpiexec: list[str], log) -> dict:
     runner.run(2, [sys.executable, "-m", "mpi4py", "-m", "pipeline", "commbench", "--out", str(comm_path),
                    "--max-bytes", str(args.max_bytes), "--samples", str(args.samples)], args.timeout)
     result = {"comm": json.loads(comm_path.read_text()),
-              "overhead": overhead(runner, Path(args.workdir), args.threads, args.timeout, args.rounds),
+              "overhead": overhead(runner, Path(args.workdir), args.timeout, args.rounds,
+                                   OVERHEAD_LAYERS if args.link == "shm" else OVERHEAD_LAYERS[-1:]),
               "calibration": [], "runs": []}
     bench_cells(runner, args, calibration_cells(args.cells), work, result, "calibration")
     bench_cells(runner, args, args.cells, work, result, "runs")

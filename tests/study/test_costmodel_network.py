@@ -153,3 +153,13 @@ def test_model_unchanged_without_network_records():
     result = cm.build(runs, None)
     assert result["fixed_cost"]["step_s"] == 0 and result["groups"][0]["network"]["networks"] == []
     assert CFG06.num_hidden_layers == 28
+
+
+def test_calls_on_sub_communicators_and_point_to_point():
+    """A two-level layout's calls name their communicator's size; "send" is one message."""
+    net = cm.Network(alpha=10e-6, beta=1e-9, per_call=1e-6)
+    n = 4096
+    assert comm_time([("allreduce", n, 3, 2)], 8, net) == pytest.approx(3 * (2 * 10e-6 + n * 1e-9 + 1e-6))
+    assert comm_time([("allreduce", n, 1)], 8, net) == pytest.approx(6 * 10e-6 + 2 * 7 / 8 * n * 1e-9 + 1e-6)
+    assert comm_time([("send", n, 5)], 2, net) == pytest.approx(5 * (10e-6 + n * 1e-9 + 1e-6))
+    assert comm_time([("send", n, 5)], 1, net) == 0

@@ -63,12 +63,25 @@ def t_bcast(nbytes: float, P: int, net: Network) -> float:
     return _lg(P) * (alpha + nbytes * beta) + net.per_call
 
 
-COLLECTIVES = {"allreduce": t_allreduce, "allgather": t_allgather, "bcast": t_bcast}
+def t_send(nbytes: float, P: int, net: Network) -> float:
+    """One point-to-point message (e.g. activations from one pipeline stage to the next)."""
+    if P < 2:
+        return 0.0
+    alpha, beta = net.at(nbytes)
+    return alpha + nbytes * beta + net.per_call
 
 
-def comm_time(calls: list[tuple[str, float, int]], P: int, net: Network) -> float:
-    """Seconds of a phase's collectives, given as (collective, bytes, how many calls)."""
-    return sum(count * COLLECTIVES[name](nbytes, P, net) for name, nbytes, count in calls)
+COLLECTIVES = {"allreduce": t_allreduce, "allgather": t_allgather, "bcast": t_bcast, "send": t_send}
+
+
+def comm_time(calls: list[tuple], P: int, net: Network) -> float:
+    """Seconds of a phase's collectives, given as (collective, bytes, how many calls[, ranks]):
+    `ranks` is the size of the communicator the call runs on (a sub-communicator of a two-level
+    layout), P when left out."""
+    total = 0.0
+    for name, nbytes, count, *group in calls:
+        total += count * COLLECTIVES[name](nbytes, group[0] if group else P, net)
+    return total
 
 
 def fit_classes(sizes: list[int], times: list[float], P: int) -> tuple[tuple[float, float, float], ...]:

@@ -72,7 +72,7 @@ class RankWork:
 @dataclass(frozen=True)
 class PhaseWork:
     ranks: list[RankWork]
-    calls: list[tuple[str, float, int]]  # (collective, bytes of its result, calls per phase)
+    calls: list[tuple]  # (collective, bytes of its result, calls per phase[, communicator size])
 
 
 def _shard_params(cfg: Qwen3Config, sh: partition.Shard) -> int:
@@ -133,7 +133,10 @@ def sequence(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, 
 
 
 # The cost model's layouts. A new one (issue 15: "layer", uneven head-wise, "layer2.headwise2")
-# is one function here; ENGINE_LAYOUTS says which engine strategy runs it.
+# is one function here with the signature of `headwise`: its ranks' work from partition.shard of
+# its name (RankWork.layers counts a stage's layers, so the fixed cost follows), its calls with a
+# communicator size for a sub-communicator and "send" for stage-to-stage activations; and an entry
+# in ENGINE_LAYOUTS naming the engine strategy and sequence layout that run it.
 LAYOUTS = {"headwise": headwise, "sequence": partial(sequence, layout="contiguous"),
            "sequence_zigzag": partial(sequence, layout="zigzag")}
 ENGINE_LAYOUTS = {"headwise": ("headwise", "contiguous"), "sequence": ("sequence", "contiguous"),
