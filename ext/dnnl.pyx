@@ -152,7 +152,8 @@ cdef class Matmul:
     cdef object scratchpad, src_buf, row_scale   # numpy buffers, owned
     cdef void *src_p          # src_buf's data: bf16 or u8 activations (M, K)
     cdef float *row_p         # row_scale's data: the int8 activations' scales (M,)
-    cdef object weights_md_size
+    cdef const void *wmd         # the weights' memory descriptor the primitive expects (owned by pd)
+    cdef readonly size_t weights_bytes
 
     def __cinit__(self, int kind, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, bint transposed,
                   int threads, bint packed):
@@ -214,7 +215,8 @@ cdef class Matmul:
         cdef const void *wmd = dnnl.dnnl_primitive_desc_query_md(self.pd, QUERY_WEIGHTS_MD, 0)
         cdef const void *smd = dnnl.dnnl_primitive_desc_query_md(self.pd, QUERY_SCRATCHPAD_MD, 0)
         cdef void *scale_md = NULL
-        self.weights_md_size = dnnl.dnnl_memory_desc_get_size(wmd)
+        self.wmd = wmd
+        self.weights_bytes = dnnl.dnnl_memory_desc_get_size(wmd)
         self.scratchpad = np.empty(max(1, dnnl.dnnl_memory_desc_get_size(smd)), np.uint8)
         roles = [ARG_SRC, ARG_WEIGHTS, ARG_DST, ARG_SCRATCHPAD]
         self.mems[0], self.mems[1], self.mems[2] = _mem(mds[0]), _mem(wmd), _mem(mds[2])
@@ -387,15 +389,28 @@ def _shift(q, scale, bint transposed):
     return hit[2]
 
 
+def same_layout(Matmul a, Matmul b) -> bool:
+    """True when the two primitives expect their weights in the same layout."""
+    return bool(dnnl.dnnl_memory_desc_equal(a.wmd, b.wmd))
+
+
 def _packed(w, Matmul mm):
-    """w in the primitive's blocked weights layout: one reorder, kept while w lives."""
+    """w in the primitive's blocked weights layout: one reorder per layout (primitives of other
+    M that expect the same layout share it), kept with a reference to w so its address stays its own."""
     cache = _cache("packed")
-    key = (w.__array_interface__["data"][0], w.shape, w.dtype.str, mm.M, mm.threads, mm.transposed)
-    hit = cache.get(key)
-    if hit is None:
-        hit = (w, _reorder(w, mm))
-        cache[key] = hit
-    return hit[1]
+    key = (w.__array_interface__["data"][0], w.shape, w.dtype.str, mm.transposed)
+    entries = cache.setdefault(key, [w])
+    for owner, buf in zip(entries[1::2], entries[2::2], strict=True):
+        if same_layout(owner, mm):
+            return buf
+    buf = _reorder(w, mm)
+    entries += [mm, buf]
+    return buf
+
+
+def packed_bytes() -> int:
+    """Bytes held by this thread's packed weight copies."""
+    return sum(b.nbytes for e in _cache("packed").values() for b in e[2::2])
 
 
 def _reorder(w, Matmul mm):
@@ -406,7 +421,7 @@ def _reorder(w, Matmul mm):
     cdef void *sm = NULL
     cdef void *dm = NULL
     cdef dnnl_exec_arg_t args[2]
-    out = np.empty(mm.weights_md_size, np.uint8)
+    out = np.empty(mm.weights_bytes, np.uint8)
     try:
         _check(dnnl.dnnl_reorder_primitive_desc_create(&pd, src_md, _engine, dst_md, _engine, NULL),
                "reorder")

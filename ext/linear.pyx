@@ -102,9 +102,14 @@ WEIGHT_DTYPES = (np.dtype(np.float32), BF16)   # our GEMV's and sgemm's
 ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per output channel
 
 # The fewest tokens at which oneDNN's matmul does a dtype's products (when it loaded and offers
-# more than its `ref` implementation): fewer run on our GEMV, which streams the weights faster at
-# decode; int8 has no kernel of ours (docs/design-notes.md#onednn).
-ONEDNN_MIN_T = {np.dtype(np.float32): SMALL_T + 1, BF16: SMALL_T + 1, INT8: 1}
+# more than its `ref` implementation): fewer run on our GEMV, which streams plain weights faster
+# at 1-2 tokens and ties at 4; from 8 oneDNN is 1.1-2.2x (docs/design-notes.md#onednn). int8 has
+# no kernel of ours.
+ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 1}
+# Weights oneDNN multiplies in its blocked layout: a reordered copy of each weight, made at its
+# first product and kept (one per weight: every M and thread count here wants the same layout).
+# int8: 2.2-2.9x at one token; otherwise 5-18% (docs/design-notes.md#onednn), not worth a copy.
+ONEDNN_PACKED = {np.dtype(np.float32): False, BF16: False, INT8: True}
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
 # packs its operands again for every block, so blocks must be big enough for that to be cheap:
@@ -265,7 +270,7 @@ def _onednn(x, w, out, int num_threads, bint transposed, scale):
     if T < ONEDNN_MIN_T[w.dtype] or not dnnl.available():
         return False
     try:
-        dnnl.matmul(x, w, out, num_threads, transposed, scale)
+        dnnl.matmul(x, w, out, num_threads, transposed, scale, ONEDNN_PACKED[w.dtype])
     except dnnl.Unsupported:   # `ref` only here (bf16 on an AVX2 CPU, say): our paths below
         return False
     return True
@@ -280,7 +285,7 @@ def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint trans
     if dt not in ALL_DTYPES:
         raise ValueError(f"implementation: weights float32, uint16 (bf16) or int8, got {dt}")
     if T >= ONEDNN_MIN_T[dt]:
-        impl = dnnl.implementation(dt, T, K, N, transposed, num_threads)
+        impl = dnnl.implementation(dt, T, K, N, transposed, num_threads, ONEDNN_PACKED[dt])
         if impl is not None:
             return f"onednn:{impl}"
     base = "gemv" if T <= SMALL_T else ("sgemm" if _sgemm != NULL else "numpy")

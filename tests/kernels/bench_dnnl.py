@@ -4,7 +4,9 @@ A program, not a test (pytest does not collect it): python -m tests.kernels.benc
 Prints one JSON record per (layer, M, dtype, variant) with the median time, GFLOP/s and GB/s of
 weights. Variants of one cell run in alternating order, so their ratios come from adjacent runs.
 At M <= 16 the weights cycle through copies totalling > 256 MiB so they come from DRAM, as in a
-decode step. Keep OPENBLAS_CORETYPE as the environment sets it.
+decode step. Keep OPENBLAS_CORETYPE as the environment sets it. --clock cpu times with the
+process's CPU time, the work done whatever else shares the cores (meaningful at --threads 1; at 2
+threads it also counts a waiting thread's spinning).
 """
 
 from __future__ import annotations
@@ -43,9 +45,16 @@ def weights_of(dtype: str, N: int, K: int, transposed: bool, rng) -> tuple[np.nd
 def variants(dtype: str, transposed: bool, threads: int):
     """name -> fn(x, w, scale, out) for this dtype."""
     out = {}
-    if dtype != "int8":
-        ours = L.linear_t if transposed else L.linear
-        out["ours"] = lambda x, w, s, o: ours(x, w, o, threads)
+    kernel = L.linear_t if transposed else L.linear
+
+    def ours(x, w, s, o):   # ext.linear with oneDNN routed out: GEMV / sgemm (int8 dequantized)
+        saved = dict(L.ONEDNN_MIN_T)
+        L.ONEDNN_MIN_T.update(dict.fromkeys(saved, 1 << 30))
+        try:
+            kernel(x, w, o, threads, s)
+        finally:
+            L.ONEDNN_MIN_T.update(saved)
+    out["ours"] = ours
     if dtype == "float32":
         def blas(x, w, s, o):
             with threadpool_limits(threads, user_api="blas"):
@@ -58,7 +67,7 @@ def variants(dtype: str, transposed: bool, threads: int):
     return out
 
 
-def bench_cell(name, N, K, transposed, M, dtype, threads, reps, rng):
+def bench_cell(name, N, K, transposed, M, dtype, threads, reps, rng, clock=time.perf_counter):
     w0, s0 = weights_of(dtype, N, K, transposed, rng)
     copies = 1 if M > 16 else max(1, min(16, (256 << 20) // w0.nbytes + 1))
     ws = [w0] + [w0.copy() for _ in range(copies - 1)]
@@ -69,13 +78,13 @@ def bench_cell(name, N, K, transposed, M, dtype, threads, reps, rng):
     for fn in fns.values():   # warm-up: primitives, packed copies, page faults
         for w in ws:
             fn(x, w, s0, o)
-    calls = max(1, int(0.05 / max(1e-6, _once(fns, ws, x, s0, o))))
+    calls = max(2, int(0.1 / max(1e-6, _once(fns, ws, x, s0, o))))
     for _ in range(reps):
         for v, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for i in range(calls):
                 fn(x, ws[i % copies], s0, o)
-            times[v].append((time.perf_counter() - t0) / calls)
+            times[v].append((clock() - t0) / calls)
     for v, ts in times.items():
         t = statistics.median(ts)
         impl = None
@@ -100,7 +109,9 @@ def main() -> None:
     ap.add_argument("--layers", default=",".join(n for n, *_ in LAYERS))
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--dtypes", default="float32,bf16,int8")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     a = ap.parse_args()
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     rng = np.random.default_rng(0)
     print(json.dumps({"onednn": dnnl.version(), "sgemm": L.sgemm_source(),
                       "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}), flush=True)
@@ -111,7 +122,7 @@ def main() -> None:
             if name == "lm_head" and M > 16:
                 continue   # the engine runs lm_head on the last token only
             for dtype in a.dtypes.split(","):
-                for rec in bench_cell(name, N, K, tr, M, dtype, a.threads, a.reps, rng):
+                for rec in bench_cell(name, N, K, tr, M, dtype, a.threads, a.reps, rng, clock):
                     print(json.dumps(rec), flush=True)
 
 
