@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,14 +112,14 @@ def overhead(runner: Runner, workdir: Path, timeout: float, rounds: int, depths:
 
 
 def bench_cells(runner: Runner, args: argparse.Namespace, names: list[str], work: Path,
-                result: dict, key: str) -> None:
+                result: dict, key: str, threads: int | None = None) -> None:
     """Bench each cell into result[key]; a failed cell is listed in result["failed"], the rest go on."""
     for name in names:
         cell = CellId.parse(name)
         path = work / f"{name}.json"
         try:
             runner.run(cell.nranks, bench_argv(Path(args.export), cell, args.gen_len, args.iters,
-                                               args.threads, path), args.timeout)
+                                               threads or args.threads, path), args.timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as e:  # the other cells still count
             result.setdefault("failed", []).append({"cell": name, "reason": str(e)})
             continue
@@ -143,7 +144,9 @@ def measure(args: argparse.Namespace, mpiexec: list[str], log) -> dict:
               "overhead": overhead(runner, Path(args.workdir), args.timeout, args.rounds,
                                    OVERHEAD_LAYERS if args.link == "shm" else OVERHEAD_LAYERS[-1:]),
               "calibration": [], "runs": []}
-    bench_cells(runner, args, calibration_cells(args.cells), work, result, "calibration")
+    # One thread per rank, like the held-out P=2 cells: on a loaded machine a 2-thread team runs
+    # several times slower than two 1-thread ranks (docs/design-notes.md#network-calibration).
+    bench_cells(runner, args, calibration_cells(args.cells), work, result, "calibration", threads=1)
     bench_cells(runner, args, args.cells, work, result, "runs")
     return result
 
@@ -153,6 +156,8 @@ def across_cluster(args: argparse.Namespace, log) -> dict:
     from pipeline.study import cluster as cl
 
     c = cl.Cluster(args.nodes, float(args.link), args.prefix)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # Snakemake ends a job with SIGTERM: still take it down
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     try:
         cl.up(c)
         return measure(args, [sys.executable, "-m", "pipeline", "cluster", "--prefix", args.prefix,

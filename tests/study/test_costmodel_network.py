@@ -163,3 +163,16 @@ def test_calls_on_sub_communicators_and_point_to_point():
     assert comm_time([("allreduce", n, 1)], 8, net) == pytest.approx(6 * 10e-6 + 2 * 7 / 8 * n * 1e-9 + 1e-6)
     assert comm_time([("send", n, 5)], 2, net) == pytest.approx(5 * (10e-6 + n * 1e-9 + 1e-6))
     assert comm_time([("send", n, 5)], 1, net) == 0
+
+
+def test_one_thread_calibration_cell_scales_bandwidth_to_the_node():
+    """netcal calibrates on P=1 cells of one thread: the node's bandwidth is the cell's stream
+    rate times cores / cores used (decode bytes from roofline.model_bytes, independently)."""
+    two = fake_run("headwise", "standard", 1, 128, 150, 10)  # 2 threads on the 2 cores
+    one = fake_run("headwise", "standard", 1, 128, 150, 10)
+    one["cell"]["threads_per_rank"] = 1
+    steps = sum(cm.model_bytes(CFG06, 4, 128 + i + 1) for i in range(two["cell"]["gen_len"]))
+    bw_two = cm.calibrate(CFG06, [two])["standard"]["mem_gb_s_per_node"]
+    bw_one = cm.calibrate(CFG06, [one])["standard"]["mem_gb_s_per_node"]
+    assert bw_two == pytest.approx(steps / two["decode"]["median_s"] / 1e9)
+    assert bw_one == pytest.approx(2 * bw_two)

@@ -116,9 +116,13 @@ def calibrate_cells(cfg: Qwen3Config, cells: list[dict], fixed: FixedCost) -> di
         prefill_points.append((w_mm, 4 * L * H * D * attention_pairs(T), t, c))
     f_mm, f_att, how = fit_prefill_rates(prefill_points)
     # Decode: bandwidth = bytes / time of each cell (median over cells): decode is memory bound.
+    # A cell on fewer cores than the node's is scaled up to the node: the streaming rate grows with
+    # the cores on these VMs (2 one-thread ranks stream what 1 two-thread rank does,
+    # docs/design-notes.md#network-calibration).
     bandwidth = statistics.median(
         sum(model_bytes(cfg, b, r["cell"]["prompt_len"] + i + 1) for i in range(r["cell"]["gen_len"]))
-        / max(r["decode"]["median_s"] - r["cell"]["gen_len"] * step_fixed, 1e-9) for r in cells)
+        / max(r["decode"]["median_s"] - r["cell"]["gen_len"] * step_fixed, 1e-9)
+        * cores_of(r)[0] / cores_of(r)[1] for r in cells)
     # f_dec: the decode GEMV rate, at least f_mm and high enough that no calibration step's FLOP
     # time exceeds its memory time; then the memory term alone reproduces the measured decode.
     f_dec = f_mm
