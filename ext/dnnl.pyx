@@ -375,12 +375,15 @@ def implementation(w_dtype, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, bint trans
         return None
 
 
+cdef inline size_t _addr(a):
+    return <size_t>cnp.PyArray_DATA(a)
+
+
 def _shift(q, scale, bint transposed):
     """-128 * sum_k q[k, n] * scale[n], (N,) float32: cancels the +128 of the u8 activations.
     Computed once per weight (cached with a reference to it, so its address stays its own)."""
     cache = _cache("shifts")
-    key = (q.__array_interface__["data"][0], scale.__array_interface__["data"][0], q.shape,
-           transposed)
+    key = (_addr(q), _addr(scale), q.shape[0], q.shape[1], transposed)
     hit = cache.get(key)
     if hit is None:
         colsum = q.sum(axis=0 if transposed else 1, dtype=np.int64)
@@ -396,10 +399,16 @@ def same_layout(Matmul a, Matmul b) -> bool:
 
 def _packed(w, Matmul mm):
     """w in the primitive's blocked weights layout: one reorder per layout (primitives of other
-    M that expect the same layout share it), kept with a reference to w so its address stays its own."""
+    M that expect the same layout share it), kept with a reference to w.
+    Keyed by address and shape (a view of the same memory hits too): holding w keeps that
+    memory from being reused, and the export's weights are never rewritten in place."""
     cache = _cache("packed")
-    key = (w.__array_interface__["data"][0], w.shape, w.dtype.str, mm.transposed)
-    entries = cache.setdefault(key, [w])
+    key = (_addr(w), mm.K, mm.N, mm.transposed)
+    entries = cache.get(key)
+    if entries is not None and len(entries) == 3 and entries[1] is mm:
+        return entries[2]   # the common case: one layout, asked for by this same primitive
+    if entries is None:
+        entries = cache[key] = [w]
     for owner, buf in zip(entries[1::2], entries[2::2], strict=True):
         if same_layout(owner, mm):
             return buf

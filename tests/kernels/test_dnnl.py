@@ -223,3 +223,16 @@ def test_ref_is_refused():
     low = [ln for ln in out.splitlines() if ln.startswith(("bf16", "int8"))]
     assert len(low) == 6 and all("onednn" not in ln for ln in low), out
     assert any(ln.endswith("sgemm") or ln.endswith("numpy") for ln in low), out
+
+
+@needs_dnnl
+def test_one_packed_copy_per_weight():
+    """int8 weights are packed once: prefill and decode shapes, and a view of the same memory,
+    share one copy of the weight's own size."""
+    x, w, scale, xs, w64 = operands("int8", 64, 256, 192, False, 4)
+    before = dnnl.packed_bytes()
+    for T in (1, 3, 64):
+        out = np.empty((T, 192), np.float32)
+        dnnl.matmul(x[:T].copy(), w[:], out, 2, False, scale, True)
+        close(out, xs[:T] @ w64, RTOL["int8"])
+    assert dnnl.packed_bytes() - before == w.nbytes
