@@ -40,6 +40,7 @@ PACKAGE = "onednn-cpu-gomp"
 LIBRARY = "libdnnl.so.3"
 # QWEN3_ONEDNN_LIBRARY: a path to libdnnl.so.3 to load instead, or "off" to run without oneDNN.
 ENV = "QWEN3_ONEDNN_LIBRARY"
+MAX_PRIMITIVES = 512
 
 cdef enum:
     K_F32 = 0
@@ -154,6 +155,7 @@ cdef class Matmul:
     cdef float *row_p         # row_scale's data: the int8 activations' scales (M,)
     cdef const void *wmd         # the weights' memory descriptor the primitive expects (owned by pd)
     cdef readonly size_t weights_bytes
+    cdef readonly size_t scratch_bytes   # what this primitive holds: scratchpad + activation scratch
 
     def __cinit__(self, int kind, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, bint transposed,
                   int threads, bint packed):
@@ -236,6 +238,8 @@ cdef class Matmul:
                 dnnl.dnnl_memory_desc_destroy(scale_md)
             self.mems[5] = _mem(mds[3])
             roles += [ARG_ATTR_SCALES | ARG_WEIGHTS, ARG_POST_OP_0 | ARG_SRC_1]
+        self.scratch_bytes = self.scratchpad.nbytes + sum(
+            0 if b is None else b.nbytes for b in (self.src_buf, self.row_scale))
         self.nargs = len(roles)
         for i, role in enumerate(roles):
             self.args[i].arg = role
@@ -332,6 +336,8 @@ cdef void scale_rows(float *out, const float *s, Py_ssize_t M, Py_ssize_t N,
 
 
 _local = threading.local()   # per Python thread: the primitives and the int8 weights' shifts
+# Primitives kept per thread: a run uses a few (decode's M = 1, the prompt's chunk lengths) per
+# weight shape; ~0.2-0.5 ms to create one again.
 
 
 def _cache(name):
@@ -355,6 +361,8 @@ def primitive(w_dtype, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, bint transposed
     cache = _cache("prims")
     mm = cache.get(key)
     if mm is None:
+        if len(cache) >= MAX_PRIMITIVES:   # many token counts (tests, varying prompts): oldest out
+            del cache[next(iter(cache))]
         try:
             mm = Matmul(kind, M, K, N, transposed, num_threads, packed)
         except Unsupported as e:
