@@ -203,6 +203,20 @@ for dtype in ("float32", "bf16", "int8"):
         ref = xs if impl.startswith("onednn") else x.astype(np.float64)
         close(out, ref @ w64, RTOL[dtype])
         print(dtype, T, tr, impl)
+from ext import mlp as M
+for T in (1, 40):   # the int8 MLP is its three products and silu * up, on whatever path ran
+    x, wg, sg, _, _ = operands("int8", T, 64, 96, False, 5)
+    _, wu, su, _, _ = operands("int8", T, 64, 96, False, 6)
+    _, wd, sd, _, _ = operands("int8", T, 96, 64, True, 7)
+    out, ws = np.empty((T, 64), np.float32), M.MLPWorkspace(T, 96)
+    M.mlp(x, wg, wu, wd, out, ws, 2, scales=(sg, su, sd))
+    g, u, down = np.empty((T, 96), np.float32), np.empty((T, 96), np.float32), np.empty_like(out)
+    L.linear(x, wg, g, 2, sg)
+    L.linear(x, wu, u, 2, su)
+    M.silu_mul(g, u, 2)
+    L.linear_t(g, wd, down, 2, sd)
+    np.testing.assert_array_equal(out, down)
+print("mlp ok")
 """
 
 
@@ -211,7 +225,7 @@ def test_fallback_without_onednn():
     out = _run(CHECK, QWEN3_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3")
     first = out.splitlines()[0]
     assert first.startswith("False") and dnnl.PACKAGE in first
-    assert "onednn:" not in out and "int8 1 False gemv+dequant" in out
+    assert "onednn:" not in out and "int8 1 False gemv+dequant" in out and "mlp ok" in out
 
 
 @needs_dnnl
@@ -223,6 +237,7 @@ def test_ref_is_refused():
     low = [ln for ln in out.splitlines() if ln.startswith(("bf16", "int8"))]
     assert len(low) == 6 and all("onednn" not in ln for ln in low), out
     assert any(ln.endswith("sgemm") or ln.endswith("numpy") for ln in low), out
+    assert "mlp ok" in out
 
 
 @needs_dnnl
