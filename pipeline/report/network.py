@@ -38,6 +38,7 @@ def cell_rows(cells: list[dict]) -> list[dict]:
                 "wait_s": c.get(f"measured_{phase}_wait_s"),
                 "predicted_comm_s": c.get(f"predicted_{phase}_comm_s"),
                 "predicted_fixed_s": c.get(f"predicted_{phase}_fixed_s"),
+                "predicted_wait_s": c.get(f"predicted_{phase}_wait_s"),
             })
     return rows
 
@@ -60,8 +61,10 @@ def network_line(n: dict) -> str:
         for c in n.get("classes", []))
     where = "this machine" if n["network"] == "shm" else f"{n.get('nodes')} emulated nodes"
     failed = "".join(f" Failed: {f['cell']} ({f['reason']})." for f in n.get("failed", []))
-    return (f"- {n['network']} ({where}): {classes or 'one class'}; the engine's own cost per collective "
-            f"{fnum(1e6 * n.get('per_call_s', 0), 1)} µs.{failed}")
+    src = f" (from {', '.join(n['per_call_from'])})" if n.get("per_call_from") else " (tiny model)"
+    return (f"- {n['network']} ({where}): {classes or 'one class'}; in situ per collective "
+            f"{fnum(1e6 * n.get('per_call_s', 0), 1)} µs inside MPI and "
+            f"{fnum(1e6 * n.get('wait_per_call_s', 0), 1)} µs waiting{src}.{failed}")
 
 
 def error_lines(rows: list[dict]) -> list[str]:
@@ -86,16 +89,18 @@ def lines(rec: dict | None) -> list[str]:
            "(network namespaces of this one machine: their ranks share its cores) per link speed.", "",
            *[network_line(n) for n in rec["networks"]], ""]
     if fx:
-        out += [f"Fixed cost per forward ({fx.get('source', '?')}): {fnum(1e3 * fx.get('step_s', 0), 2)} ms "
-                f"per step + {fnum(1e6 * fx.get('layer_s', 0), 1)} µs per layer.", ""]
+        step, layer = fnum(1e3 * fx.get("step_s", 0), 2), fnum(1e6 * fx.get("layer_s", 0), 1)
+        out += [f"Fixed cost per forward ({fx.get('source', '?')}): {step} ms per step + {layer} µs per layer.",
+                ""]
     if rec["cells"]:
         head = ["cell", "network", "crossed the network", "phase", "measured tok/s", "predicted tok/s",
-                "error", "compute / transfer / waiting ms", "predicted comm / fixed ms", "ranks' CPUs"]
+                "error", "compute / transfer / waiting ms", "predicted comm / waiting / fixed ms",
+                "ranks' CPUs"]
         body = [[r["cell"], r["network"], "yes" if r["crossed_network"] else "no", r["phase"],
                  fnum(r["measured_tok_s"]), fnum(r["predicted_tok_s"]),
                  f"{r['error_pct']:+.0f}%" if is_number(r["error_pct"]) else "—",
                  f"{_ms(r['compute_s'])} / {_ms(r['transfer_s'])} / {_ms(r['wait_s'])}",
-                 f"{_ms(r['predicted_comm_s'])} / {_ms(r['predicted_fixed_s'])}",
+                 " / ".join(_ms(r[k]) for k in ("predicted_comm_s", "predicted_wait_s", "predicted_fixed_s")),
                  _where(r)] for r in rec["cells"]]
         out += [*table(head, body), "", *error_lines(rec["error"])]
     return out

@@ -17,6 +17,9 @@ down (also on failure). Each link speed records:
   collectives in situ (the cost model's fixed terms; the per-layer split once, on shared memory);
 - `calibration`: the single-rank cells measured in the same session (the machine's load drifts
   between the workflow's matrix and this rule: rates from the same session are comparable);
+- `comm_calibration`: multi-rank cells that are not held out (`--comm-cells`): the engine's
+  time per collective in situ, transfer and waiting, at the granularity of the real model (the
+  tiny model's collectives, with almost no compute between them, see less of the scheduler);
 - `runs`: the bench JSONs of the held-out cells (never used in calibration).
 
 Where the emulated cluster cannot run (not root, no namespaces) the JSON holds `skipped` with
@@ -147,6 +150,9 @@ def measure(args: argparse.Namespace, mpiexec: list[str], log) -> dict:
     # One thread per rank, like the held-out P=2 cells: on a loaded machine a 2-thread team runs
     # several times slower than two 1-thread ranks (docs/design-notes.md#network-calibration).
     bench_cells(runner, args, calibration_cells(args.cells), work, result, "calibration", threads=1)
+    result["comm_calibration"] = []
+    bench_cells(runner, args, [c for c in args.comm_cells if c not in args.cells], work, result,
+                "comm_calibration")
     bench_cells(runner, args, args.cells, work, result, "runs")
     return result
 
@@ -172,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--link", required=True, help="'shm' (this machine) or a link cap in Gb/s")
     p.add_argument("--nodes", type=int, default=2, help="emulated nodes (with a link cap)")
     p.add_argument("--cells", nargs="*", default=[], help="held-out cells, e.g. headwise_standard_np2_p128")
+    p.add_argument("--comm-cells", nargs="*", default=["headwise_online_softmax_np2_p128"],
+                   help="multi-rank cells, not held out, that calibrate the cost per collective in situ")
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="cores of each job (as bench --threads)")
@@ -184,7 +192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="results/work/netcal", help="scratch (tiny exports, raw JSONs)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    for name in args.cells:
+    for name in args.cells + args.comm_cells:
         try:
             CellId.parse(name)
         except ValueError as e:

@@ -176,3 +176,29 @@ def test_one_thread_calibration_cell_scales_bandwidth_to_the_node():
     bw_one = cm.calibrate(CFG06, [one])["standard"]["mem_gb_s_per_node"]
     assert bw_two == pytest.approx(steps / two["decode"]["median_s"] / 1e9)
     assert bw_one == pytest.approx(2 * bw_two)
+
+
+def test_cost_per_call_in_situ_from_a_cell_that_is_not_held_out():
+    """A P=2 head-wise cell whose transfer is the sweep's prediction plus a known cost per call
+    and whose waiting is a known time per call gives both back (calls counted from the layout)."""
+    from pipeline.study.costmodel.heldout import in_situ
+    from pipeline.study.costmodel.network import call_count
+
+    comm = sweep(30e-6, 5e-8, 200e-6, 8e-9)
+    net, _ = cm.network_from_comm(comm)
+    run = fake_run("headwise", "online_softmax", 2, 128, 150, 10)
+    pre = LAYOUTS["headwise"](CFG06, 2, 128, 1, True, 4).calls
+    dec = LAYOUTS["headwise"](CFG06, 2, 128, 129, False, 4).calls
+    gen = run["cell"]["gen_len"]
+    assert call_count(dec, 2) == 2 * CFG06.num_hidden_layers + 1
+    for phase, calls, steps in (("prefill", pre, 1), ("decode", dec, gen)):
+        n = steps * call_count(calls, 2)
+        run[phase].update({"transfer_s": steps * comm_time(calls, 2, net) + n * 300e-6, "wait_s": n * 50e-6})
+    per_call, wait = in_situ(CFG06, [run], net, 4)
+    assert per_call == pytest.approx(300e-6) and wait == pytest.approx(50e-6)
+    slow = cm.Network(net.alpha, net.beta, net.classes, per_call, wait)
+    place, rates = cm.local_placement(2, 2, 1), cm.Rates(1e11, 1e11, 1e11, 2e10)
+    t = cm.phase_time(CFG06, "headwise", "decode", 1, place, rates, slow, 4, context=128)
+    assert t["wait_s"] == pytest.approx(call_count(dec, 2) * 50e-6)
+    busy = max(t["flop_s"], t["memory_s"])
+    assert t["total_s"] == pytest.approx(busy + t["fixed_s"] + t["comm_s"] + t["wait_s"])

@@ -3,13 +3,14 @@ pipeline.study.netcal, run on shared memory and across emulated nodes at each li
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 from model_export.config import Qwen3Config
 from pipeline.cells import CellId
 from pipeline.study.costmodel.calibrate import calibrate, cores_of, fixed_cost, per_call_cost
-from pipeline.study.costmodel.network import Network, network_from_comm
-from pipeline.study.costmodel.work import FixedCost, Rates, local_placement, predict
+from pipeline.study.costmodel.network import Network, call_count, comm_time, network_from_comm
+from pipeline.study.costmodel.work import LAYOUTS, FixedCost, Rates, local_placement, predict
 
 PHASES = ("prefill", "decode")
 
@@ -58,6 +59,7 @@ def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, net: Network, dtype_by
             f"measured_{phase}_compute_s": meas.get("compute_s"),
             f"predicted_{phase}_comm_s": p[phase]["comm_s"],
             f"predicted_{phase}_fixed_s": p[phase]["fixed_s"],
+            f"predicted_{phase}_wait_s": p[phase]["wait_s"],
             f"predicted_{phase}_bound": p[phase]["bound"],
         })
     return out
@@ -99,6 +101,23 @@ def session_model(cfg: Qwen3Config, rec: dict, cal: dict, fixed: FixedCost,
     return cal, rec_fixed, "the matrix's single-rank cells"
 
 
+def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> tuple[float, float] | None:
+    """(cost per call inside MPI beyond the sweep's, waiting per call) from multi-rank cells that
+    are not held out: their measured transfer minus the sweep's prediction of their collectives,
+    and their waiting, over the number of calls (both phases, every decode step)."""
+    transfer = wait = calls = 0.0
+    for run in runs:
+        c = run["cell"]
+        P, T, gen = c["nranks"], c["prompt_len"], c["gen_len"]
+        strategy = LAYOUTS[engine_strategy(c)]
+        pre, dec = strategy(cfg, P, T, 1, True, b).calls, strategy(cfg, P, T, T + 1, False, b).calls
+        sweep = comm_time(pre, P, net) + gen * comm_time(dec, P, net)
+        transfer += (run["prefill"].get("transfer_s") or 0) + (run["decode"].get("transfer_s") or 0) - sweep
+        wait += (run["prefill"].get("wait_s") or 0) + (run["decode"].get("wait_s") or 0)
+        calls += call_count(pre, P) + gen * call_count(dec, P)
+    return (max(0.0, transfer / calls), wait / calls) if calls else None
+
+
 def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
                   fixed: FixedCost, dtype: str = "float32") -> tuple[list, list]:
     """(cells, networks): every held-out cell of this model in the netcal records, predicted on
@@ -109,6 +128,12 @@ def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
             networks.append({"network": label(rec), "skipped": rec["skipped"]})
             continue
         net, info = network_of(rec)
+        measured = in_situ(cfg, same_model(cfg, rec.get("comm_calibration", []), dtype),
+                           dataclasses.replace(net, per_call=0.0), b)
+        if measured:  # the real model's cells beat the tiny model's for the cost per call
+            net = dataclasses.replace(net, per_call=measured[0], wait_per_call=measured[1])
+            info = {**info, "per_call_s": measured[0], "wait_per_call_s": measured[1],
+                    "per_call_from": [CellId.of_run(r).name for r in rec["comm_calibration"]]}
         rec_cal, rec_fixed, source = session_model(cfg, rec, cal, fixed, dtype)
         networks.append({"network": label(rec), "skipped": None, "nodes": rec.get("nodes"),
                          "link_gbit": rec.get("link_gbit"), **info, "failed": rec.get("failed", []),

@@ -21,14 +21,16 @@ class Network:
     """alpha (s per message) and beta (s per byte); `classes` refine them per message size.
 
     `classes` holds (upper bound in bytes, alpha, beta), ascending; a message takes the first
-    class it fits. `per_call` is the engine's own cost around each collective (Python, books),
-    measured in situ, beyond what the sweep's back-to-back calls show.
+    class it fits. `per_call` is the engine's own cost inside each collective beyond what the
+    sweep's back-to-back calls show (Python, books, a peer not yet scheduled), `wait_per_call`
+    the waiting before it; both measured in situ.
     """
 
     alpha: float
     beta: float
     classes: tuple[tuple[float, float, float], ...] = ()
     per_call: float = 0.0
+    wait_per_call: float = 0.0  # waiting for the slowest rank per collective, measured in situ
 
     def at(self, nbytes: float) -> tuple[float, float]:
         for upper, alpha, beta in self.classes:
@@ -82,6 +84,11 @@ def comm_time(calls: list[tuple], P: int, net: Network) -> float:
     for name, nbytes, count, *group in calls:
         total += count * COLLECTIVES[name](nbytes, group[0] if group else P, net)
     return total
+
+
+def call_count(calls: list[tuple], P: int) -> int:
+    """How many of a phase's calls communicate (on a communicator of more than one rank)."""
+    return sum(count for _name, _nbytes, count, *group in calls if (group[0] if group else P) > 1)
 
 
 def fit_classes(sizes: list[int], times: list[float], P: int) -> tuple[tuple[float, float, float], ...]:

@@ -13,7 +13,7 @@ from functools import partial
 
 from model_export.config import Qwen3Config
 from pipeline.engine import partition
-from pipeline.study.costmodel.network import Network, comm_time
+from pipeline.study.costmodel.network import Network, call_count, comm_time
 
 KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
 NORM_BYTES = 4  # norms are float32 in every export
@@ -164,7 +164,8 @@ def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Place
                net: Network, dtype_bytes: float, context: int = 0, fixed: FixedCost | None = None) -> dict:
     """Predicted seconds of one prefill of T tokens, or one decode step over `context`+1 keys.
 
-    Returns {"total_s", "flop_s", "memory_s", "fixed_s", "comm_s", "bound"} of the slowest rank.
+    Returns {"total_s", "flop_s", "memory_s", "fixed_s", "comm_s", "wait_s", "bound"} of the
+    slowest rank (comm: inside MPI once all ranks arrived; wait: before, per call, in situ).
     """
     if strategy not in LAYOUTS:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
@@ -180,8 +181,10 @@ def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Place
 
     flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks), key=lambda x: max(x[0], x[1]) + x[2])
     comm = comm_time(work.calls, place.nranks, net)
-    return {"total_s": max(flop_s, memory_s) + fixed_s + comm, "flop_s": flop_s, "memory_s": memory_s,
-            "fixed_s": fixed_s, "comm_s": comm, "bound": "compute" if flop_s >= memory_s else "memory"}
+    wait = call_count(work.calls, place.nranks) * net.wait_per_call
+    return {"total_s": max(flop_s, memory_s) + fixed_s + comm + wait, "flop_s": flop_s,
+            "memory_s": memory_s, "fixed_s": fixed_s, "comm_s": comm, "wait_s": wait,
+            "bound": "compute" if flop_s >= memory_s else "memory"}
 
 
 def predict(cfg: Qwen3Config, strategy: str, P: int, prompt_len: int, place: Placement, rates: Rates,
@@ -194,7 +197,8 @@ def predict(cfg: Qwen3Config, strategy: str, P: int, prompt_len: int, place: Pla
     pre = phase_time(cfg, strategy, "prefill", prompt_len, place, rates, net, dtype_bytes, fixed=fixed)
     steps = [phase_time(cfg, strategy, "decode", 1, place, rates, net, dtype_bytes, prompt_len + i, fixed)
              for i in range(gen_len)]
-    decode = {k: sum(s[k] for s in steps) for k in ("total_s", "flop_s", "memory_s", "fixed_s", "comm_s")}
+    decode = {k: sum(s[k] for s in steps) for k in ("total_s", "flop_s", "memory_s", "fixed_s", "comm_s",
+                                                     "wait_s")}
     decode["bound"] = steps[-1]["bound"]
     decode["step_s"] = decode["total_s"] / gen_len
     return {"prefill_tok_s": prompt_len / pre["total_s"], "prefill": pre,
