@@ -90,8 +90,8 @@ def lines(rec: dict | None) -> list[str]:
            *[network_line(n) for n in rec["networks"]], ""]
     if fx:
         step, layer = fnum(1e3 * fx.get("step_s", 0), 2), fnum(1e6 * fx.get("layer_s", 0), 1)
-        out += [f"Fixed cost per forward ({fx.get('source', '?')}): {step} ms per step + {layer} µs per layer.",
-                ""]
+        source = fx.get("source", "?")
+        out += [f"Fixed cost per forward ({source}): {step} ms per step + {layer} µs per layer.", ""]
     if rec["cells"]:
         head = ["cell", "network", "crossed the network", "phase", "measured tok/s", "predicted tok/s",
                 "error", "compute / transfer / waiting ms", "predicted comm / waiting / fixed ms",
