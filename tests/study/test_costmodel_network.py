@@ -202,3 +202,25 @@ def test_cost_per_call_in_situ_from_a_cell_that_is_not_held_out():
     assert t["wait_s"] == pytest.approx(call_count(dec, 2) * 50e-6)
     busy = max(t["flop_s"], t["memory_s"])
     assert t["total_s"] == pytest.approx(busy + t["fixed_s"] + t["comm_s"] + t["wait_s"])
+
+
+def test_rank_speed_among_others_from_a_cell_that_is_not_held_out():
+    """A P=2 cell whose measured compute is twice the model's busy time gives speed 0.5 per phase,
+    and the slowed calibration halves every rate."""
+    from pipeline.study.costmodel.heldout import concurrency, slowed
+
+    calib = [fake_run("headwise", "standard", 1, 128, 150, 10)]
+    cal = cm.calibrate(CFG06, calib)
+    net = cm.Network(5e-6, 2e-10)
+    run = fake_run("headwise", "standard", 2, 128, 150, 10)
+    run["cell"]["threads_per_rank"] = 1
+    rates = cm.Rates(**cal["standard"]["rates"])
+    p = cm.predict(CFG06, "headwise", 2, 128, cm.local_placement(2, 2, 1), rates, net, 4,
+                   gen_len=run["cell"]["gen_len"])
+    for phase, speed in (("prefill", 0.5), ("decode", 0.8)):
+        run[phase]["compute_s"] = (p[phase]["total_s"] - p[phase]["comm_s"]) / speed
+    speed = concurrency(CFG06, [run], cal, net, 4, cm.FixedCost())
+    assert speed[2] == (pytest.approx(0.5), pytest.approx(0.8))
+    r, s = cal["standard"]["rates"], slowed(cal, (0.5, 0.8))["standard"]["rates"]
+    assert s["f_mm"] == pytest.approx(0.5 * r["f_mm"])
+    assert s["bandwidth"] == pytest.approx(0.8 * r["bandwidth"])

@@ -118,6 +118,38 @@ def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> tuple
     return (max(0.0, transfer / calls), wait / calls) if calls else None
 
 
+def concurrency(cfg: Qwen3Config, runs: list[dict], cal: dict, net: Network, b: float,
+                fixed: FixedCost) -> dict[int, tuple[float, float]]:
+    """{P: (prefill, decode) speed of a rank among P on this machine, relative to a lone rank}
+    from multi-rank cells that are not held out: predicted busy time (compute, memory, fixed)
+    over measured compute time. Ranks sharing one machine's cores, caches and memory (and its
+    other load) run slower than the calibration's lone rank; this measures by how much."""
+    ratios: dict[int, list[tuple[float, float]]] = {}
+    for run in runs:
+        c = run["cell"]
+        cores, _ = cores_of(run)
+        p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"],
+                    local_placement(c["nranks"], cores, c["threads_per_rank"]),
+                    Rates(**cal[c["attention_algo"]]["rates"]), net, b, gen_len=c["gen_len"], fixed=fixed)
+        busy = [p[ph]["total_s"] - p[ph]["comm_s"] - p[ph]["wait_s"] for ph in PHASES]
+        measured = [run[ph].get("compute_s") for ph in PHASES]
+        if all(measured):
+            ratios.setdefault(c["nranks"], []).append((busy[0] / measured[0], busy[1] / measured[1]))
+    return {P: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+            for P, rs in ratios.items()}
+
+
+def slowed(cal: dict, speed: tuple[float, float]) -> dict:
+    """The calibration with its rates scaled by a rank's measured speed among others."""
+    pre, dec = speed
+    out = {}
+    for algo, c in cal.items():
+        r = Rates(**c["rates"])
+        out[algo] = {**c, "rates": dataclasses.asdict(Rates(r.f_mm * pre, r.f_att * pre, r.f_dec * dec,
+                                                            r.bandwidth * dec))}
+    return out
+
+
 def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
                   fixed: FixedCost, dtype: str = "float32") -> tuple[list, list]:
     """(cells, networks): every held-out cell of this model in the netcal records, predicted on
@@ -135,12 +167,17 @@ def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
             info = {**info, "per_call_s": measured[0], "wait_per_call_s": measured[1],
                     "per_call_from": [CellId.of_run(r).name for r in rec["comm_calibration"]]}
         rec_cal, rec_fixed, source = session_model(cfg, rec, cal, fixed, dtype)
+        speeds = concurrency(cfg, same_model(cfg, rec.get("comm_calibration", []), dtype), rec_cal, net, b,
+                             rec_fixed)
+        info = {**info, "rank_speed": {str(P): {"prefill": v[0], "decode": v[1]} for P, v in speeds.items()}}
         networks.append({"network": label(rec), "skipped": None, "nodes": rec.get("nodes"),
                          "link_gbit": rec.get("link_gbit"), **info, "failed": rec.get("failed", []),
                          "calibrated_on": source, "fixed_step_s": rec_fixed.step_s,
                          "fixed_layer_s": rec_fixed.layer_s})
         for run in same_model(cfg, rec.get("runs", []), dtype):
-            cells.append(measured_cell(cfg, run, rec_cal, net, b, rec_fixed, label(rec)))
+            speed = speeds.get(run["cell"]["nranks"])
+            cells.append(measured_cell(cfg, run, slowed(rec_cal, speed) if speed else rec_cal, net, b,
+                                       rec_fixed, label(rec)))
     return cells, networks
 
 
