@@ -72,7 +72,7 @@ def error_lines(rows: list[dict]) -> list[str]:
              f"{fnum(r['mean_abs_error_pct'], 0)}%" if is_number(r["mean_abs_error_pct"]) else "—",
              f"{fnum(r['max_abs_error_pct'], 0)}%" if is_number(r["max_abs_error_pct"]) else "—",
              ", ".join(f"×{x:.2f}" for x in r["comm_over_transfer"]) or "—"] for r in rows]
-    head = ["network", "phase", "held-out cells", "mean |error|", "max |error|",
+    head = ["network", "phase", "held-out cells", "mean abs. error", "max abs. error",
             "predicted comm / measured transfer"]
     return ["Held-out error (goal: mean ≤ 15%, max ≤ 35% per phase; comm within ×0.5–×2 of transfer):", "",
             *table(head, body), ""]
