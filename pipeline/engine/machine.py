@@ -88,12 +88,27 @@ def boot_id() -> str:
         return ""
 
 
+def thread_cpus() -> list[list[int]]:
+    """The affinity mask of each thread of this process (its OpenMP threads once they exist)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    masks = set()
+    for task in Path("/proc/self/task").glob("[0-9]*"):
+        try:
+            masks.add(tuple(sorted(os.sched_getaffinity(int(task.name)))))
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return sorted(list(m) for m in masks) or [sorted(os.sched_getaffinity(0))]
+
+
 def placement() -> dict:
-    """Where this rank may run: its host, machine (boot id), the CPUs of its affinity mask, the
-    binding asked for (pipeline.engine.binding) and the OpenMP binding of its threads."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    """Where this rank may run: its host, machine (boot id), the CPUs its threads may use (with
+    OMP_PROC_BIND the main thread alone holds only the first place, so the union over threads),
+    each distinct thread mask, the binding asked for (pipeline.engine.binding) and OpenMP's."""
+    threads = thread_cpus()
     env = os.environ
-    return {"host": socket.gethostname(), "machine": boot_id(), "cpus": allowed,
+    return {"host": socket.gethostname(), "machine": boot_id(),
+            "cpus": sorted({c for mask in threads for c in mask}), "thread_cpus": threads,
             "binding": env.get("QWEN3_BINDING", ""),
             "omp_places": env.get("OMP_PLACES", ""), "omp_proc_bind": env.get("OMP_PROC_BIND", "")}
 

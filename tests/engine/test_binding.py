@@ -106,3 +106,32 @@ def test_emulated_nodes_of_one_machine_share_its_cores():
     assert machine.shared_cpus(apart) == []
     assert machine.shared_cpus(old) == [[0, 1]]
     assert machine.placement()["machine"] == machine.boot_id()
+
+
+def test_placement_records_the_union_of_its_threads_masks(tmp_path):
+    """With OMP_PROC_BIND the main thread holds only the first place: a rank's CPUs are the union
+    over its threads (here: main thread on CPU 0, a second thread on the last CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    code = f"""
+import os, threading, json
+from pipeline.engine.machine import placement
+ready, done = threading.Event(), threading.Event()
+def pinned():
+    os.sched_setaffinity(0, {{{cpus[-1]}}})
+    ready.set(); done.wait()
+t = threading.Thread(target=pinned); t.start(); ready.wait()
+os.sched_setaffinity(0, {{{cpus[0]}}})
+print(json.dumps(placement())); done.set(); t.join()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import json
+
+    p = json.loads(out)
+    assert [cpus[0]] in p["thread_cpus"] and [cpus[-1]] in p["thread_cpus"]  # (+ BLAS's own threads)
+    assert cpus[0] in p["cpus"] and cpus[-1] in p["cpus"]
