@@ -52,7 +52,7 @@ MPI_LAUNCHER = get_mpi_launcher()
 
 wildcard_constraints:
     dtype="float32|bf16",
-    strategy="headwise|sequence",
+    strategy=r"headwise|sequence|layer|(layer|sequence)\d+\.headwise\d+",
     algo="standard|online_softmax",
     nranks=r"\d+",
     prompt_len=r"\d+",

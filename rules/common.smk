@@ -16,7 +16,7 @@ from snakemake.exceptions import WorkflowError
 
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
 from pipeline.cells import CellId
-from pipeline.engine.partition import why_not
+from pipeline.engine.partition import layout_ranks, why_not
 
 RUNS = "results/runs"
 COMPARISONS = ("dtype", "ranks", "ceilings", "baselines")  # the named comparisons of rules/compare.smk
@@ -225,14 +225,15 @@ def get_engine_sources():
 
 def get_cells():
     """Every cell of the matrix: (name, applicable, reason when not)."""
+    layouts = [(s, p) for s in config["strategies"] for p in sorted(config["ranks"])]
+    layouts += [(name, layout_ranks(name)) for name in config.get("layouts", [])]
     cells = []
     for n in LENGTHS:
-        for strategy in config["strategies"]:
+        for strategy, p in layouts:
             for algo in config["algorithms"]:
-                for p in sorted(config["ranks"]):
-                    name = CellId(strategy, algo, p, n).name
-                    reason = get_not_applicable_reason(strategy, p, n)
-                    cells.append((name, reason is None, reason))
+                name = CellId(strategy, algo, p, n).name
+                reason = get_not_applicable_reason(strategy, p, n)
+                cells.append((name, reason is None, reason))
     return cells
 
 

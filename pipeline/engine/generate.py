@@ -20,6 +20,7 @@ from pipeline.engine.comm import Comm
 from pipeline.engine.launch import threads_per_rank, validated
 from pipeline.engine.model import Qwen3Engine, check_job
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import set_threads
 
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", required=True)
-    p.add_argument("--parallel-strategy", default="headwise", help=f"one of {sorted(STRATEGIES)}")
+    p.add_argument("--parallel-strategy", default="headwise", metavar="LAYOUT",
+                   help=f"one of {sorted(STRATEGIES)}, or two levels such as layer2.headwise2")
     p.add_argument("--attention-algo", default="online_softmax", help=f"one of {list(ALGORITHMS)}")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text, encoded with the export's tokenizer.json")
@@ -36,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--sequence-layout", default="zigzag", choices=LAYOUTS,
                    help="token split of the sequence strategy: zigzag balances causal attention")
+    p.add_argument("--micro-batch", type=int, default=MICRO_BATCH,
+                   help="prefill tokens per pipeline step of the layer strategy")
     p.add_argument("--threads", type=int, default=None, help="cores for the whole job")
     p.add_argument("--logits-out", help="save every step's logits, float32 (N, vocab), as .npy")
     args = p.parse_args(argv)
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
 
     export, tokenizer, ids = validated(comm, setup)
     engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
-                         max_seq=len(ids) + args.max_new_tokens, sequence_layout=args.sequence_layout)
+                         max_seq=len(ids) + args.max_new_tokens, sequence_layout=args.sequence_layout,
+                         micro_batch=args.micro_batch)
     tokens, logits = engine.generate(np.array(ids), args.max_new_tokens,
                                      keep_logits=args.logits_out is not None)
     if comm.rank:

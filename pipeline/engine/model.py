@@ -19,16 +19,14 @@ from ext.linear import linear, linear_many, linear_t
 from model_export.reader import Export, take_rows
 from pipeline.engine import partition
 from pipeline.engine.comm import Comm
-from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.engine.strategies import ALGORITHMS, Comms, make_strategy
 
 SUPPORTED_DTYPES = ("float32", "bfloat16")  # bf16: kernels widen to float32 on the fly
 
 
-def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len: int,
+def check_job(export: Export, layout: str, algo: str, nranks: int, prompt_len: int,
               gen_len: int) -> None:
     """Every reason the job cannot run, raised as ValueError before any heavy work."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown parallel strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown attention algorithm {algo!r}; choose from {list(ALGORITHMS)}")
     cfg = export.cfg
@@ -41,28 +39,34 @@ def check_job(export: Export, strategy: str, algo: str, nranks: int, prompt_len:
         raise ValueError(f"{export.path}: the engine computes with {list(SUPPORTED_DTYPES)} weights, "
                          f"this export holds {export.dtype_name}; re-export with --dtype bf16 "
                          "(or float32)")
-    partition.check(cfg, strategy, nranks, prompt_len)
+    partition.check(cfg, layout, nranks, prompt_len)
 
 
 class Qwen3Engine:
-    def __init__(self, export: Export, strategy: str, algo: str, comm: Comm, threads: int,
-                 max_seq: int, block: int = 64, sequence_layout: str = "zigzag") -> None:
+    def __init__(self, export: Export, layout: str, algo: str, comm: Comm, threads: int,
+                 max_seq: int, block: int = 64, sequence_layout: str = "zigzag",
+                 micro_batch: int | None = None) -> None:
         cfg = self.cfg = export.cfg
         self.comm, self.threads, self.max_seq = comm, threads, max_seq
         attend = functools.partial(self._attend, algo=algo, block=block,
                                    scale=float(cfg.head_dim) ** -0.5)
-        options = {"layout": sequence_layout} if strategy == "sequence" else {}
-        self.strategy = STRATEGIES[strategy](comm, cfg, attend, max_seq, **options)
-        self.layers = [self.strategy.layer_weights(export, i) for i in range(cfg.num_hidden_layers)]
+        self.strategy = make_strategy(layout, Comms.of_layout(comm, layout), cfg, attend, max_seq,
+                                      sequence_layout=sequence_layout, micro_batch=micro_batch)
+        # only the layers this rank runs (a pipeline stage holds 1/P of them)
+        self.layers = {i: self.strategy.layer_weights(export, i) for i in self.strategy.layers}
         self.embed = export.tensor("embed")
         self.final_norm = export.tensor("final_norm")
         self.lm_head = export.lm_head()[self.strategy.vocab_rows]  # (V_r, d) rows of this rank
+        # bytes of the weights this rank multiplies with: its layers and lm_head rows (the
+        # embedding is a memory-mapped table of which each step reads one row)
+        self.weight_bytes = self.lm_head.nbytes + sum(
+            a.nbytes for w in self.layers.values() for a in vars(w).values() if isinstance(a, np.ndarray))
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
         self.pos = 0  # tokens in the cache
 
     def _allocate(self, T: int) -> None:
-        cfg, w = self.cfg, self.layers[0]
+        cfg, w = self.cfg, next(iter(self.layers.values()))
         d, D = cfg.hidden_size, cfg.head_dim
         H_r, Hkv_r, I_r = w.wq.shape[0] // D, w.wk.shape[0] // D, w.w_gate.shape[0]
         self.x = np.zeros((T, d), np.float32)  # (T, d) residual stream
@@ -104,7 +108,8 @@ class Qwen3Engine:
         T = len(ids)
         positions = self.strategy.plan_prefill(T)  # the prompt positions this rank computes
         x = self.x[: len(positions)]
-        take_rows(self.embed, ids[positions], x)
+        if self.strategy.first_stage:  # later pipeline stages receive their input
+            take_rows(self.embed, ids[positions], x)
         # RoPE tables gathered at this rank's positions (not always one contiguous run).
         rope = (self.cos[positions], self.sin[positions], 0)
         self._forward(x, int(positions[0]), rope, prefill=True)
@@ -119,14 +124,24 @@ class Qwen3Engine:
             raise RuntimeError(f"KV cache full ({self.max_seq} positions)")
         x = self.x[:1]
         self.token[0] = token
-        take_rows(self.embed, self.token, x)
+        if self.strategy.first_stage:
+            take_rows(self.embed, self.token, x)
         self._forward(x, self.pos, (self.cos, self.sin, self.pos), prefill=False)
         self.pos += 1
-        return self._logits(x, None)  # every rank holds the new token
+        owner = self.strategy.decode_owner()
+        return self._logits(x if owner is None or owner == self.comm.rank else None, owner)
 
     def _forward(self, x: np.ndarray, pos: int, rope: tuple, prefill: bool) -> None:
-        for i in range(self.cfg.num_hidden_layers):
-            self._block(i, x, pos, rope, prefill)
+        """Run x through this rank's layers, block of rows by block (a pipeline's micro-batches)."""
+        s, (cos, sin, _) = self.strategy, rope
+        for rows in s.batches(x.shape[0], prefill):
+            xb = x[rows.start:rows.stop]
+            s.receive(xb)  # from the previous stage (no-op on the first)
+            # prefill's RoPE tables hold one row per local row; decode indexes the full ones by pos
+            rope_b = (cos[rows.start:rows.stop], sin[rows.start:rows.stop], 0) if prefill else rope
+            for i in s.layers:
+                self._block(i, xb, pos + rows.start, rope_b, prefill)
+            s.send(xb)  # to the next stage (no-op on the last)
 
     def _block(self, i: int, x: np.ndarray, pos: int, rope: tuple, prefill: bool) -> None:
         w, T, eps, nt = self.layers[i], x.shape[0], self.cfg.rms_norm_eps, self.threads

@@ -30,6 +30,7 @@ from pipeline.engine.machine import machine_facts, placement, shared_cpus, topol
 from pipeline.engine.model import Qwen3Engine, check_job
 from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
+from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import blas_info, set_threads
 from pipeline.study.roofline import measure_ceilings, roofline_fractions
@@ -42,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", required=True, help="export directory (python -m pipeline export)")
-    p.add_argument("--parallel-strategy", required=True, help=f"one of {sorted(STRATEGIES)}")
+    p.add_argument("--parallel-strategy", required=True, metavar="LAYOUT",
+                   help=f"one of {sorted(STRATEGIES)}, or two levels such as layer2.headwise2")
     p.add_argument("--attention-algo", required=True, help=f"one of {list(ALGORITHMS)}")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=32)
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--sequence-layout", default="zigzag", choices=LAYOUTS,
                    help="token split of the sequence strategy: zigzag balances causal attention")
+    p.add_argument("--micro-batch", type=int, default=MICRO_BATCH,
+                   help="prefill tokens per pipeline step of the layer strategy")
     p.add_argument("--threads", type=int, default=None,
                    help="cores for the whole job; each rank gets max(1, threads // P) (default: all)")
     p.add_argument("--block", type=int, default=64, help="online-softmax KV block size")
@@ -126,9 +130,9 @@ def environment(comm: Comm, threads: int) -> dict:
     return {**machine_facts(comm.size, threads), "blas": blas_info()}
 
 
-def memory_mb(attention_scratch_bytes: int = 0) -> dict:
-    """Peak resident set (VmHWM), private anonymous memory now (RssAnon) and the attention
-    kernels' largest working memory (from the engine), in MB."""
+def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0) -> dict:
+    """Peak resident set (VmHWM), private anonymous memory now (RssAnon), the attention
+    kernels' largest working memory and the weights the rank multiplies with (from the engine), in MB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     anon = 0.0
     try:
@@ -138,7 +142,8 @@ def memory_mb(attention_scratch_bytes: int = 0) -> dict:
                     anon = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return {"peak_rss_mb": peak, "anon_mb": anon, "attention_scratch_mb": attention_scratch_bytes / 1e6}
+    return {"peak_rss_mb": peak, "anon_mb": anon, "attention_scratch_mb": attention_scratch_bytes / 1e6,
+            "weights_mb": weight_bytes / 1e6}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -157,7 +162,8 @@ def run(args: argparse.Namespace) -> dict | None:
     prompt = random_prompt(args.seed, cfg.vocab_size, args.prompt_len)
     engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
                          max_seq=args.prompt_len + args.gen_len + 1, block=args.block,
-                         sequence_layout=args.sequence_layout)
+                         sequence_layout=args.sequence_layout,
+                         micro_batch=args.micro_batch)
     runs = []
     for it in range(args.warmup + args.iters):
         r = timed_run(engine, comm, prompt, args.gen_len)
@@ -167,7 +173,8 @@ def run(args: argparse.Namespace) -> dict | None:
                   f"decode {r['steps'].sum():.3f} s", file=sys.stderr, flush=True)
         if it >= args.warmup:
             runs.append(r)
-    result = summarise(args, comm, export, threads, prompt, runs, engine.attention_scratch_bytes)
+    result = summarise(args, comm, export, threads, prompt, runs, engine.attention_scratch_bytes,
+                       engine.weight_bytes)
     ceilings = ceilings_on_rank0(comm, export.cfg, args.prompt_len, threads)
     if result is not None:
         result["roofline"] = roofline(export, args, result, ceilings)
@@ -219,11 +226,11 @@ def slowest_rank(comm: Comm, runs: list[dict]) -> tuple[np.ndarray, np.ndarray, 
 
 
 def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int, prompt: np.ndarray,
-              runs: list[dict], attention_scratch_bytes: int = 0) -> dict | None:
+              runs: list[dict], attention_scratch_bytes: int = 0, weight_bytes: int = 0) -> dict | None:
     """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
     local, steps, bytes_sent = slowest_rank(comm, runs)
     split = time_split(comm, runs)
-    mem = comm.comm.gather(memory_mb(attention_scratch_bytes), root=0)
+    mem = comm.comm.gather(memory_mb(attention_scratch_bytes, weight_bytes), root=0)
     ranks = comm.comm.gather(placement(), root=0)  # ranks on other (emulated) nodes show here
     if comm.rank:
         return None
@@ -234,7 +241,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "schema_version": SCHEMA_VERSION,
         "cell": {**cell.cell_block(), "gen_len": args.gen_len, "iters": args.iters, "warmup": args.warmup,
                  "threads_per_rank": threads, "block": args.block, "seed": args.seed,
-                 "sequence_layout": args.sequence_layout},
+                 "sequence_layout": args.sequence_layout, "micro_batch": args.micro_batch},
         "environment": {**environment(comm, threads), "hosts": [r["host"] for r in ranks]},
         "placement": {"topology": topology(), "ranks": ranks, "sharing_cpus": shared_cpus(ranks)},
         "model": model_record(args.export, export),

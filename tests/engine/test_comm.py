@@ -41,12 +41,15 @@ import json
 import numpy as np
 from pipeline.engine.comm import Comm
 comm = Comm()
+from mpi4py import MPI
 buf = np.ones(1, np.float32)
+t0 = MPI.Wtime()
 for _ in range(5000):  # past the books' first capacity: they grow, none is lost
     comm.allreduce_sum(buf)
+elapsed = MPI.Wtime() - t0
 transfer, wait = comm.arrival_split()
 if comm.rank == 0:
-    print(json.dumps({"calls": comm.calls, "transfer": transfer, "wait": wait}))
+    print(json.dumps({"calls": comm.calls, "transfer": transfer, "wait": wait, "elapsed": elapsed}))
 """
 
 
@@ -57,4 +60,5 @@ def test_the_books_keep_every_collective_past_their_first_capacity(tmp_path):
     assert proc.returncode == 0, proc.stderr
     books = json.loads(proc.stdout)
     assert books["calls"] == 5000
-    assert 0 < books["transfer"] + books["wait"] < 5  # 5000 calls of microseconds each, all counted
+    # every call counted, and no more time than the loop took (a loaded machine makes it long)
+    assert 0 < books["transfer"] + books["wait"] <= books["elapsed"]

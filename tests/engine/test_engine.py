@@ -134,7 +134,8 @@ def bad_generate(export, nranks, *extra, strategy="headwise", algo="standard", p
 @pytest.mark.parametrize("case, nranks, kwargs, message", [
     ("strategy", 2, dict(strategy="pipeline"), "unknown parallel strategy 'pipeline'"),
     ("algo", 2, dict(algo="flash"), "unknown attention algorithm 'flash'"),
-    ("ranks", 3, {}, "use P in [1, 2, 4]"),
+    ("ranks", 9, {}, "headwise: 9 ranks exceed the 8 query heads; use at most 8"),
+    ("stages", 3, dict(strategy="layer"), "layer: 3 stages exceed the 2 layers; use at most 2"),
     ("short prompt", 4, dict(strategy="sequence", prompt="1,2,3"), "fewer than the 4 ranks"),
     ("vocab", 2, dict(prompt="1,2,99999"), "outside the vocabulary"),
     ("not ints", 1, dict(prompt="1,x"), "comma-separated integers"),

@@ -21,8 +21,8 @@ SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("sna
 # ----------------------------------------------------------------------------- Snakemake
 
 
-def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def plan(*args: str) -> subprocess.CompletedProcess:
@@ -42,12 +42,13 @@ def test_dry_run_default_matrix():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
-    assert counts["bench"] == "12"  # Qwen3-0.6B has 8 KV heads: 1, 2 and 4 ranks all apply
+    # Qwen3-0.6B: 3 strategies at 1, 2 and 4 ranks all apply, plus layer2.headwise2; 2 algorithms
+    assert counts["bench"] == "20"
     assert counts["commbench"] == counts["costmodel"] == counts["baseline"] == "1"
     proc = plan("--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
     assert proc.returncode == 0, proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
-    assert counts["bench"] == "24" and "baseline" not in counts
+    assert counts["bench"] == "40" and "baseline" not in counts
 
 
 def test_dry_run_costmodel_gets_the_cluster_config():
@@ -90,19 +91,22 @@ def test_dry_run_long_prompts_get_their_own_iterations():
         assert expected in line
 
 
-def test_dry_run_tiny_marks_non_dividing_headwise_cells_not_applicable():
-    nkv = PRESETS["tiny"]["num_key_value_heads"]
-    p = next(p for p in range(2, 64) if nkv % p)  # a rank count head-wise cannot split the KV heads over
+def test_dry_run_tiny_marks_cells_that_cannot_split_not_applicable():
+    heads, layers = PRESETS["tiny"]["num_attention_heads"], PRESETS["tiny"]["num_hidden_layers"]
+    p = heads + 1  # more ranks than query heads (and than layers)
     proc = plan("-p", "report", "--config", "synthetic_preset=tiny", f"ranks=[1,{p}]",
                 "prompt_lengths=[2,16]")
     assert proc.returncode == 0, proc.stderr
     jobs = proc.stdout.split("rule verify")[0]
     assert f"results/runs/sequence_online_softmax_np{p}_p16.json" in jobs
     assert f"mpiexec -n {p} python -m mpi4py -m pipeline bench" in jobs
+    assert "results/runs/layer2.headwise2_standard_np4_p16.json" in jobs  # the default two-level layout
     assert f"headwise_standard_np{p}_p16.json" not in jobs
+    assert f"layer_standard_np{p}_p16.json" not in jobs
     assert f"sequence_standard_np{p}_p2.json" not in jobs  # fewer prompt tokens than ranks
     reasons = {  # the engine's own reasons (pipeline.engine.partition), one per cell that cannot run
-        f"headwise_standard_np{p}_p16": f"headwise: {p} ranks do not divide num_key_value_heads={nkv}",
+        f"headwise_standard_np{p}_p16": f"headwise: {p} ranks exceed the {heads} query heads",
+        f"layer_standard_np{p}_p16": f"layer: {p} stages exceed the {layers} layers",
         f"sequence_standard_np{p}_p2": f"sequence: the prompt has 2 tokens, fewer than the {p} ranks"}
     for cell, reason in reasons.items():
         assert f"{cell}={reason}" in proc.stdout
@@ -169,13 +173,14 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     config = [
         "--config",
         "synthetic_preset=tiny",
+        "strategies=[headwise,layer]",  # and the default layouts' layer2.headwise2: 10 cells
         "ranks=[1,2]",
         "prompt_lengths=[16]",
         "gen_len=4",
         "iters=1",
         "warmup=0",
     ]
-    proc = snakemake("--cores", "2", "report", *config, cwd=work)
+    proc = snakemake("--cores", "2", "report", *config, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = work / "results"
     check_complete_run(results)
@@ -184,17 +189,17 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
 
 def check_complete_run(results: Path) -> None:
     """A complete tiny run: every cell verified, the sweep, the cost model, baseline, comparisons."""
-    assert "All 8 measured cells match" in (results / "report.md").read_text()
+    assert "All 10 measured cells match" in (results / "report.md").read_text()
     assert json.loads((results / "verification.json").read_text())["ok"]
     assert (results / "figures" / "throughput_p16.png").exists() and (
         results / "figures" / "cells_p16.png"
     ).exists()
-    assert len((results / "summary.csv").read_text().splitlines()) == 9
+    assert len((results / "summary.csv").read_text().splitlines()) == 11
     # the MPI sweep, the cost model calibrated on it, and the HF baseline, all in the report
     comm = json.loads((results / "comm.json").read_text())
     assert comm["nranks"] == 2 and comm["allreduce"]["alpha_s"] > 0
     costmodel = json.loads((results / "costmodel.json").read_text())
-    assert len(costmodel["groups"][0]["cells"]) == 8 and costmodel["groups"][0]["curves"]
+    assert len(costmodel["groups"][0]["cells"]) == 10 and costmodel["groups"][0]["curves"]
     hf = json.loads((results / "baseline" / "hf_p16.json").read_text())
     text = (results / "report.md").read_text()
     for section in (
@@ -230,31 +235,32 @@ def check_complete_run(results: Path) -> None:
 
 def check_partial_run_then_completion(work: Path, results: Path, config: list[str]) -> None:
     """Two cells crash (--keep-going): a partial report marks them; the next run redoes only them."""
-    # a launcher that crashes the sequence cells on 2 ranks (test double for a failing benchmark)
+    # a launcher that crashes the layer cells on 2 ranks (test double for a failing benchmark)
     launcher = work / "crashing-mpiexec"
     launcher.write_text(
-        '#!/bin/bash\nif [[ "$*" == *"-n 2 "*"--parallel-strategy sequence"* ]]; then\n'
+        '#!/bin/bash\nif [[ "$*" == *"-n 2 "*"--parallel-strategy layer "* ]]; then\n'
         '  echo "simulated crash" >&2; exit 3\nfi\nexec mpiexec "$@"\n'
     )
     launcher.chmod(0o755)
-    for path in (results / "runs").glob("sequence_*_np2_p16.json"):
+    for path in (results / "runs").glob("layer_*_np2_p16.json"):
         path.unlink()
-    proc = snakemake("--cores", "2", "--keep-going", "report", *config, f"mpi_launcher={launcher}", cwd=work)
+    proc = snakemake("--cores", "2", "--keep-going", "report", *config, f"mpi_launcher={launcher}", cwd=work,
+                     timeout=600)
     assert proc.returncode != 0
     text = (results / "report.md").read_text()
-    assert "**Partial report.**" in text and "6 of 8 cells measured." in text
-    assert "| sequence_standard_np2_p16 | missing |" in text
-    assert "simulated crash" in (results / "logs" / "bench" / "sequence_standard_np2_p16.log").read_text()
+    assert "**Partial report.**" in text and "8 of 10 cells measured." in text
+    assert "| layer_standard_np2_p16 | missing |" in text
+    assert "simulated crash" in (results / "logs" / "bench" / "layer_standard_np2_p16.log").read_text()
     assert not (results / "verification.json").exists()
     assert "## Cost model" in text  # the last cost model is kept in the partial report
 
-    proc = snakemake("--cores", "2", "report", *config, cwd=work)
+    proc = snakemake("--cores", "2", "report", *config, cwd=work, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = proc.stdout + proc.stderr
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
     assert "rule compare:" not in ran
-    assert "8 of 8 cells measured." in (results / "report.md").read_text()
+    assert "10 of 10 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 

@@ -10,7 +10,7 @@ from model_export.config import Qwen3Config
 from pipeline.cells import CellId
 from pipeline.study.costmodel.calibrate import calibrate, cores_of, fixed_cost, per_call_cost
 from pipeline.study.costmodel.network import Network, call_count, comm_time, network_from_comm
-from pipeline.study.costmodel.work import LAYOUTS, FixedCost, Rates, local_placement, predict
+from pipeline.study.costmodel.work import LAYOUTS, FixedCost, Rates, family, local_placement, predict
 
 PHASES = ("prefill", "decode")
 
@@ -20,10 +20,8 @@ def pct(pred: float, meas: float) -> float:
 
 
 def engine_strategy(cell: dict) -> str:
-    """The cost model's strategy for a measured cell (the sequence layout decides which)."""
-    if cell["parallel_strategy"] == "sequence" and cell.get("sequence_layout", "contiguous") == "zigzag":
-        return "sequence_zigzag"
-    return cell["parallel_strategy"]
+    """The cost model's layout for a measured cell (work.family)."""
+    return family(cell)
 
 
 def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, net: Network, dtype_bytes: float,

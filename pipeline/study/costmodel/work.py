@@ -13,6 +13,7 @@ from functools import partial
 
 from model_export.config import Qwen3Config
 from pipeline.engine import partition
+from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.study.costmodel.network import Network, call_count, comm_time
 
 KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
@@ -73,6 +74,10 @@ class RankWork:
 class PhaseWork:
     ranks: list[RankWork]
     calls: list[tuple]  # (collective, bytes of its result, calls per phase[, communicator size])
+    # a pipeline: `ranks` are its stages in order (the slowest rank of each, its layers only),
+    # run one after another per micro-batch; `tail` is the vocabulary-parallel lm_head after them
+    micro_batches: int = 0
+    tail: RankWork | None = None
 
 
 def _shard_params(cfg: Qwen3Config, sh: partition.Shard) -> int:
@@ -96,7 +101,7 @@ def _rank_work(cfg: Qwen3Config, sh: partition.Shard, tokens: int, pairs: int, c
 
 
 def headwise(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float) -> PhaseWork:
-    """Tensor parallel: a block of KV groups and MLP features per rank; two Allreduces a layer."""
+    """Tensor parallel: a block of the heads and MLP features per rank; two Allreduces a layer."""
     ranks = []
     for r in range(P):
         sh = partition.shard(cfg, "headwise", P, r)
@@ -110,44 +115,106 @@ def headwise(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float) 
                              ("allgather", 4 * cfg.vocab_size, 1)])
 
 
-def sequence(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, layout: str) -> PhaseWork:
-    """Context parallel: every weight on every rank, the prompt split by `layout`; prefill gathers
-    K and V, decode keeps the cache split by position and merges partial softmax statistics."""
-    L, H, Hkv, D = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+def sequence(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, layout: str,
+             inside: int = 1) -> PhaseWork:
+    """Context parallel over P / `inside` groups, the prompt split by `layout`; prefill gathers
+    K and V, decode keeps the cache split by position and merges partial softmax statistics.
+    With `inside` > 1 (sequenceA.headwiseB) each group splits its heads head-wise: the exchange
+    carries its heads only, and two Allreduces a layer run inside the group."""
+    L, d, D = cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim
+    a = P // inside
+    name = "sequence" if inside == 1 else f"sequence{a}.headwise{inside}"
     ranks = []
     for r in range(P):
-        sh = partition.shard(cfg, "sequence", P, r)
+        sh = partition.shard(cfg, name, P, r)
         if prefill:
-            chunks = partition.prompt_chunks("sequence", T, P, r, layout)
+            chunks = partition.prompt_chunks(name, T, P, r, layout)
             pairs = sum((c.stop * (c.stop + 1) - c.start * (c.start + 1)) // 2 for c in chunks)
             ranks.append(_rank_work(cfg, sh, sum(len(c) for c in chunks), pairs, 0, b))
         else:
-            S_r = math.ceil(S / P)  # the cache split by position: the fullest rank
+            S_r = math.ceil(S / a)  # the cache split by position: the fullest rank
             ranks.append(_rank_work(cfg, sh, 1, S_r, S_r, b))
+    sh = partition.shard(cfg, name, P, 0)
+    H_r, Hkv_r = len(sh.q_heads), len(sh.kv_heads)
+    T_r = math.ceil(T / a)
     if prefill:
-        calls = [("allgather", 4 * T * Hkv * D, 2 * L), ("bcast", 4 * cfg.hidden_size, 1),
-                 ("allgather", 4 * cfg.vocab_size, 1)]
+        calls = [("allgather", 4 * T * Hkv_r * D, 2 * L, a), ("allreduce", 4 * T_r * d, 2 * L, inside),
+                 ("bcast", 4 * d, 1), ("allgather", 4 * cfg.vocab_size, 1)]
     else:
-        calls = [("allgather", P * 4 * (H * D + 2 * H), L), ("allgather", 4 * cfg.vocab_size, 1)]
+        calls = [("allgather", a * 4 * (H_r * D + 2 * H_r), L, a), ("allreduce", 4 * d, 2 * L, inside),
+                 ("allgather", 4 * cfg.vocab_size, 1)]
     return PhaseWork(ranks, calls)
 
 
-# The cost model's layouts. A new one (issue 15: "layer", uneven head-wise, "layer2.headwise2")
-# is one function here with the signature of `headwise`: its ranks' work from partition.shard of
-# its name (RankWork.layers counts a stage's layers, so the fixed cost follows), its calls with a
-# communicator size for a sub-communicator and "send" for stage-to-stage activations; and an entry
-# in ENGINE_LAYOUTS naming the engine strategy and sequence layout that run it.
+def staged(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, inside: int = 1,
+           micro_batch: int = MICRO_BATCH) -> PhaseWork:
+    """Pipeline parallel over P / `inside` stages, each a block of layers (head-wise over its
+    `inside` ranks in layerA.headwiseB); prefill streams micro-batches through the stages, decode
+    passes one token along. The lm_head stays vocabulary-parallel over all P ranks."""
+    L, d = cfg.num_hidden_layers, cfg.hidden_size
+    a = P // inside
+    name = "layer" if inside == 1 else f"layer{a}.headwise{inside}"
+    m = len(partition.micro_batches(T, micro_batch)) if prefill else 1
+    rows = min(T, micro_batch) if prefill else 1
+    stages, tail = [], []
+    for g in range(a):
+        works = []
+        for r in range(g * inside, (g + 1) * inside):
+            sh = partition.shard(cfg, name, P, r)
+            layers_only = partition.Shard(r, P, sh.layers, sh.kv_heads, sh.q_heads, sh.features, range(0))
+            works.append(_rank_work(cfg, layers_only, T, T * (T + 1) // 2, 0, b) if prefill
+                         else _rank_work(cfg, layers_only, 1, S, S, b))
+            tail.append(RankWork(2 * d * len(sh.vocab), 0.0, b * len(sh.vocab) * d, 0))
+        stages.append(max(works, key=lambda w: w.mm_flops + w.att_flops))
+    per_stage_layers = math.ceil(L / a)
+    calls = [("send", 4 * rows * d, (a - 1) + (m - 1), a),  # on the critical path: fill, then one per batch
+             ("allreduce", 4 * rows * d, 2 * (L + (m - 1) * per_stage_layers), inside),
+             ("bcast", 4 * d, 1), ("allgather", 4 * cfg.vocab_size, 1)]
+    return PhaseWork(stages, calls, micro_batches=m, tail=max(tail, key=lambda w: w.mm_flops))
+
+
+# The cost model's layouts, each one function with the signature of `headwise`: its ranks' work
+# from partition.shard of its engine name (RankWork.layers counts a stage's layers, so the fixed
+# cost follows), its calls with a communicator size for a sub-communicator. A two-level family
+# ("layer.headwise2") is its engine layout at any P that B divides ("layer4.headwise2" at P = 8).
+INSIDE = 2  # the head-wise group of the two-level families: a pair of ranks (cores, or nodes)
 LAYOUTS = {"headwise": headwise, "sequence": partial(sequence, layout="contiguous"),
-           "sequence_zigzag": partial(sequence, layout="zigzag")}
-ENGINE_LAYOUTS = {"headwise": ("headwise", "contiguous"), "sequence": ("sequence", "contiguous"),
-                  "sequence_zigzag": ("sequence", "zigzag")}
+           "sequence_zigzag": partial(sequence, layout="zigzag"), "layer": staged,
+           f"layer.headwise{INSIDE}": partial(staged, inside=INSIDE),
+           f"sequence_zigzag.headwise{INSIDE}": partial(sequence, layout="zigzag", inside=INSIDE)}
 STRATEGIES = tuple(LAYOUTS)
+
+
+def engine_layout(strategy: str, P: int) -> tuple[str, str]:
+    """(engine layout name, sequence layout) that runs cost-model layout `strategy` at P ranks."""
+    across, _, inside = strategy.partition(".")
+    seq = "zigzag" if across.endswith("_zigzag") else "contiguous"
+    across = across.removesuffix("_zigzag")
+    if not inside:
+        return across, seq
+    b = int(inside.removeprefix("headwise"))
+    return (f"{across}{P // b}.{inside}" if P % b == 0 else f"{across}?.{inside}"), seq
+
+
+def family(cell: dict) -> str:
+    """The cost-model layout of a measured cell: its engine layout, "_zigzag" for a zigzag
+    sequence split, a two-level layout's outer count dropped ("layer2.headwise2": "layer.headwise2")."""
+    name = cell["parallel_strategy"]
+    if name.startswith("sequence") and cell.get("sequence_layout", "contiguous") == "zigzag":
+        name = name.replace("sequence", "sequence_zigzag", 1)
+    across, dot, inside = name.partition(".")
+    return across.rstrip("0123456789") + dot + inside
 
 
 def why_not(cfg: Qwen3Config, strategy: str, P: int, T: int) -> str | None:
     """None if the engine can run `strategy` at P ranks with a T-token prompt, else the reason."""
-    engine_strategy, _ = ENGINE_LAYOUTS.get(strategy, (strategy, None))
-    return partition.why_not(cfg, engine_strategy, P, T)
+    if strategy not in LAYOUTS:
+        return f"unknown cost-model layout {strategy!r}; choose from {list(STRATEGIES)}"
+    name, _ = engine_layout(strategy, P)
+    if "?" in name:
+        inside = strategy.partition(".")[2]
+        return f"{strategy}: {P} ranks are not groups of {inside.removeprefix('headwise')}"
+    return partition.why_not(cfg, name, P, T)
 
 
 def sequence_blocks(T: int, P: int, zigzag: bool) -> list[tuple[int, int]]:
@@ -179,12 +246,26 @@ def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Place
         flop = w.mm_flops / (c * f_mm) + w.att_flops / (c * rates.f_att)
         return flop, w.bytes / bw, fixed.of(w.layers)
 
-    flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks), key=lambda x: max(x[0], x[1]) + x[2])
+    if work.micro_batches:
+        flop_s, memory_s, fixed_s = _pipeline_busy([busy(w) for w in work.ranks], work.micro_batches)
+        tail = busy(work.tail)
+        flop_s, memory_s = flop_s + tail[0], memory_s + tail[1]
+    else:
+        flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks), key=lambda x: max(x[0], x[1]) + x[2])
     comm = comm_time(work.calls, place.nranks, net)
     wait = call_count(work.calls, place.nranks) * net.wait_per_call
     return {"total_s": max(flop_s, memory_s) + fixed_s + comm + wait, "flop_s": flop_s,
             "memory_s": memory_s, "fixed_s": fixed_s, "comm_s": comm, "wait_s": wait,
             "bound": "compute" if flop_s >= memory_s else "memory"}
+
+
+def _pipeline_busy(stages: list[tuple[float, float, float]], m: int) -> tuple[float, float, float]:
+    """(flop, memory, fixed) seconds of m micro-batches through stages run one after another:
+    the first batch crosses every stage, then the slowest stage paces the other m - 1. Each batch
+    reads its stage's weights again (memory) and pays the per-layer cost again (fixed)."""
+    per_batch = [(f / m, mem, fx) for f, mem, fx in stages]
+    slowest = max(per_batch, key=lambda x: max(x[0], x[1]) + x[2])
+    return tuple(sum(x[i] for x in per_batch) + (m - 1) * slowest[i] for i in range(3))
 
 
 def predict(cfg: Qwen3Config, strategy: str, P: int, prompt_len: int, place: Placement, rates: Rates,
