@@ -12,7 +12,8 @@ applies it.
   of the NUMA node count: P / N ranks per node, each on its own cores of that node), so a rank's
   weights and KV cache, first touched by its threads, stay in its node's memory.
 - `core`: each rank on `threads_per_rank` cores of its own, packed in order.
-- `auto` on one NUMA node: `AUTO_SINGLE_NUMA` (measured, docs/design-notes.md#binding).
+- `auto` on one NUMA node: `core` for ranks of several threads (their OpenMP team then stays
+  on its cores), unbound for ranks of one thread (no gain measured: docs/design-notes.md#binding).
 
 Binding is applied by Hydra (`-bind-to user:CPUS,...`, rank by rank), and the threads of each rank follow with
 `OMP_PLACES=cores OMP_PROC_BIND=close`; QWEN3_BINDING names the decision, so each rank's
@@ -29,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 
 POLICIES = ("auto", "core", "numa", "none")
-AUTO_SINGLE_NUMA = "none"  # binding did not help on one NUMA node here (docs/design-notes.md#binding)
+AUTO_MIN_THREADS = 2  # auto binds ranks of this many threads or more (docs/design-notes.md#binding)
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,13 @@ def choose(topo: dict, nranks: int, threads_per_rank: int, policy: str = "auto")
             # straddle NUMA nodes where the kernel numbers CPUs alternately across sockets.
             return _bound("numa", f"{per_node} rank(s) per NUMA node ({len(numa)} nodes)",
                           ["-bind-to", user_list(cpus)], cpus)
-        if policy == "numa" or AUTO_SINGLE_NUMA != "core":
+        if policy == "numa" or threads_per_rank < AUTO_MIN_THREADS:
             return _unbound(f"{nranks} ranks are not a multiple of {len(numa)} NUMA nodes: not bound")
-    if policy == "core" or (policy == "auto" and AUTO_SINGLE_NUMA == "core"):
+    if policy == "core" or (policy == "auto" and threads_per_rank >= AUTO_MIN_THREADS):
         cpus = _packed(cores, nranks, threads_per_rank)
         return _bound("core", f"each rank on {threads_per_rank} core(s) of its own",
                       ["-bind-to", user_list(cpus)], cpus)
-    return _unbound("one NUMA node: not bound by default (no gain measured here)")
+    return _unbound("one thread per rank on one NUMA node: not bound by default (no gain measured)")
 
 
 def threads_of(argv: list[str], nranks: int, cores: int) -> int:

@@ -54,9 +54,12 @@ def test_oversubscribed_jobs_are_never_bound(policy):
 
 
 def test_single_numa_default_and_uneven_numa():
-    assert binding.choose(ONE_NUMA, 2, 1).policy == binding.AUTO_SINGLE_NUMA
-    b = binding.choose(TWO_NUMA, 3, 2)
+    assert binding.choose(ONE_NUMA, 2, 1).policy == "none"  # one thread per rank: left alone
+    team = binding.choose(ONE_NUMA, 1, 2)  # an OpenMP team: each thread on a core of the rank's
+    assert team.policy == "core" and team.rank_cpus == [[0, 1]] and team.env["OMP_PROC_BIND"] == "close"
+    b = binding.choose(TWO_NUMA, 3, 1)
     assert b.policy == "none" and "not a multiple of 2 NUMA nodes" in b.reason
+    assert binding.choose(TWO_NUMA, 3, 2).policy == "core"  # teams still get cores of their own
     with pytest.raises(ValueError, match="binding policy 'tight'"):
         binding.choose(ONE_NUMA, 1, 1, "tight")
 
