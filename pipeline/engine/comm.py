@@ -14,8 +14,19 @@ so the benchmark reads one set of numbers per rank whatever the layout.
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 from mpi4py import MPI
+
+
+def _boot_id() -> str:
+    """This kernel's boot id (one per machine, shared by its network namespaces)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 class Comm:
@@ -81,11 +92,14 @@ class Comm:
     def _clock_offset(self, rounds: int = 8) -> float:
         """Seconds to add to this rank's MPI.Wtime() to read rank 0's clock (0 on rank 0).
 
-        Ranks on other hosts have clocks of their own; the ping-pong with the shortest round trip
+        Ranks under rank 0's kernel (same boot id: this host, or a network namespace of it) read
+        the same clock: 0, since a ping-pong on a loaded machine would only add its error. Ranks
+        on other hosts have clocks of their own; the ping-pong with the shortest round trip
         bounds the error by half of it (tens of us over TCP), as NTP does.
         """
+        boots = self.comm.allgather(_boot_id())
         best_rtt, offset = float("inf"), 0.0
-        for r in range(1, self.size):
+        for r in (r for r in range(1, self.size) if boots[r] != boots[0]):
             for _ in range(rounds):
                 if self.rank == 0:
                     self.comm.recv(source=r, tag=7)

@@ -204,7 +204,7 @@ def check_complete_run(results: Path) -> None:
     text = (results / "report.md").read_text()
     for section in (
         "## Cost model",
-        "Prediction error over the 4 held-out cells",
+        "Prediction error over the 6 held-out cells",  # multi-rank: headwise, layer, layer2.headwise2
         "## Appendix: the cost model's",
         "## Roofline",
         "% of GEMM ceiling",

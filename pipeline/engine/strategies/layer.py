@@ -22,7 +22,7 @@ from __future__ import annotations
 from pipeline.engine import partition
 from pipeline.engine.strategies.headwise import HeadwiseStrategy
 
-MICRO_BATCH = 32  # prefill tokens per pipeline step (docs/design-notes.md#micro-batch)
+MICRO_BATCH = 32  # prefill tokens per pipeline step: 4 batches at 128 (docs/design-notes.md#layouts)
 
 
 class LayerStrategy(HeadwiseStrategy):

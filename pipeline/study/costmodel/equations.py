@@ -36,6 +36,19 @@ when all ranks share a node, otherwise the network's (config values).
 | headwise decode | `W_mm(1)/P`; `4LHD·S/P` | `(Q_w+Q_kv(S))/P` | `2L`·AR(`4d`) + AG(`4V`) |
 | sequence prefill | `2LM·T_r+2dV/P`; `4LHD·pairs_r` | `bLM+bVd/P` | `2L`·AG(`4T·Hkv·D`)+BC(`4d`)+AG(`4V`) |
 | sequence decode | `2LM+2dV/P`; `4LHD·S/P` | `bLM + (bVd+Q_kv(S))/P` | `L`·AG(`4P(HD+2H)`) + AG(`4V`) |
+| layer prefill, stage s | `2L_s·MT`; `4L_s·HD·pairs` | `bL_s·M` a batch | `(P+m-2)`SEND(`4t_mb·d`)+BC+AG |
+| layer decode, stage s | `2L_s·M`; `4L_s·HD·S` | `bL_s·M+Q_kv,s(S)` | `(P-1)`SEND(`4d`)+BC(`4d`)+AG(`4V`) |
+
+SEND = one point-to-point message from a stage to the next. A pipeline's stages run one after
+another on each of its `m` micro-batches of `t_mb` tokens (`m = 1` in decode): with `t_s` a
+stage's time per batch (its FLOPs over `m`, its weights read once per batch, its fixed cost per
+batch), `t = Σ_s t_s + (m-1)·max_s t_s` (the first batch crosses every stage, the slowest paces
+the rest), plus the lm_head (`2dV/P` FLOPs, vocabulary-parallel on every rank) after the last.
+Two-level layouts compose the levels: `layerA.headwiseB` is the pipeline with each stage's work
+split head-wise over `B` ranks and `2·L` Allreduces of a batch's rows on the `B`-rank group;
+`sequenceA.headwiseB` is sequence over `A` groups with each rank's heads `H/B` (the exchange
+carries those) and `2L` Allreduces inside the group. The cost model's families
+`layer.headwise2` and `sequence_zigzag.headwise2` are these at `B = 2` for any even `P`.
 
 AR = Allreduce (after o_proj and down_proj), AG = Allgather(v) (prefill K and V; decode the
 (o, m, l) statistics; the logits of the vocabulary-parallel lm_head), BC = Bcast (the last
