@@ -91,6 +91,7 @@ def memory(cells: list[Cell]) -> list[dict]:
                 "peak_rss_mb_max": max(mem["peak_rss_mb"]),
                 "anon_mb": mem.get("anon_mb"),
                 "attention_scratch_mb_max": max(scratch) if scratch else None,
+                "weights_mb": mem.get("weights_mb"),
             }
         )
     return out
@@ -249,14 +250,18 @@ def memory_lines(recs: list[dict]) -> list[str]:
         return []
     anon = any(r["anon_mb"] for r in recs)
     scratch = any(r["attention_scratch_mb_max"] for r in recs)
+    weights = any(r.get("weights_mb") for r in recs)
     head = (
         ["cell", "peak RSS max MB", "peak RSS per rank MB"]
+        + (["weights per rank MB"] if weights else [])
         + (["private (anon) per rank MB"] if anon else [])
         + (["attention working memory MB (largest rank)"] if scratch else [])
     )
     body = []
     for r in recs:
         row = [r["cell"], fnum(r["peak_rss_mb_max"]), ", ".join(fnum(x) for x in r["peak_rss_mb"])]
+        if weights:
+            row.append(", ".join(fnum(x) for x in r.get("weights_mb") or []) or "—")
         if anon:
             row.append(", ".join(fnum(x) for x in r["anon_mb"] or []) or "—")
         if scratch:
@@ -264,7 +269,10 @@ def memory_lines(recs: list[dict]) -> list[str]:
         body.append(row)
     text = (
         "Peak resident set size per rank (weights are memory-mapped and shared through the page cache, so "
-        "they count in every rank's RSS)"
+        "they count in every rank's RSS"
+        + ("; weights per rank: the shards of the layers it runs and its lm_head rows, what a layout "
+           "divides" if weights else "")
+        + ")"
         + (
             "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds."
             if anon

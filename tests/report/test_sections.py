@@ -184,3 +184,15 @@ def test_time_inside_mpi_splits_into_transfer_and_waiting_and_names_cells_that_c
     placed = {r["cell"]: r for r in summary["placement"]}["headwise_standard_np2_p16"]
     assert placed["hosts"] == ["node0", "node1"] and placed["rank_cpus"] == [[0], [0, 1]]
     assert "| headwise_standard_np2_p16 | node0, node1 | r0: 0; r1: 0,1 | none | no |" in text
+
+
+def test_memory_shows_the_weights_each_rank_holds(tmp_path):
+    runs = matrix_runs()
+    for r in runs:
+        P = r["cell"]["nranks"]
+        r["memory"]["weights_mb"] = [1200.0 / P] * P  # a layout dividing 1.2 GB of weights
+    summary, text, _ = run_report(tmp_path, runs)
+    mem = {m["cell"]: m for m in summary["memory"]}
+    assert mem["headwise_standard_np2_p16"]["weights_mb"] == [600.0, 600.0]
+    assert "| weights per rank MB |" in text
+    assert "| headwise_standard_np2_p16 | 102 | 102, 102 | 600, 600 |" in text
