@@ -308,8 +308,8 @@ def linear(x, w, out, int num_threads=1, scale=None):
         pass
     elif w.dtype == INT8:
         _dequantized(x, w, scale, out, False, num_threads)
-    elif T <= SMALL_T:
-        linear_many(x, (w,), (out,), num_threads)
+    elif T <= SMALL_T:   # straight to the GEMV: linear_many would route T >= ONEDNN_MIN_T back here
+        _gemv_list(x, (w,), (out,), num_threads)
     elif _sgemm != NULL:
         _gemm_openmp(x, w, out, False, num_threads)
     elif w.dtype == BF16:
@@ -325,12 +325,8 @@ def linear_many(x, ws, outs, int num_threads=1, scales=None):
     T <= SMALL_T on our GEMV: one parallel region for all of them (one thread wake-up instead of
     len(ws)); otherwise one linear() each.
     """
-    cdef const void *wp[MAX_MANY]
-    cdef float *op[MAX_MANY]
-    cdef Py_ssize_t Ns[MAX_MANY]
-    cdef int j, m = len(ws), bf
+    cdef int j, m = len(ws)
     cdef Py_ssize_t T, K
-    cdef const float *xp
     if m != len(outs) or not 1 <= m <= MAX_MANY:
         raise ValueError(f"linear_many: 1 to {MAX_MANY} weights, one output each (got {m}, {len(outs)})")
     if scales is not None and len(scales) != m:
@@ -345,14 +341,22 @@ def linear_many(x, ws, outs, int num_threads=1, scales=None):
         for j in range(m):
             linear(x, ws[j], outs[j], num_threads, None if scales is None else scales[j])
         return
-    if T == 0:
-        return
+    if T:
+        _gemv_list(x, ws, outs, num_threads)
+
+
+cdef _gemv_list(x, ws, outs, int num_threads):
+    """outs[j] = x @ ws[j].T on our GEMV, one parallel region; arguments already checked."""
+    cdef const void *wp[MAX_MANY]
+    cdef float *op[MAX_MANY]
+    cdef Py_ssize_t Ns[MAX_MANY]
+    cdef int j, m = len(ws), bf = ws[0].dtype == BF16
+    cdef Py_ssize_t T = x.shape[0], K = x.shape[1]
+    cdef const float *xp = <const float *>data(x)
     for j in range(m):
         wp[j] = data(ws[j])
         op[j] = <float *>cnp.PyArray_DATA(outs[j])
         Ns[j] = ws[j].shape[0]
-    bf = ws[0].dtype == BF16
-    xp = <const float *>data(x)
     with nogil:
         _gemv_many(xp, <int>T, K, m, wp, Ns, op, bf, num_threads)
 

@@ -21,7 +21,9 @@ from pipeline.engine import partition
 from pipeline.engine.comm import Comm
 from pipeline.engine.strategies import ALGORITHMS, Comms, make_strategy
 
-SUPPORTED_DTYPES = ("float32", "bfloat16")  # bf16: kernels widen to float32 on the fly
+# bf16: the bf16 units (or widened to float32); int8: per-token int8 activations on VNNI
+# (dequantized where oneDNN or VNNI is absent); ext.linear.implementation names what ran
+SUPPORTED_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def check_job(export: Export, layout: str, algo: str, nranks: int, prompt_len: int,
@@ -37,8 +39,8 @@ def check_job(export: Export, layout: str, algo: str, nranks: int, prompt_len: i
                          f"max_position_embeddings={cfg.max_position_embeddings}")
     if export.dtype_name not in SUPPORTED_DTYPES:
         raise ValueError(f"{export.path}: the engine computes with {list(SUPPORTED_DTYPES)} weights, "
-                         f"this export holds {export.dtype_name}; re-export with --dtype bf16 "
-                         "(or float32)")
+                         f"this export holds {export.dtype_name}; re-export with --dtype int8, bf16 "
+                         "or float32")
     partition.check(cfg, layout, nranks, prompt_len)
 
 
@@ -57,10 +59,14 @@ class Qwen3Engine:
         self.embed = export.tensor("embed")
         self.final_norm = export.tensor("final_norm")
         self.lm_head = export.lm_head()[self.strategy.vocab_rows]  # (V_r, d) rows of this rank
+        scale = export.lm_head_scale()  # (V,) in an int8 export, sliced with the rows; else None
+        self.lm_head_scale = None if scale is None else scale[self.strategy.vocab_rows]
         # bytes of the weights this rank multiplies with: its layers and lm_head rows (the
         # embedding is a memory-mapped table of which each step reads one row)
         self.weight_bytes = self.lm_head.nbytes + sum(
             a.nbytes for w in self.layers.values() for a in vars(w).values() if isinstance(a, np.ndarray))
+        if self.lm_head_scale is not None:
+            self.weight_bytes += self.lm_head_scale.nbytes
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
         self.pos = 0  # tokens in the cache
@@ -148,14 +154,17 @@ class Qwen3Engine:
         n, o, q, k, v, att = (b[:T] for b in (self.n, self.o, self.q, self.k, self.v, self.att))
         cos, sin, pos0 = rope  # row t of q/k rotates by the angles of row pos0 + t
         ops.rmsnorm(x, w.attn_norm, eps, n, nt)
-        linear_many(n, (w.wq, w.wk, w.wv), (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)), nt)
+        int8 = w.wq_scale is not None  # int8 export: each product takes its per-channel scales
+        linear_many(n, (w.wq, w.wk, w.wv), (q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)), nt,
+                    scales=(w.wq_scale, w.wk_scale, w.wv_scale) if int8 else None)
         ops.qk_norm_rope(q, w.q_norm, eps, cos, sin, pos0, nt)
         ops.qk_norm_rope(k, w.k_norm, eps, cos, sin, pos0, nt)
         self.strategy.attend(i, q, k, v, att, pos, prefill)
-        linear_t(att.reshape(T, -1), w.wo_t, o, nt)
+        linear_t(att.reshape(T, -1), w.wo_t, o, nt, scale=w.wo_t_scale)
         self.strategy.reduce(o)  # o_proj is row-sharded under headwise
         ops.add_rmsnorm(x, o, w.mlp_norm, eps, n, nt)  # x = h; n = rms(h)
-        mlp_kernels.mlp(n, w.w_gate, w.w_up, w.w_down_t, o, self.mlp_ws, nt)
+        mlp_kernels.mlp(n, w.w_gate, w.w_up, w.w_down_t, o, self.mlp_ws, nt,
+                        scales=(w.w_gate_scale, w.w_up_scale, w.w_down_t_scale) if int8 else None)
         self.strategy.reduce(o)  # down_proj is row-sharded under headwise
         np.add(x, o, out=x)
 
@@ -168,7 +177,8 @@ class Qwen3Engine:
             ops.rmsnorm(x_last, self.final_norm, self.cfg.rms_norm_eps, self.h_last, self.threads)
         if owner is not None:
             self.comm.bcast(self.h_last, owner)
-        linear(self.h_last, self.lm_head, self.logits_r.reshape(1, -1), self.threads)
+        linear(self.h_last, self.lm_head, self.logits_r.reshape(1, -1), self.threads,
+               scale=self.lm_head_scale)
         s = self.strategy
         self.comm.allgatherv(self.logits_r, self.logits, s.vocab_counts, s.vocab_displs)
         return self.logits

@@ -7,6 +7,10 @@ to the float32 engine's. Follows Hugging Face's Qwen3ForCausalLM step by step:
     per layer:  h = x + o_proj(attention(rope(q_norm(q)), rope(k_norm(k)), v))   with q,k,v from rms(x)
                 x = h + down(silu(gate(n)) * up(n))                                 with n = rms(h)
     logits = rms(x) @ lm_head.T
+
+An int8 export is computed on its dequantized weights, q * scale (model_export.quant.dequantize,
+in `dtype`) with float activations: the oracle of the int8 engine, which also quantizes its
+activations per token, so the two differ by that rounding alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from model_export.quant import dequantize
 from model_export.reader import Export, LayerWeights, to_float
 
 
@@ -99,7 +104,7 @@ class ReferenceModel:
         x = self._cast(self.export.tensor("embed")[ids])  # (T, d)
         eps = self.cfg.rms_norm_eps
         for i in range(self.cfg.num_hidden_layers):
-            w = self.export.layer(i)
+            w = self._dequantized(i, self.export.layer(i))
             x = x + self._attention(i, w, rms_norm(x, self._cast(w.attn_norm), eps), cos, sin, start, cache)
             x = x + self._mlp(w, rms_norm(x, self._cast(w.mlp_norm), eps))
         if cache is not None:
@@ -147,10 +152,29 @@ class ReferenceModel:
     def _lm_head(self, x: np.ndarray, rows: int = 16384) -> np.ndarray:
         """x (T, d) @ lm_head.T in blocks of vocabulary rows, so float64 never copies all of (V, d)."""
         head = self.export.lm_head()  # (V, d)
+        scale = self.export.lm_head_scale()  # (V,) for an int8 lm_head, else None
         logits = np.empty((x.shape[0], head.shape[0]), self.dtype)  # (T, V)
         for r in range(0, head.shape[0], rows):
-            logits[:, r:r + rows] = x @ self._cast(head[r:r + rows]).T
+            block = head[r:r + rows]  # (rows, d); an int8 lm_head's scales run over its rows
+            if scale is None:
+                block = self._cast(block)
+            else:
+                block = dequantize(block, scale[r:r + rows], 0, self.dtype)
+            logits[:, r:r + rows] = x @ block.T
         return logits
+
+    def _dequantized(self, i: int, w: LayerWeights) -> LayerWeights:
+        """Layer i's weights with every int8 matrix replaced by q * scale in self.dtype."""
+        if w.wq_scale is None:
+            return w
+        fields = {}
+        for name, a in vars(w).items():
+            scale = getattr(w, name + "_scale", None)
+            if scale is not None:  # the axis the export says the scales run along
+                axis = self.export.scale_axis(f"layers.{i}.{name}")
+                a = dequantize(a, scale, axis, self.dtype)
+            fields[name] = None if name.endswith("_scale") else a
+        return LayerWeights(**fields)
 
     def _cast(self, a: np.ndarray) -> np.ndarray:
         # Everything in one dtype: a mixed float32/float64 matmul is slower (docs/design-notes.md#one-dtype).
