@@ -94,8 +94,9 @@ def session_model(cfg: Qwen3Config, rec: dict, cal: dict, fixed: FixedCost,
     if info["layer_s"] == 0 and info["step_s"] == 0:
         rec_fixed = fixed
     singles = same_model(cfg, rec.get("calibration", []), dtype)
-    if singles:
-        return calibrate(cfg, singles, rec_fixed), rec_fixed, "this session's single-rank cells"
+    if singles:  # the other cells only so that every algorithm gets a calibration (borrowed)
+        others = same_model(cfg, rec.get("comm_calibration", []) + rec.get("runs", []), dtype)
+        return calibrate(cfg, singles + others, rec_fixed), rec_fixed, "this session's single-rank cells"
     return cal, rec_fixed, "the matrix's single-rank cells"
 
 
