@@ -20,7 +20,7 @@ COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
 LINK_ARGS = ["-fopenmp"]
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
               "cdivision": True, "initializedcheck": False}
-KERNELS = ["attention", "dnnl", "linear", "mlp", "ops"]
+KERNELS = ["attention", "decode", "dnnl", "linear", "mlp", "ops"]
 
 
 def check_toolchain() -> None:

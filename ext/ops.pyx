@@ -7,9 +7,10 @@ partial sums are added in double (vectorised, and well inside the 1e-5 relative 
 import numpy as np
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport sqrt
 
-from ext.simd cimport VL, sumsq_f32
+from ext.rows cimport norm_row as _norm_row
+from ext.rows cimport rope_row
+from ext.simd cimport VL
 
 cdef enum:
     # Below this many elements an op runs on the calling thread: a decode step's norms (a few
@@ -33,15 +34,6 @@ def rope_table(Py_ssize_t max_pos, int D, double theta):
     inv_freq = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)         # (D/2,)
     angles = np.arange(max_pos, dtype=np.float64)[:, None] * inv_freq[None]  # (max_pos, D/2)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-
-
-cdef inline void _norm_row(const float *x, const float *w, float eps, float *out,
-                           Py_ssize_t d) noexcept nogil:
-    """out = x / sqrt(mean(x^2) + eps) * w."""
-    cdef Py_ssize_t i
-    cdef float inv = <float>(1.0 / sqrt(sumsq_f32(x, d) / d + eps))
-    for i in range(d):
-        out[i] = x[i] * inv * w[i]
 
 
 cdef void _rmsnorm(const float[:, ::1] x, const float[::1] w, float eps, float[:, ::1] out,
@@ -87,21 +79,14 @@ cdef void _qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const
                         const float[:, ::1] sin, Py_ssize_t pos0, int n) noexcept nogil:
     """x[t,h] = rope(x[t,h] / sqrt(mean(x[t,h]^2) + eps) * w, pos0 + t) with HF's rotate_half."""
     cdef Py_ssize_t nh = x.shape[1], D = x.shape[2], half = x.shape[2] // 2
-    cdef Py_ssize_t row, t, h, i
-    cdef float a, b, c, s
+    cdef Py_ssize_t row, t, h
     n = _threads_for(x.shape[0] * nh * D, n)
     with nogil, parallel(num_threads=n):
         for row in prange(x.shape[0] * nh, schedule="static"):
             t = row // nh
             h = row % nh
             _norm_row(&x[t, h, 0], &w[0], eps, &x[t, h, 0], D)
-            for i in range(half):
-                a = x[t, h, i]
-                b = x[t, h, i + half]
-                c = cos[pos0 + t, i]
-                s = sin[pos0 + t, i]
-                x[t, h, i] = a * c - b * s
-                x[t, h, i + half] = b * c + a * s
+            rope_row(&x[t, h, 0], &cos[pos0 + t, 0], &sin[pos0 + t, 0], half)
 
 
 def qk_norm_rope(float[:, :, ::1] x, const float[::1] w, float eps, const float[:, ::1] cos,

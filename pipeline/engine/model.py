@@ -13,13 +13,17 @@ import functools
 import numpy as np
 
 from ext import attention as attention_kernels
+from ext import decode as decode_kernels
 from ext import mlp as mlp_kernels
 from ext import ops
 from ext.linear import linear, linear_many, linear_t
+from model_export.dtypes import BF16
 from model_export.reader import Export, take_rows
 from pipeline.engine import partition
 from pipeline.engine.comm import Comm
 from pipeline.engine.strategies import ALGORITHMS, Comms, make_strategy
+from pipeline.engine.strategies.base import Strategy
+from pipeline.engine.strategies.headwise import HeadwiseStrategy
 
 # bf16: the bf16 units (or widened to float32); int8: per-token int8 activations on VNNI
 # (dequantized where oneDNN or VNNI is absent); ext.linear.implementation names what ran
@@ -69,7 +73,23 @@ class Qwen3Engine:
             self.weight_bytes += self.lm_head_scale.nbytes
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
+        self.algo, self.block = algo, block
+        self.decode_stack = self._decode_stack()  # None: decode runs layer by layer, op by op
         self.pos = 0  # tokens in the cache
+
+    def _decode_stack(self) -> decode_kernels.DecodeStack | None:
+        """This rank's layers as one compiled call per decode step, where nothing of the strategy
+        runs between the kernels: attention on the rank's own cache (headwise, layer stages) and
+        no reduce (one rank per tensor group); float32 or bf16 weights (int8 runs per op on
+        oneDNN). It saves the kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
+        s, w = self.strategy, next(iter(self.layers.values()))
+        if (type(s).attend is not HeadwiseStrategy.attend or type(s).reduce is not Strategy.reduce
+                or s.comms.tensor.size > 1 or w.wq.dtype not in (np.float32, BF16)):
+            return None
+        layers = [tuple(getattr(self.layers[i], f) for f in decode_kernels.FIELDS) for i in s.layers]
+        return decode_kernels.DecodeStack(layers, s.k_cache, s.v_cache, self.cos, self.sin,
+                                          self.cfg.rms_norm_eps, float(self.cfg.head_dim) ** -0.5,
+                                          self.algo, self.threads)
 
     def _allocate(self, T: int) -> None:
         cfg, w = self.cfg, next(iter(self.layers.values()))
@@ -90,10 +110,14 @@ class Qwen3Engine:
         self.scores = np.zeros(0, np.float32)  # standard attention's score tensor, grown on demand
         self.attention_scratch_bytes = 0  # the most working memory one attention call held
 
-    def _attend(self, q, k, v, out, q_start, k_start, m=None, l=None, *, algo, block, scale):
-        (T, H, D), (S, Hkv) = q.shape, k.shape[:2]
-        floats = attention_kernels.scratch_floats(algo, T, H, Hkv, D, S, block, self.threads)
+    def _note_scratch(self, T: int, H: int, Hkv: int, S: int) -> None:
+        floats = attention_kernels.scratch_floats(self.algo, T, H, Hkv, self.cfg.head_dim, S,
+                                                  self.block, self.threads)
         self.attention_scratch_bytes = max(self.attention_scratch_bytes, 4 * floats)
+
+    def _attend(self, q, k, v, out, q_start, k_start, m=None, l=None, *, algo, block, scale):
+        (T, H, _), (S, Hkv) = q.shape, k.shape[:2]
+        self._note_scratch(T, H, Hkv, S)
         scores = None
         if algo == "standard":  # the whole (heads x queries x keys) score tensor, kept for reuse
             need = attention_kernels.standard_scores_size(T, H, Hkv, S)
@@ -145,8 +169,12 @@ class Qwen3Engine:
             s.receive(xb)  # from the previous stage (no-op on the first)
             # prefill's RoPE tables hold one row per local row; decode indexes the full ones by pos
             rope_b = (cos[rows.start:rows.stop], sin[rows.start:rows.stop], 0) if prefill else rope
-            for i in s.layers:
-                self._block(i, xb, pos + rows.start, rope_b, prefill)
+            if not prefill and self.decode_stack is not None:  # every layer in one call
+                self._note_scratch(1, self.q.shape[1], self.k.shape[1], pos + 1)
+                self.decode_stack.step(xb, pos)
+            else:
+                for i in s.layers:
+                    self._block(i, xb, pos + rows.start, rope_b, prefill)
             s.send(xb)  # to the next stage (no-op on the last)
 
     def _block(self, i: int, x: np.ndarray, pos: int, rope: tuple, prefill: bool) -> None:

@@ -1,0 +1,196 @@
+"""One decode step through a stack of Qwen3 layers in one call: the per-op path without Python.
+
+A decode step at one token runs per layer seven kernels (rmsnorm, q/k/v, q/k norm + RoPE,
+attention, o_proj, add + rmsnorm, MLP), each behind a Python wrapper that checks its arguments
+and takes memoryviews: on a small model that is most of the step. `DecodeStack` checks a rank's
+layers once, keeps raw pointers, and `step` runs every layer in C:
+
+    n = rms(x); q, k[pos], v[pos] = n @ wq.T, n @ wk.T, n @ wv.T   (k, v straight into the cache)
+    q, k[pos] = rope(q_norm(q)), rope(k_norm(k[pos]))
+    att = attention(q, k[:pos+1], v[:pos+1]);  x += att @ wo_t
+    n = rms(x);  x += (silu(n @ w_gate.T) * (n @ w_up.T)) @ w_down_t
+
+with the same cores as the per-op path (ext/linear.pxd, ext/mlp.pxd, ext/attention.pxd,
+ext/rows.pxd), so the same bits. It is for layers whose row-sharded products need no reduce (one
+rank per tensor group) and float32 or bf16 weights (int8 runs through oneDNN per op). Measured:
+docs/design-notes.md#fixed-cost.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdlib cimport free, malloc
+
+from ext.attention cimport _attention_decode
+from ext.gemv cimport nchunks_of
+from ext.linear cimport _gemv_many, _gemvt
+from ext.mlp cimport _mlp_small
+from ext.rows cimport norm_row, rope_row
+
+from ext.linear import BF16, WEIGHT_DTYPES, check_array
+
+cnp.import_array()
+
+# the order of a layer's arrays in DecodeStack(layers=...): the fields of the export's LayerWeights
+FIELDS = ("attn_norm", "wq", "wk", "wv", "q_norm", "k_norm", "wo_t", "mlp_norm", "w_gate", "w_up",
+          "w_down_t")
+
+
+cdef struct Layer:
+    const float *attn_norm   # (d,)
+    const void *wq           # (H*D, d)
+    const void *wk           # (Hkv*D, d)
+    const void *wv           # (Hkv*D, d)
+    const float *q_norm      # (D,)
+    const float *k_norm      # (D,)
+    const void *wo_t         # (H*D, d)
+    const float *mlp_norm    # (d,)
+    const void *wg           # (I, d)
+    const void *wu           # (I, d)
+    const void *wd           # (I, d)  down_proj transposed
+    float *kc                # (S_max, Hkv, D) this layer's key cache
+    float *vc                # (S_max, Hkv, D)
+
+
+cdef inline void *ptr(a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef class DecodeStack:
+    """A rank's layers for one-token decode steps; `step(x, pos)` runs them all."""
+    cdef Layer *layers
+    cdef int L, H, Hkv, D, bf, nt
+    cdef bint online
+    cdef Py_ssize_t d, n_ff, S_max, max_pos   # n_ff: I (a C macro name, from complex.h)
+    cdef float eps, scale
+    cdef const float *cos
+    cdef const float *sin
+    cdef float *n
+    cdef float *q
+    cdef float *att
+    cdef float *o
+    cdef float *gate
+    cdef float *up
+    cdef float *parts
+    cdef float *scores
+    cdef object keep   # every array a pointer points into, alive as long as this object
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, layers, k_cache, v_cache, cos, sin, float eps, float scale,
+                 algo="online_softmax", int num_threads=1):
+        """layers: one tuple of arrays per layer, in FIELDS order (float32 or bf16 matrices, float32
+        norms); k_cache, v_cache (L, S_max, Hkv, D) float32; cos, sin (max_pos, D/2) float32 (the
+        RoPE tables of ext.ops.rope_table); scale: attention's, usually D^-0.5."""
+        cdef Py_ssize_t j, per_layer
+        if algo not in ("online_softmax", "standard"):
+            raise ValueError(f"unknown attention algo {algo!r}; expected 'standard' or 'online_softmax'")
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        if not layers:
+            raise ValueError("DecodeStack needs at least one layer")
+        first = dict(zip(FIELDS, layers[0], strict=True))
+        D, d = first["q_norm"].shape[0], first["attn_norm"].shape[0]
+        if D < 2 or D % 2 or first["wq"].shape[0] % D or first["wk"].shape[0] % D:
+            raise ValueError(f"head_dim {D} must be even and divide q/k rows {first['wq'].shape[0]}, "
+                             f"{first['wk'].shape[0]}")
+        H, Hkv, I = first["wq"].shape[0] // D, first["wk"].shape[0] // D, first["w_gate"].shape[0]
+        if Hkv == 0 or H % Hkv:
+            raise ValueError(f"query heads {H} must be a multiple of KV heads {Hkv}")
+        wdt = first["wq"].dtype
+        if wdt not in WEIGHT_DTYPES:
+            raise ValueError(f"DecodeStack: float32 or bf16 weights, got {wdt} (int8 runs per op)")
+        L = len(layers)
+        cache_shape = (L, k_cache.shape[1] if k_cache.ndim == 4 else 0, Hkv, D)
+        for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            check_array(name, c, (np.float32,), cache_shape)
+            if not c.flags.writeable:
+                raise ValueError(f"{name} must be writable")
+        for name, t in (("cos", cos), ("sin", sin)):
+            check_array(name, t, (np.float32,), (cos.shape[0], D // 2))
+        shapes = dict(attn_norm=(d,), wq=(H * D, d), wk=(Hkv * D, d), wv=(Hkv * D, d), q_norm=(D,),
+                      k_norm=(D,), wo_t=(H * D, d), mlp_norm=(d,), w_gate=(I, d), w_up=(I, d),
+                      w_down_t=(I, d))
+        for i, arrays in enumerate(layers):
+            for name, a in zip(FIELDS, arrays, strict=True):
+                dt = (np.float32,) if name.endswith("norm") else (wdt,)
+                check_array(f"layer {i} {name}", a, dt, shapes[name])
+        self.L, self.H, self.Hkv, self.D, self.d, self.n_ff = L, H, Hkv, D, d, I
+        self.S_max, self.max_pos = k_cache.shape[1], cos.shape[0]
+        self.bf, self.nt, self.eps, self.scale = wdt == BF16, num_threads, eps, scale
+        self.online = algo == "online_softmax"
+        parts = max(nchunks_of(H * D), nchunks_of(I)) * d
+        # scratch: n, o (d); q, att (H*D); gate, up (I); o_proj's / down's partial sums; the
+        # standard algorithm's scores (H, S_max)
+        bufs = [np.zeros(m, np.float32) for m in (d, H * D, H * D, d, I, I, parts, H * self.S_max)]
+        self.keep = (list(layers), k_cache, v_cache, cos, sin, bufs)
+        self.n, self.q, self.att, self.o, self.gate, self.up, self.parts, self.scores = (
+            <float *>ptr(bufs[0]), <float *>ptr(bufs[1]), <float *>ptr(bufs[2]),
+            <float *>ptr(bufs[3]), <float *>ptr(bufs[4]), <float *>ptr(bufs[5]),
+            <float *>ptr(bufs[6]), <float *>ptr(bufs[7]))
+        self.cos, self.sin = <const float *>ptr(cos), <const float *>ptr(sin)
+        self.layers = <Layer *>malloc(L * sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError("DecodeStack: no memory for the layer table")
+        per_layer = self.S_max * Hkv * D
+        for j in range(L):
+            a = dict(zip(FIELDS, layers[j], strict=True))
+            self.layers[j] = Layer(
+                <const float *>ptr(a["attn_norm"]), ptr(a["wq"]), ptr(a["wk"]), ptr(a["wv"]),
+                <const float *>ptr(a["q_norm"]), <const float *>ptr(a["k_norm"]), ptr(a["wo_t"]),
+                <const float *>ptr(a["mlp_norm"]), ptr(a["w_gate"]), ptr(a["w_up"]),
+                ptr(a["w_down_t"]), <float *>ptr(k_cache) + j * per_layer,
+                <float *>ptr(v_cache) + j * per_layer)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def step(self, x, Py_ssize_t pos):
+        """x (1, d) float32, in place: the token at position pos through every layer; its keys and
+        values are written at pos of each layer's cache, attention reads positions 0..pos."""
+        check_array("x", x, (np.float32,), (1, self.d))
+        if not 0 <= pos < min(self.S_max, self.max_pos):
+            raise ValueError(f"position {pos} outside the cache ({self.S_max}) or the RoPE table "
+                             f"({self.max_pos})")
+        cdef float *xp = <float *>ptr(x)
+        cdef int failed
+        with nogil:
+            failed = self._run(xp, pos)
+        if failed:
+            raise MemoryError(f"attention: no memory for the decode scratch (S={pos + 1})")
+
+    cdef int _run(self, float *x, Py_ssize_t pos) noexcept nogil:
+        cdef const void *wp[3]
+        cdef float *op[3]
+        cdef Py_ssize_t Ns[3]
+        cdef Py_ssize_t HD = self.H * self.D, KD = self.Hkv * self.D, half = self.D // 2, i
+        cdef const float *cos = self.cos + pos * half
+        cdef const float *sin = self.sin + pos * half
+        cdef int l, h
+        cdef Layer *w
+        Ns[0], Ns[1], Ns[2] = HD, KD, KD
+        for l in range(self.L):
+            w = &self.layers[l]
+            norm_row(x, w.attn_norm, self.eps, self.n, self.d)
+            wp[0], wp[1], wp[2] = w.wq, w.wk, w.wv
+            op[0], op[1], op[2] = self.q, w.kc + pos * KD, w.vc + pos * KD
+            _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
+            for h in range(self.H):
+                norm_row(self.q + h * self.D, w.q_norm, self.eps, self.q + h * self.D, self.D)
+                rope_row(self.q + h * self.D, cos, sin, half)
+            for h in range(self.Hkv):
+                norm_row(op[1] + h * self.D, w.k_norm, self.eps, op[1] + h * self.D, self.D)
+                rope_row(op[1] + h * self.D, cos, sin, half)
+            if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
+                                 self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
+                return 1
+            _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
+            for i in range(self.d):
+                x[i] = x[i] + self.o[i]
+            norm_row(x, w.mlp_norm, self.eps, self.n, self.d)
+            _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
+                       self.parts, self.bf, self.nt)
+            for i in range(self.d):
+                x[i] = x[i] + self.o[i]
+        return 0

@@ -1,0 +1,77 @@
+"""The fused decode step (ext.decode.DecodeStack) is the per-op path, bit for bit.
+
+The engine uses it for decode wherever nothing of the strategy runs between the kernels (one
+rank per tensor group: headwise at P = 1, layer stages); the float64-reference tests of
+tests/engine then run through it. Here, in one process, the same engine decodes with the stack
+and with it switched off: every logit must be identical, for both weight dtypes, both attention
+algorithms, 1 and 2 threads, past one block of DECODE_KEYS = 128 keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from ext import decode
+from model_export.reader import open_export
+from pipeline.engine.comm import Comm
+from pipeline.engine.model import Qwen3Engine
+
+PROMPT = np.arange(120) * 7 % 500  # 120 prompt tokens + 20 decode steps: two key blocks
+
+
+def engine(path, algo="online_softmax", threads=1, layout="headwise"):
+    return Qwen3Engine(open_export(path), layout, algo, Comm(MPI.COMM_SELF), threads, max_seq=160)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("algo", ["online_softmax", "standard"])
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_fused_decode_is_the_per_op_path_bit_for_bit(synthetic_tiny_export, synthetic_tiny_export_bf16,
+                                                     dtype, algo, threads):
+    path = synthetic_tiny_export if dtype == "float32" else synthetic_tiny_export_bf16
+    fused, per_op = engine(path, algo, threads), engine(path, algo, threads)
+    assert fused.decode_stack is not None
+    per_op.decode_stack = None
+    tokens_f, logits_f = fused.generate(PROMPT, 21, keep_logits=True)
+    tokens_p, logits_p = per_op.generate(PROMPT, 21, keep_logits=True)
+    np.testing.assert_array_equal(logits_f, logits_p)
+    assert tokens_f == tokens_p
+    assert fused.attention_scratch_bytes == per_op.attention_scratch_bytes
+
+
+def test_int8_layers_run_per_op(tiny_export):
+    from tests.engine.test_int8 import CONFIGS
+
+    assert engine(tiny_export(CONFIGS["kv4_ratio2"], export_dtype="int8")).decode_stack is None
+
+
+def stack_args(path):
+    e = engine(path)
+    s = e.strategy
+    layers = [tuple(getattr(e.layers[i], f) for f in decode.FIELDS) for i in s.layers]
+    return e, [layers, s.k_cache, s.v_cache, e.cos, e.sin, 1e-6, 0.25]
+
+
+def test_bad_arguments_are_refused_with_one_clear_error(synthetic_tiny_export):
+    e, args = stack_args(synthetic_tiny_export)
+    layers = args[0]
+    bad_layer = layers[0][:9] + (layers[0][9][:-1],) + layers[0][10:]  # w_up one row short
+    cases = [
+        (layers[:1] + [bad_layer], "layer 1 w_up"),
+        ([tuple(a.astype(np.int8) if a.ndim == 2 else a for a in layers[0])], "int8 runs per op"),
+        ([], "at least one layer"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            decode.DecodeStack(bad, *args[1:])
+    with pytest.raises(ValueError, match="k_cache"):
+        decode.DecodeStack(layers, args[1][:, :, :1], *args[2:])
+    with pytest.raises(ValueError, match="unknown attention algo"):
+        decode.DecodeStack(*args, algo="flash")
+    stack = decode.DecodeStack(*args)
+    with pytest.raises(ValueError, match="outside the cache"):
+        stack.step(e.x[:1], 160)
+    with pytest.raises(ValueError, match="x must be"):
+        stack.step(e.x[:2], 0)
