@@ -33,6 +33,7 @@ from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import blas_info, set_threads
+from pipeline.study.lowprec import MIN_STEPS, measures, teacher_forced_logits
 from pipeline.study.roofline import measure_ceilings, roofline_fractions
 from pipeline.study.stats import logits_digest, timings
 
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=64, help="online-softmax KV block size")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt token ids")
     p.add_argument("--out", required=True, help="result JSON (written atomically by rank 0)")
+    p.add_argument("--reference-export", default=None, metavar="DIR",
+                   help="float32 export of the same checkpoint: record the logits' NMSE, KL and "
+                        f"top-1 agreement against it over max(gen-len, {MIN_STEPS}) teacher-forced steps")
     args = p.parse_args(argv)
     for name in ("prompt_len", "gen_len", "iters"):
         if getattr(args, name) < 1:
@@ -158,12 +162,17 @@ def run(args: argparse.Namespace) -> dict | None:
         return export
 
     export = validated(comm, setup)
+    reference = validated(comm, lambda: reference_export(args, export))
     cfg = export.cfg
     prompt = random_prompt(args.seed, cfg.vocab_size, args.prompt_len)
-    engine = Qwen3Engine(export, args.parallel_strategy, args.attention_algo, comm, threads,
-                         max_seq=args.prompt_len + args.gen_len + 1, block=args.block,
-                         sequence_layout=args.sequence_layout,
-                         micro_batch=args.micro_batch)
+    steps = max(args.gen_len, MIN_STEPS) if reference is not None else args.gen_len
+
+    def make_engine(e: Export) -> Qwen3Engine:
+        return Qwen3Engine(e, args.parallel_strategy, args.attention_algo, comm, threads,
+                           max_seq=args.prompt_len + steps + 1, block=args.block,
+                           sequence_layout=args.sequence_layout, micro_batch=args.micro_batch)
+
+    engine = make_engine(export)
     runs = []
     for it in range(args.warmup + args.iters):
         r = timed_run(engine, comm, prompt, args.gen_len)
@@ -178,7 +187,30 @@ def run(args: argparse.Namespace) -> dict | None:
     ceilings = ceilings_on_rank0(comm, export.cfg, args.prompt_len, threads)
     if result is not None:
         result["roofline"] = roofline(export, args, result, ceilings)
+    if reference is not None:  # after the timing: the float32 engine's memory is not in it
+        low = low_precision(make_engine(reference), engine, prompt, steps)
+        if result is not None:
+            result["low_precision"] = {"reference_export": os.path.abspath(args.reference_export), **low}
     return result
+
+
+def reference_export(args: argparse.Namespace, export: Export) -> Export | None:
+    """The float32 export --reference-export names, checked to be of the same model."""
+    if args.reference_export is None:
+        return None
+    ref = open_export(args.reference_export)
+    if ref.dtype_name != "float32":
+        raise ValueError(f"--reference-export {ref.path}: holds {ref.dtype_name}, not float32")
+    if ref.cfg != export.cfg:
+        raise ValueError(f"--reference-export {ref.path}: another model than {export.path} (config differs)")
+    return ref
+
+
+def low_precision(ref_engine: Qwen3Engine, engine: Qwen3Engine, prompt: np.ndarray, steps: int) -> dict:
+    """NMSE, KL and top-1 of the engine's logits against the float32 engine's greedy run, the
+    engine fed the float32 run's tokens (teacher forcing: one context for both at every step)."""
+    tokens, ref_logits = ref_engine.generate(prompt, steps, keep_logits=True)
+    return measures(teacher_forced_logits(engine, prompt, tokens), ref_logits)
 
 
 def ceilings_on_rank0(comm: Comm, cfg: Qwen3Config, prompt_len: int, threads: int) -> dict | None:

@@ -78,3 +78,44 @@ def test_teacher_forced_logits_are_the_reference_on_the_same_tokens(synthetic_ti
     got = lowprec.teacher_forced_logits(engine, np.array(prompt), tokens)
     want = ReferenceModel(export).forward(prompt + tokens[:-1])[len(prompt) - 1:]  # (4, V)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)  # float32 engine vs float64
+
+
+def bench_with_reference(export, reference, out):
+    from tests.mpi import run_mpi
+
+    return run_mpi(1, ["-m", "pipeline", "bench", "--export", str(export), "--reference-export",
+                       str(reference), "--parallel-strategy", "headwise", "--attention-algo",
+                       "online_softmax", "--prompt-len", "9", "--gen-len", "4", "--iters", "1",
+                       "--warmup", "0", "--threads", "1", "--out", str(out)], timeout=300)
+
+
+def test_bench_records_the_measures_against_a_float32_export(synthetic_tiny_checkpoint,
+                                                             synthetic_tiny_export, tmp_path):
+    import json
+
+    import jsonschema
+
+    from model_export.export import export_checkpoint
+    from tests.mpi import REPO
+
+    int8 = tmp_path / "int8"
+    export_checkpoint(synthetic_tiny_checkpoint, int8, dtype="int8", progress=lambda msg: None)
+    schema = json.loads((REPO / "pipeline" / "study" / "schemas" / "bench.schema.json").read_text())
+    records = {}
+    for name, export in (("int8", int8), ("float32", synthetic_tiny_export)):
+        proc = bench_with_reference(export, synthetic_tiny_export, tmp_path / f"{name}.json")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        jsonschema.validate(result, schema)
+        records[name] = result["low_precision"]
+    same, low = records["float32"], records["int8"]
+    assert same["steps"] == low["steps"] == lowprec.MIN_STEPS  # gen-len 4 is raised to 32
+    assert same["nmse"] == 0 and same["kl_max"] == pytest.approx(0, abs=1e-12) and same["top1_agreement"] == 1
+    assert 0 < low["nmse"] < 1e-2 and 0 < low["kl_mean"] <= low["kl_max"]
+
+
+def test_bench_refuses_a_reference_that_is_not_float32(synthetic_tiny_export,
+                                                      synthetic_tiny_export_bf16, tmp_path):
+    proc = bench_with_reference(synthetic_tiny_export, synthetic_tiny_export_bf16, tmp_path / "x.json")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "not float32" in errors[0], proc.stderr
