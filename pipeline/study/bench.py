@@ -187,11 +187,32 @@ def run(args: argparse.Namespace) -> dict | None:
     ceilings = ceilings_on_rank0(comm, export.cfg, args.prompt_len, threads)
     if result is not None:
         result["roofline"] = roofline(export, args, result, ceilings)
+    if result is not None:
+        result["implementations"] = implementations(engine, args.prompt_len, threads)
     if reference is not None:  # after the timing: the float32 engine's memory is not in it
         low = low_precision(make_engine(reference), engine, prompt, steps)
         if result is not None:
             result["low_precision"] = {"reference_export": os.path.abspath(args.reference_export), **low}
     return result
+
+
+def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict:
+    """What multiplied each of rank 0's products (ext.linear.implementation: "onednn:<name>",
+    "gemv", "sgemm", ...) at the prompt's rows and at one token, and whether decode ran the
+    layers in one call (ext.decode) or op by op."""
+    from ext.linear import implementation
+
+    w = next(iter(engine.layers.values()))
+    products = {"qkv": (w.wq, False), "o_proj": (w.wo_t, True), "gate_up": (w.w_gate, False),
+                "down": (w.w_down_t, True)}
+    out: dict = {"prefill_rows": prompt_rows,
+                 "decode_layers": "one call" if engine.decode_stack is not None else "per op"}
+    for phase, T in (("prefill", prompt_rows), ("decode", 1)):
+        out[phase] = {name: implementation(a.dtype, T, *(a.shape if tr else a.shape[::-1]), tr, threads)
+                      for name, (a, tr) in products.items()}
+    head = engine.lm_head  # (V_r, d), one row of activations in either phase
+    out["lm_head"] = implementation(head.dtype, 1, head.shape[1], head.shape[0], False, threads)
+    return out
 
 
 def reference_export(args: argparse.Namespace, export: Export) -> Export | None:
