@@ -181,14 +181,24 @@ def bf16_exports(tiny_checkpoint, tmp_path_factory):
     return root / "bfloat16", root / "float32"
 
 
+# bf16 weights: from 8 tokens a product runs on the bf16 units (oneDNN), its activations rounded
+# to bf16 (8 bits of mantissa, 2^-9 relative), which leaves ~1e-3 on these logits against the
+# float64 reference of the same weights; the normalised MSE bound is llama.cpp's test-llama-archs'.
+BF16_NMSE = 1e-4
+
+
 @pytest.mark.parametrize("nranks", [1, 2, 4])
 @pytest.mark.parametrize("strategy", ["headwise", "sequence"])
-def test_bf16_weights_match_the_float32_export_of_the_same_weights(bf16_exports, strategy, nranks, tmp_path):
+def test_bf16_weights_match_the_float64_reference_of_the_same_weights(bf16_exports, strategy, nranks,
+                                                                      tmp_path):
+    from pipeline.study.lowprec import nmse
+
     bf16, f32 = bf16_exports
     assert open_export(bf16).dtype_name == "bfloat16"
     ref_tokens, ref_logits = ReferenceModel(open_export(f32)).generate(PROMPT, NEW_TOKENS)
     tokens, logits = generate_cell(bf16, strategy, "online_softmax", nranks, tmp_path)
-    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
+    assert nmse(logits, ref_logits) < BF16_NMSE
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=3e-3)  # 1.2e-3 seen; a bug shows as O(0.1)
     assert tokens == ref_tokens
 
 

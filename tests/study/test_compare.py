@@ -137,7 +137,7 @@ def test_round_files_of_other_runs_are_removed(synthetic_tiny_export, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["ranks", "--threads", "3"], "3 ranks do not divide num_key_value_heads"),
+    (["ranks", "--threads", "9"], "headwise: 9 ranks exceed the 8 query heads"),
     (["ranks", "--threads", "1"], "comparison ranks needs --threads >= 2"),
     (["ranks", "--threads", "2", "--export", "missing"], "export directory not found"),
     (["ceilings", "--threads", "2", "--export", "missing"], "export directory not found"),
