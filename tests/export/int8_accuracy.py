@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.export import export_checkpoint
-from model_export.reader import TENSOR_FIELDS, Export, open_export
+from model_export.reader import Export, open_export
 from pipeline.engine.reference import ReferenceModel
 
 QUANTIZED = ("wq", "wk", "wv", "wo_t", "w_gate", "w_up", "w_down_t")
@@ -129,27 +129,10 @@ def measure(export32: Export, tokens: int, logits: bool = True, seed: int = 0) -
 
 
 def exported_int8_measures(export32: Export, export8: Export, tokens: int, seed: int = 0) -> dict:
-    """The logit measures of the int8 export itself (dequantized by its own scales) against float32."""
-    from model_export.quant import dequantize
-
-    class Dequantized:
-        cfg = export8.cfg
-
-        def layer(self, i):
-            w = export8.layer(i)
-            return replace(w, **{f: dequantize(getattr(w, f), getattr(w, f + "_scale"),
-                                               export8.scale_axis(f"layers.{i}.{f}"), np.float64)
-                                 for f in TENSOR_FIELDS if getattr(w, f + "_scale", None) is not None})
-
-        def tensor(self, name):
-            from model_export.reader import to_float
-            return to_float(export8.tensor(name))
-
-        def lm_head(self):
-            return dequantize(export8.lm_head(), export8.lm_head_scale(), 0, np.float32)
-
+    """The logit measures of the int8 export itself (the reference dequantizes it by its own
+    scales, model_export.quant.dequantize) against float32."""
     ids = np.random.default_rng(seed).integers(0, export32.cfg.vocab_size, tokens).tolist()
-    return logit_measures(ReferenceModel(export32).forward(ids), ReferenceModel(Dequantized()).forward(ids))
+    return logit_measures(ReferenceModel(export32).forward(ids), ReferenceModel(export8).forward(ids))
 
 
 def main(argv: list[str] | None = None) -> int:
