@@ -11,9 +11,10 @@ layers once, keeps raw pointers, and `step` runs every layer in C:
     n = rms(x);  x += (silu(n @ w_gate.T) * (n @ w_up.T)) @ w_down_t
 
 with the same cores as the per-op path (ext/linear.pxd, ext/mlp.pxd, ext/attention.pxd,
-ext/rows.pxd), so the same bits. It is for layers whose row-sharded products need no reduce (one
-rank per tensor group) and float32 or bf16 weights (int8 runs through oneDNN per op). Measured:
-docs/design-notes.md#fixed-cost.
+ext/rows.pxd), so the same bits. Under tensor parallelism o_proj's and down_proj's outputs are
+partial sums: `step(x, pos, reduce)` then calls reduce(o) on each (an Allreduce, in Python)
+between the compiled halves of a layer. For float32 or bf16 weights (int8 runs through oneDNN per
+op). Measured: docs/design-notes.md#fixed-cost.
 """
 
 import numpy as np
@@ -74,6 +75,7 @@ cdef class DecodeStack:
     cdef float *parts
     cdef float *scores
     cdef object keep   # every array a pointer points into, alive as long as this object
+    cdef object o_rows  # (1, d) view of o: what reduce(o) completes in place
 
     def __cinit__(self):
         self.layers = NULL
@@ -129,6 +131,7 @@ cdef class DecodeStack:
             <float *>ptr(bufs[0]), <float *>ptr(bufs[1]), <float *>ptr(bufs[2]),
             <float *>ptr(bufs[3]), <float *>ptr(bufs[4]), <float *>ptr(bufs[5]),
             <float *>ptr(bufs[6]), <float *>ptr(bufs[7]))
+        self.o_rows = bufs[3].reshape(1, d)
         self.cos, self.sin = <const float *>ptr(cos), <const float *>ptr(sin)
         self.layers = <Layer *>malloc(L * sizeof(Layer))
         if self.layers == NULL:
@@ -146,51 +149,77 @@ cdef class DecodeStack:
     def __dealloc__(self):
         free(self.layers)
 
-    def step(self, x, Py_ssize_t pos):
+    def step(self, x, Py_ssize_t pos, reduce=None):
         """x (1, d) float32, in place: the token at position pos through every layer; its keys and
-        values are written at pos of each layer's cache, attention reads positions 0..pos."""
+        values are written at pos of each layer's cache, attention reads positions 0..pos.
+        reduce: None, or a callable completing o_proj's and down_proj's (1, d) partial sums in
+        place (the tensor-parallel Allreduce), called twice per layer."""
         check_array("x", x, (np.float32,), (1, self.d))
         if not 0 <= pos < min(self.S_max, self.max_pos):
             raise ValueError(f"position {pos} outside the cache ({self.S_max}) or the RoPE table "
                              f"({self.max_pos})")
         cdef float *xp = <float *>ptr(x)
-        cdef int failed
-        with nogil:
-            failed = self._run(xp, pos)
+        cdef int failed = 0, l
+        if reduce is None:
+            with nogil:
+                for l in range(self.L):
+                    failed = self._attention(l, xp, pos)
+                    if failed:
+                        break
+                    self._mlp(l, xp)
+                    self._add_o(xp)
+        else:
+            o = self.o_rows
+            for l in range(self.L):
+                with nogil:
+                    failed = self._attention(l, xp, pos)
+                if failed:
+                    break
+                reduce(o)
+                with nogil:
+                    self._mlp(l, xp)
+                reduce(o)
+                with nogil:
+                    self._add_o(xp)
         if failed:
             raise MemoryError(f"attention: no memory for the decode scratch (S={pos + 1})")
 
-    cdef int _run(self, float *x, Py_ssize_t pos) noexcept nogil:
+    cdef int _attention(self, int l, float *x, Py_ssize_t pos) noexcept nogil:
+        """o = attention block of layer l at x (o_proj's output; a partial sum under TP)."""
         cdef const void *wp[3]
         cdef float *op[3]
         cdef Py_ssize_t Ns[3]
-        cdef Py_ssize_t HD = self.H * self.D, KD = self.Hkv * self.D, half = self.D // 2, i
+        cdef Py_ssize_t HD = self.H * self.D, KD = self.Hkv * self.D, half = self.D // 2
         cdef const float *cos = self.cos + pos * half
         cdef const float *sin = self.sin + pos * half
-        cdef int l, h
-        cdef Layer *w
+        cdef int h
+        cdef Layer *w = &self.layers[l]
         Ns[0], Ns[1], Ns[2] = HD, KD, KD
-        for l in range(self.L):
-            w = &self.layers[l]
-            norm_row(x, w.attn_norm, self.eps, self.n, self.d)
-            wp[0], wp[1], wp[2] = w.wq, w.wk, w.wv
-            op[0], op[1], op[2] = self.q, w.kc + pos * KD, w.vc + pos * KD
-            _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
-            for h in range(self.H):
-                norm_row(self.q + h * self.D, w.q_norm, self.eps, self.q + h * self.D, self.D)
-                rope_row(self.q + h * self.D, cos, sin, half)
-            for h in range(self.Hkv):
-                norm_row(op[1] + h * self.D, w.k_norm, self.eps, op[1] + h * self.D, self.D)
-                rope_row(op[1] + h * self.D, cos, sin, half)
-            if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
-                                 self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
-                return 1
-            _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
-            for i in range(self.d):
-                x[i] = x[i] + self.o[i]
-            norm_row(x, w.mlp_norm, self.eps, self.n, self.d)
-            _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
-                       self.parts, self.bf, self.nt)
-            for i in range(self.d):
-                x[i] = x[i] + self.o[i]
+        norm_row(x, w.attn_norm, self.eps, self.n, self.d)
+        wp[0], wp[1], wp[2] = w.wq, w.wk, w.wv
+        op[0], op[1], op[2] = self.q, w.kc + pos * KD, w.vc + pos * KD
+        _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
+        for h in range(self.H):
+            norm_row(self.q + h * self.D, w.q_norm, self.eps, self.q + h * self.D, self.D)
+            rope_row(self.q + h * self.D, cos, sin, half)
+        for h in range(self.Hkv):
+            norm_row(op[1] + h * self.D, w.k_norm, self.eps, op[1] + h * self.D, self.D)
+            rope_row(op[1] + h * self.D, cos, sin, half)
+        if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
+                             self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
+            return 1
+        _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
         return 0
+
+    cdef void _mlp(self, int l, float *x) noexcept nogil:
+        """x += o; o = MLP of layer l at rms(x) (down_proj's output; a partial sum under TP)."""
+        cdef Layer *w = &self.layers[l]
+        self._add_o(x)
+        norm_row(x, w.mlp_norm, self.eps, self.n, self.d)
+        _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
+                   self.parts, self.bf, self.nt)
+
+    cdef void _add_o(self, float *x) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(self.d):
+            x[i] = x[i] + self.o[i]

@@ -78,13 +78,15 @@ class Qwen3Engine:
         self.pos = 0  # tokens in the cache
 
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
-        """This rank's layers as one compiled call per decode step, where nothing of the strategy
-        runs between the kernels: attention on the rank's own cache (headwise, layer stages) and
-        no reduce (one rank per tensor group); float32 or bf16 weights (int8 runs per op on
-        oneDNN). It saves the kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
+        """This rank's layers as one compiled call per decode step, where the strategy does
+        nothing between the kernels but the tensor-parallel reduce: attention on the rank's own
+        cache (headwise, layer stages; not sequence), float32 or bf16 weights (int8 runs per op
+        on oneDNN). It saves the kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
         s, w = self.strategy, next(iter(self.layers.values()))
+        # the reduce between a layer's halves: none with one rank per tensor group
+        self.stack_reduce = s.reduce if s.comms.tensor.size > 1 else None
         if (type(s).attend is not HeadwiseStrategy.attend or type(s).reduce is not Strategy.reduce
-                or s.comms.tensor.size > 1 or w.wq.dtype not in (np.float32, BF16)):
+                or w.wq.dtype not in (np.float32, BF16)):
             return None
         layers = [tuple(getattr(self.layers[i], f) for f in decode_kernels.FIELDS) for i in s.layers]
         return decode_kernels.DecodeStack(layers, s.k_cache, s.v_cache, self.cos, self.sin,
@@ -171,7 +173,7 @@ class Qwen3Engine:
             rope_b = (cos[rows.start:rows.stop], sin[rows.start:rows.stop], 0) if prefill else rope
             if not prefill and self.decode_stack is not None:  # every layer in one call
                 self._note_scratch(1, self.q.shape[1], self.k.shape[1], pos + 1)
-                self.decode_stack.step(xb, pos)
+                self.decode_stack.step(xb, pos, self.stack_reduce)
             else:
                 for i in s.layers:
                     self._block(i, xb, pos + rows.start, rope_b, prefill)

@@ -75,3 +75,16 @@ def test_bad_arguments_are_refused_with_one_clear_error(synthetic_tiny_export):
         stack.step(e.x[:1], 160)
     with pytest.raises(ValueError, match="x must be"):
         stack.step(e.x[:2], 0)
+
+
+@pytest.mark.parametrize("layout, nranks", [("headwise", 2), ("headwise", 3), ("layer2.headwise2", 4)])
+def test_fused_decode_with_the_allreduce_hook_is_the_per_op_path(tiny_export, layout, nranks):
+    """Head-wise over ranks: o_proj's and down_proj's partial sums go through the strategy's
+    Allreduce between the compiled halves of each layer; the logits must not change by a bit."""
+    from tests.engine.test_layouts import GQA
+    from tests.mpi import REPO, run_mpi
+
+    script = REPO / "tests" / "engine" / "decode_stack_mpi.py"
+    proc = run_mpi(nranks, [str(script), str(tiny_export(GQA["kv2_ratio4"])), layout])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "identical", proc.stdout
