@@ -413,7 +413,29 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
         scores = owned
     if nb < 2:
         n = 1
-    if online:
+    if n == 1:   # in order on this thread: no OpenMP team (ext/decode.pyx's reason), same bits
+        if online:   # the block's scores (standard's go to `scores`)
+            p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))
+            failed = p == NULL
+        for b in range(nb if not failed else 0):
+            c0 = b * DECODE_KEYS
+            nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+            if online:
+                decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
+                softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
+                             parts + b * per + H * D + H)
+                decode_pv(p, DECODE_KEYS, v, H, Hkv, D, c0, nk, parts + b * per)
+            else:
+                decode_scores(q, k, H, Hkv, D, c0, nk, scale, scores + c0, kend)
+        if not online and not failed:
+            softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
+            for b in range(nb):
+                c0 = b * DECODE_KEYS
+                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
+        free(p)
+        p = NULL
+    elif online:
         with nogil, parallel(num_threads=n):
             p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))   # this thread's scores
             for b in prange(nb, schedule="static"):

@@ -23,10 +23,11 @@ cimport numpy as cnp
 from libc.stdlib cimport free, malloc
 
 from ext.attention cimport _attention_decode
-from ext.gemv cimport nchunks_of
+from ext.gemv cimport ROW_BLOCK, gemv_rows, gemvt_rows, nchunks_of, reduce_parts
 from ext.linear cimport _gemv_many, _gemvt
 from ext.mlp cimport _mlp_small
 from ext.rows cimport norm_row, rope_row
+from ext.simd cimport silu_mul_f32
 
 from ext.linear import BF16, WEIGHT_DTYPES, check_array
 
@@ -55,6 +56,47 @@ cdef struct Layer:
 
 cdef inline void *ptr(a):
     return cnp.PyArray_DATA(a)
+
+
+# One thread: the cores' work items in order on the calling thread, with no OpenMP region (even
+# a team of one costs libgomp a team set-up and a futex call: docs/design-notes.md#fixed-cost).
+# Items write disjoint rows and partial sums are added in chunk order, so the bits are the cores'.
+
+cdef void _gemv_serial(const float *x, Py_ssize_t K, int m, const void **w, const Py_ssize_t *N,
+                       float **out, int bf) noexcept nogil:
+    """out[j] = x @ w[j].T for one token, the row blocks of _gemv_many in order."""
+    cdef int j
+    cdef Py_ssize_t n0
+    for j in range(m):
+        n0 = 0
+        while n0 < N[j]:
+            gemv_rows(x, 1, K, w[j], K, n0, min(n0 + ROW_BLOCK, N[j]), out[j], N[j], bf)
+            n0 = n0 + ROW_BLOCK
+
+
+cdef void _gemvt_serial(const float *x, Py_ssize_t K, const void *w_t, Py_ssize_t N, float *out,
+                        float *parts, int bf) noexcept nogil:
+    """out = x @ w_t for one token, _gemvt's chunks in order."""
+    cdef Py_ssize_t nchunks = nchunks_of(K), ch
+    if nchunks == 1:
+        gemvt_rows(x, 1, K, w_t, N, 0, K, out, bf)
+        return
+    for ch in range(nchunks):
+        gemvt_rows(x, 1, K, w_t, N, K * ch // nchunks, K * (ch + 1) // nchunks, parts + ch * N, bf)
+    reduce_parts(parts, nchunks, N, out)
+
+
+cdef void _mlp_serial(const float *x, Py_ssize_t d, Py_ssize_t I, const void *wg, const void *wu,
+                      const void *wd, float *gate, float *up, float *out, float *parts,
+                      int bf) noexcept nogil:
+    """_mlp_small for one token: gate's and up's row blocks, silu * up, down's chunks."""
+    cdef const void *w[2]
+    cdef float *o[2]
+    cdef Py_ssize_t N[2]
+    w[0], w[1], o[0], o[1], N[0], N[1] = wg, wu, gate, up, I, I
+    _gemv_serial(x, d, 2, w, N, o, bf)
+    silu_mul_f32(gate, up, I)
+    _gemvt_serial(gate, I, wd, d, out, parts, bf)
 
 
 cdef class DecodeStack:
@@ -198,7 +240,10 @@ cdef class DecodeStack:
         norm_row(x, w.attn_norm, self.eps, self.n, self.d)
         wp[0], wp[1], wp[2] = w.wq, w.wk, w.wv
         op[0], op[1], op[2] = self.q, w.kc + pos * KD, w.vc + pos * KD
-        _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
+        if self.nt == 1:
+            _gemv_serial(self.n, self.d, 3, wp, Ns, op, self.bf)
+        else:
+            _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
         for h in range(self.H):
             norm_row(self.q + h * self.D, w.q_norm, self.eps, self.q + h * self.D, self.D)
             rope_row(self.q + h * self.D, cos, sin, half)
@@ -208,7 +253,10 @@ cdef class DecodeStack:
         if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
                              self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
             return 1
-        _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
+        if self.nt == 1:
+            _gemvt_serial(self.att, HD, w.wo_t, self.d, self.o, self.parts, self.bf)
+        else:
+            _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
         return 0
 
     cdef void _mlp(self, int l, float *x) noexcept nogil:
@@ -216,8 +264,12 @@ cdef class DecodeStack:
         cdef Layer *w = &self.layers[l]
         self._add_o(x)
         norm_row(x, w.mlp_norm, self.eps, self.n, self.d)
-        _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
-                   self.parts, self.bf, self.nt)
+        if self.nt == 1:
+            _mlp_serial(self.n, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
+                        self.parts, self.bf)
+        else:
+            _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
+                       self.parts, self.bf, self.nt)
 
     cdef void _add_o(self, float *x) noexcept nogil:
         cdef Py_ssize_t i
