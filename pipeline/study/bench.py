@@ -303,7 +303,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
                                  **split_books(split["prefill"])},
                   decode_extra={**comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1]),
                                 **split_books(split["decode"])}),
-        "memory": {key: [m[key] for m in mem] for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb")},
+        "memory": {key: [m[key] for m in mem]
+                   for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},
     }

@@ -14,9 +14,10 @@ import jsonschema
 import numpy as np
 import pytest
 
+from model_export.config import PRESETS
 from model_export.reader import open_export
 from pipeline.engine.reference import ReferenceModel
-from tests.mpi import REPO, run_mpi
+from tests.mpi import REPO, generate, run_mpi
 from tests.tiny import TINY_BASE
 
 # float32 engine vs float64 reference: per-op rounding ~1e-7 relative, a few layers deep on
@@ -46,14 +47,7 @@ def reference(tiny_export):
 
 def generate_cell(export, strategy, algo, nranks, tmp_path, *extra):
     logits_file = tmp_path / f"{strategy}_{algo}_{nranks}.npy"
-    proc = run_mpi(nranks, ["-m", "pipeline", "generate", "--export", str(export), *extra,
-                            "--parallel-strategy", strategy, "--attention-algo", algo,
-                            "--prompt-ids", ",".join(map(str, PROMPT)),
-                            "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("generated ids:"))
-    tokens = [int(t) for t in line.split(":", 1)[1].split(",")]
-    return tokens, np.load(logits_file)
+    return generate(export, strategy, algo, nranks, PROMPT, NEW_TOKENS, logits_file, *extra)
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 4])
@@ -105,6 +99,14 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     assert result["cell"]["nranks"] == 2 and len(result["prefill"]["seconds"]) == 2
     assert len(result["memory"]["attention_scratch_mb"]) == 2
     assert min(result["memory"]["attention_scratch_mb"]) > 0
+    # each of the 2 sequence ranks multiplies with every projection and norm and half of the (tied)
+    # lm_head's rows: float32, counted from the config
+    c = PRESETS["tiny"]
+    d, D, L, V = c["hidden_size"], c["head_dim"], c["num_hidden_layers"], c["vocab_size"]
+    proj = (2 * d * c["num_attention_heads"] * D + 2 * d * c["num_key_value_heads"] * D
+            + 3 * d * c["intermediate_size"])
+    per_rank = 4 * (L * (proj + 2 * d + 2 * D) + V // 2 * d)
+    assert result["memory"]["weights_mb"] == [pytest.approx(per_rank / 1e6)] * 2
     assert len(result["output"]["greedy_tokens"]) == 5
     for phase in ("prefill", "decode"):  # each rank's phase = compute + transfer + waiting
         split = result[phase]["per_rank"]

@@ -18,7 +18,7 @@ import pytest
 from model_export.reader import open_export
 from pipeline.engine.reference import ReferenceModel
 from tests.engine.test_layouts import LAYER_BASE
-from tests.mpi import run_mpi
+from tests.mpi import generate
 
 # Under head-wise, o_proj's and down_proj's inputs are a rank's block of heads / features, so
 # the per-token activation scale is max|x| over that block, not over the whole row: the u8
@@ -57,21 +57,15 @@ def int8(tiny_export, tmp_path_factory):
     for name, overrides in CONFIGS.items():
         path = tiny_export(overrides, export_dtype="int8")
         ref = ReferenceModel(open_export(path)).generate(PROMPTS[name], NEW_TOKENS)
-        one = generate(path, PROMPTS[name], "headwise", "online_softmax", 1,
+        one = generate_cell(path, PROMPTS[name], "headwise", "online_softmax", 1,
                        tmp_path_factory.mktemp("int8"))
         out[name] = path, ref, one
     return out
 
 
-def generate(export, prompt, layout, algo, nranks, tmp_path):
+def generate_cell(export, prompt, layout, algo, nranks, tmp_path):
     logits_file = tmp_path / f"{layout}_{algo}_{nranks}.npy"
-    proc = run_mpi(nranks, ["-m", "pipeline", "generate", "--export", str(export),
-                            "--parallel-strategy", layout, "--attention-algo", algo,
-                            "--micro-batch", "4", "--prompt-ids", ",".join(map(str, prompt)),
-                            "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("generated ids:"))
-    return [int(t) for t in line.split(":", 1)[1].split(",")], np.load(logits_file)
+    return generate(export, layout, algo, nranks, prompt, NEW_TOKENS, logits_file, "--micro-batch", "4")
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,7 +77,7 @@ def nmse(a: np.ndarray, b: np.ndarray) -> float:
 def test_int8_cell_matches_one_rank_and_reference(int8, config, layout, nranks, tmp_path):
     path, (ref_tokens, ref_logits), (one_tokens, one_logits) = int8[config]
     algo = ("standard", "online_softmax")[nranks % 2]
-    tokens, logits = generate(path, PROMPTS[config], layout, algo, nranks, tmp_path)
+    tokens, logits = generate_cell(path, PROMPTS[config], layout, algo, nranks, tmp_path)
     assert logits.shape == ref_logits.shape and logits.dtype == np.float32
     top2 = np.sort(ref_logits, axis=1)[:, -2:]
     assert (top2[:, 1] - top2[:, 0]).min() > 2 * INT8_VS_REFERENCE  # the prompt's margin holds

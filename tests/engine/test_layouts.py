@@ -14,7 +14,7 @@ import pytest
 
 from model_export.reader import open_export
 from pipeline.engine.reference import ReferenceModel
-from tests.mpi import run_mpi
+from tests.mpi import generate, run_mpi
 from tests.tiny import TINY_BASE
 
 ATOL = 1e-4  # as tests/engine/test_engine.py: float32 engine against float64, two orders of margin
@@ -44,20 +44,14 @@ def reference(tiny_export):
     return out
 
 
-def generate(export, layout, algo, nranks, tmp_path, *extra):
+def generate_cell(export, layout, algo, nranks, tmp_path, *extra):
     logits_file = tmp_path / f"{layout}_{algo}_{nranks}.npy"
-    proc = run_mpi(nranks, ["-m", "pipeline", "generate", "--export", str(export), *extra,
-                            "--parallel-strategy", layout, "--attention-algo", algo,
-                            "--prompt-ids", ",".join(map(str, PROMPT)),
-                            "--max-new-tokens", str(NEW_TOKENS), "--logits-out", str(logits_file)])
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("generated ids:"))
-    return [int(t) for t in line.split(":", 1)[1].split(",")], np.load(logits_file)
+    return generate(export, layout, algo, nranks, PROMPT, NEW_TOKENS, logits_file, *extra)
 
 
 def assert_matches(reference, config, layout, nranks, tmp_path, algo, *extra):
     export, ref_tokens, ref_logits = reference[config]
-    tokens, logits = generate(export, layout, algo, nranks, tmp_path, *extra)
+    tokens, logits = generate_cell(export, layout, algo, nranks, tmp_path, *extra)
     assert logits.shape == ref_logits.shape
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=ATOL)
     assert tokens == ref_tokens
@@ -97,7 +91,7 @@ def test_new_layouts_match_hugging_face(tiny_checkpoint, tiny_export, layout, nr
     import torch
 
     overrides = GQA["kv2_ratio4"]
-    tokens, logits = generate(tiny_export(overrides), layout, "online_softmax", nranks, tmp_path,
+    tokens, logits = generate_cell(tiny_export(overrides), layout, "online_softmax", nranks, tmp_path,
                               "--micro-batch", "4")
     with torch.no_grad():
         seq = torch.tensor([PROMPT + tokens[:-1]])
