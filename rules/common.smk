@@ -205,7 +205,7 @@ def get_compare_options(wildcards):
 
 
 def get_kernel_sources():
-    return sorted(glob("ext/*.pyx") + glob("ext/*.pxd")) + ["setup.py"]
+    return sorted(glob("ext/*.pyx") + glob("ext/*.pxd") + glob("ext/*.h")) + ["setup.py"]
 
 
 def get_kernel_libraries():
