@@ -34,7 +34,7 @@ import numpy as np
 from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model
 from pipeline.engine.prompts import random_prompt
-from pipeline.study.stats import logits_digest, timings
+from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
 if TYPE_CHECKING:  # only for the annotations: torch and transformers are optional
     import torch as torch_module
@@ -52,20 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="Hugging Face Qwen3 checkpoint directory")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--gen-len", type=int, default=32)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (the bench's)")
+    add_run_args(p, "torch intra-op threads (default: all cores)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype in torch")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
-    for name in ("prompt_len", "gen_len", "iters"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--warmup must be >= 0 and --threads >= 1")
+    check_run_args(p, args)
     return args
 
 

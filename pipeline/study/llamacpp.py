@@ -43,7 +43,7 @@ import numpy as np
 from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model
 from pipeline.engine.prompts import random_prompt
-from pipeline.study.stats import logits_digest, timings
+from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
 SCHEMA_VERSION = 1
 NAME = "llama.cpp"
@@ -149,22 +149,13 @@ def generate(session: Session, prompt: list[int], gen_len: int) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", required=True, help="GGUF file (python -m pipeline gguf)")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--gen-len", type=int, default=32)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (the bench's)")
+    add_run_args(p, "llama.cpp threads (default: all cores)")
     p.add_argument("--kv-type", choices=KV_TYPES, default="f16",
                    help="KV cache type (default f16, llama.cpp's)")
     p.add_argument("--flash-attn", choices=FLASH_ATTN, default="auto", help="llama.cpp's default: auto")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
-    for name in ("prompt_len", "gen_len", "iters"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--warmup must be >= 0 and --threads >= 1")
+    check_run_args(p, args)
     if not Path(args.gguf).is_file():
         p.error(f"--gguf {args.gguf}: no such file (write it with python -m pipeline gguf)")
     return args

@@ -55,3 +55,22 @@ def logits_digest(logits: np.ndarray) -> dict:
     """What verify compares of a logits vector: its first 8 values, its L2 norm (in float64), its arg-max."""
     return {"first8": [float(x) for x in logits[:8]], "l2": float(np.linalg.norm(logits.astype(np.float64))),
             "argmax": int(np.argmax(logits))}
+
+
+def add_run_args(p, threads_help: str) -> None:
+    """The run arguments every baseline runner takes, as the bench names them."""
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (the bench's)")
+
+
+def check_run_args(p, args) -> None:
+    """One argparse error line for a run argument out of range."""
+    for name in ("prompt_len", "gen_len", "iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--warmup must be >= 0 and --threads >= 1")
