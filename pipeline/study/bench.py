@@ -23,7 +23,7 @@ from model_export.atomic import write_json_atomic
 from model_export.config import Qwen3Config
 from model_export.dtypes import itemsize
 from model_export.reader import Export, open_export
-from pipeline.cells import CellId
+from pipeline.cells import MANIFEST_DTYPES, CellId
 from pipeline.engine.comm import Comm
 from pipeline.engine.launch import threads_per_rank, validated
 from pipeline.engine.machine import machine_facts, placement, shared_cpus, topology
@@ -288,7 +288,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
     if comm.rank:
         return None
     prefill_s, decode_s = list(local[:, 0]), list(local[:, 1])
-    cell = CellId(args.parallel_strategy, args.attention_algo, comm.size, args.prompt_len)
+    cell = CellId(args.parallel_strategy, args.attention_algo, comm.size, args.prompt_len,
+                  MANIFEST_DTYPES[export.dtype_name])
     last = runs[-1]
     return {
         "schema_version": SCHEMA_VERSION,
