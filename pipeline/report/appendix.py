@@ -40,7 +40,8 @@ def machine(runs: list[dict]) -> dict | None:
         if r["cell"]["parallel_strategy"] == "sequence"
     ]
     out["sequence_layout"] = distinct(seq) if seq else None
-    out["differs"] = [k for k, v in out.items() if isinstance(v, list) and len(v) > 1]
+    # the model's dtype is an axis of the matrix, not a difference between machines
+    out["differs"] = [k for k, v in out.items() if isinstance(v, list) and len(v) > 1 and k != "dtype"]
     stamps = sorted(e["timestamp"] for e in env if e.get("timestamp"))
     first = models[0]
     out.update(
@@ -63,7 +64,7 @@ def shown(m: dict, key: str) -> str:
     if values is None:
         return "—"
     text = " / ".join(str(v) for v in values)
-    return text + " (differs between cells!)" if len(values) > 1 else text
+    return text + " (differs between cells!)" if key in m.get("differs", [key]) and len(values) > 1 else text
 
 
 def machine_line(m: dict) -> str:

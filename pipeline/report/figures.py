@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 
 from model_export.atomic import write_bytes_atomic
+from pipeline.cells import MANIFEST_DTYPES, REFERENCE_DTYPE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,26 +23,36 @@ MARKERS = {"headwise": "o", "sequence": "s"}
 LINES = {"standard": "-", "online_softmax": "--"}
 
 
+def _name(c, axis: bool) -> str:
+    """A cell's layout in a legend or axis label; its dtype added when the cells hold several."""
+    return f"{c.strategy} + {c.algo}" + (f", {c.dtype}" if axis else "")
+
+
+def _axis(cells) -> bool:
+    return len({c.dtype for c in cells}) > 1
+
+
 def _series(cells, phase):
-    """(strategy, algo) -> sorted [(P, median, min, max)] of measured cells."""
-    out: dict[tuple[str, str], list] = {}
+    """(strategy, algo, dtype) -> sorted [(P, median, min, max)] of measured cells."""
+    out: dict[tuple[str, str, str], list] = {}
     for c in cells:
         if c.run is None:
             continue
         p = c.run[phase]
-        out.setdefault((c.strategy, c.algo), []).append(
+        out.setdefault((c.strategy, c.algo, c.dtype), []).append(
             (c.nranks, p["tokens_per_s"], p["tokens_per_s_min"], p["tokens_per_s_max"])
         )
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 def throughput_vs_ranks(cells: list, prompt_len: int, path: str | Path) -> None:
-    """tokens/s (median, min-max bars) against rank count, one line per strategy x algorithm."""
+    """tokens/s (median, min-max bars) against rank count, one line per strategy x algorithm (x dtype)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ranks = sorted({c.nranks for c in cells})
+    axis = _axis(cells)
     for ax, phase in zip(axes, PHASES, strict=False):
         series = _series(cells, phase)
-        for (strategy, algo), points in series.items():
+        for (strategy, algo, dtype), points in series.items():
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
             err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
@@ -52,7 +63,7 @@ def throughput_vs_ranks(cells: list, prompt_len: int, path: str | Path) -> None:
                 marker=MARKERS.get(strategy, "^"),
                 linestyle=LINES.get(algo, ":"),
                 capsize=3,
-                label=f"{strategy} + {algo}",
+                label=f"{strategy} + {algo}" + (f", {dtype}" if axis else ""),
             )
         if not series:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -71,7 +82,7 @@ def throughput_vs_ranks(cells: list, prompt_len: int, path: str | Path) -> None:
 
 def cells_bars(cells: list, prompt_len: int, path: str | Path) -> None:
     """Prefill and decode tokens/s of every cell; missing and not-applicable cells labelled."""
-    labels = [f"{c.strategy} {c.algo} P={c.nranks}" for c in cells]
+    labels = [f"{_name(c, _axis(cells))} P={c.nranks}" for c in cells]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(cells), 4) + 1.5))
     for ax, phase in zip(axes, PHASES, strict=False):
         ys = list(range(len(cells)))
@@ -108,6 +119,8 @@ def costmodel_curves(group: dict, cells: list, path: str | Path, algo: str = "on
     """Predicted tokens/s against ranks on the configured cluster (pipeline.study.costmodel's curves), one
     line per strategy at a few prompt lengths, with this machine's measured cells as black crosses."""
     curves = group.get("curves", [])
+    dtype = MANIFEST_DTYPES.get((group.get("model") or {}).get("dtype"), REFERENCE_DTYPE)
+    cells = [c for c in cells if c.dtype == dtype]  # the model's calibration dtype only
     algos = sorted({r.get("attention_algo") for r in curves})
     algo = algo if algo in algos else (algos[0] if algos else algo)
     rows = [r for r in curves if r.get("attention_algo") == algo and r.get("feasible", True)]

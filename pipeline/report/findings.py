@@ -1,7 +1,8 @@
 """Findings computed across cells: sequence against head-wise, online_softmax against standard, the
 seed's claims set beside what was measured, and peak memory of the two algorithms on 1 rank.
 
-Each is a ratio or a count; none is judged against a goal.
+Each is a ratio or a count; none is judged against a goal. Every pair and every "fastest" is within
+one dtype: cells are matched on (strategy, algorithm, ranks, prompt length, dtype).
 """
 
 from __future__ import annotations
@@ -10,22 +11,23 @@ import math
 import statistics
 from collections.abc import Callable
 
+from pipeline.cells import DTYPES, REFERENCE_DTYPE
 from pipeline.report import verify
-from pipeline.report.answers import ranked, ranking_lines
+from pipeline.report.answers import axis_of, ranked, ranking_lines
 from pipeline.report.fmt import PHASES, fnum, ranks, ratio
-from pipeline.report.load import Cell
+from pipeline.report.load import Cell, dtype_groups
 
 SEED_BEST = ("sequence", "online_softmax", 2)  # the seed's "current best configuration"
 
 
-Key = tuple[str, str, int, int]  # (strategy, algorithm, ranks, prompt length)
+Key = tuple[str, str, int, int, str]  # (strategy, algorithm, ranks, prompt length, dtype)
 
 
 def pairs(
     cells: list[Cell], phase: str, pick: Callable[[Cell], bool], partner: Callable[[Key], Key]
 ) -> list[tuple[Cell, Cell, float]]:
     """(a, b, a's tokens/s over b's) for measured cells a that `pick` selects and b = partner(a's key)."""
-    index = {(c.strategy, c.algo, c.nranks, c.prompt_len): c for c in cells if c.run}
+    index = {(c.strategy, c.algo, c.nranks, c.prompt_len, c.dtype): c for c in cells if c.run}
     out = []
     for key, a in index.items():
         b = index.get(partner(key)) if pick(a) else None
@@ -37,6 +39,7 @@ def pairs(
 def pair_record(a: Cell, b: Cell, r: float) -> dict:
     return {
         "prompt_len": a.prompt_len,
+        "dtype": a.dtype,
         "nranks": a.nranks,
         "strategy": a.strategy,
         "algo": a.algo,
@@ -53,7 +56,8 @@ def sequence_vs_headwise(cells: list[Cell]) -> dict[str, list[dict]]:
         matched = pairs(
             cells, phase, lambda c: c.strategy == "sequence" and c.nranks > 1, lambda k: ("headwise", *k[1:])
         )
-        matched.sort(key=lambda m: (m[0].prompt_len, m[0].nranks, m[0].algo != "standard"))
+        matched.sort(key=lambda m: (DTYPES.index(m[0].dtype), m[0].prompt_len, m[0].nranks,
+                                    m[0].algo != "standard"))
         out[phase] = [pair_record(*m) for m in matched]
     return out
 
@@ -75,44 +79,51 @@ def online_vs_standard(cells: list[Cell]) -> dict[str, dict]:
 
 
 def seed_best(cells: list[Cell]) -> list[dict]:
-    """The seed's pick (sequence + online_softmax on 2 ranks) against the fastest cell, per length."""
+    """The seed's pick (sequence + online_softmax on 2 ranks) against the fastest cell, per length and
+    dtype."""
     out = []
     for n in sorted({c.prompt_len for c in cells if c.run}):
-        sub = [c for c in cells if c.prompt_len == n]
-        seed = next((c for c in sub if c.run and (c.strategy, c.algo, c.nranks) == SEED_BEST), None)
-        for phase in PHASES:
-            top = ranked(sub, phase)[0]
-            out.append(
-                {
-                    "prompt_len": n,
-                    "phase": phase,
-                    "fastest_cell": top.name,
-                    "fastest_label": top.label,
-                    "fastest_nranks": top.nranks,
-                    "fastest_tokens_per_s": top.tokens_per_s(phase),
-                    "seed_cell": seed.name if seed else None,
-                    "seed_tokens_per_s": seed.tokens_per_s(phase) if seed else None,
-                    "seed_over_fastest": seed.tokens_per_s(phase) / top.tokens_per_s(phase) if seed else None,
-                }
-            )
+        for dtype, sub in dtype_groups([c for c in cells if c.prompt_len == n and c.run]):
+            out += seed_best_of(sub, n, dtype)
+    return out
+
+
+def seed_best_of(sub: list[Cell], n: int, dtype: str) -> list[dict]:
+    """seed_best's records of one prompt length and dtype (`sub`: its measured cells)."""
+    seed = next((c for c in sub if (c.strategy, c.algo, c.nranks) == SEED_BEST), None)
+    out = []
+    for phase in PHASES:
+        top = ranked(sub, phase)[0]
+        out.append({
+            "prompt_len": n,
+            "dtype": dtype,
+            "phase": phase,
+            "fastest_cell": top.name,
+            "fastest_label": top.label,
+            "fastest_nranks": top.nranks,
+            "fastest_tokens_per_s": top.tokens_per_s(phase),
+            "seed_cell": seed.name if seed else None,
+            "seed_tokens_per_s": seed.tokens_per_s(phase) if seed else None,
+            "seed_over_fastest": seed.tokens_per_s(phase) / top.tokens_per_s(phase) if seed else None,
+        })
     return out
 
 
 def scaling_sequence_vs_headwise(rows: list[dict]) -> dict[str, list[dict]]:
     """Per phase: both strategies' speed-ups over their own 1-rank cell, where both were measured."""
-    by_key = {(r["strategy"], r["algorithm"], r["nranks"], r["prompt_len"]): r for r in rows}
+    by_key = {(r["strategy"], r["algorithm"], r["nranks"], r["prompt_len"],
+               r.get("dtype", REFERENCE_DTYPE)): r for r in rows}
     out = {}
     for phase in PHASES:
         found = []
-        for (strategy, algo, p, n), seq in sorted(
-            by_key.items(), key=lambda kv: (kv[0][3], kv[0][1], kv[0][2])
+        for (strategy, algo, p, n, dtype), seq in sorted(
+            by_key.items(), key=lambda kv: (DTYPES.index(kv[0][4]), kv[0][3], kv[0][1], kv[0][2])
         ):
-            head = by_key.get(("headwise", algo, p, n))
+            head = by_key.get(("headwise", algo, p, n, dtype))
             s, h = seq.get(f"{phase}_speedup"), head and head.get(f"{phase}_speedup")
             if strategy == "sequence" and p > 1 and s and h:
-                found.append(
-                    {"prompt_len": n, "algo": algo, "nranks": p, "sequence_speedup": s, "headwise_speedup": h}
-                )
+                found.append({"prompt_len": n, "dtype": dtype, "algo": algo, "nranks": p,
+                              "sequence_speedup": s, "headwise_speedup": h})
         out[phase] = found
     return out
 
@@ -135,6 +146,7 @@ def memory_one_rank(cells: list[Cell]) -> list[dict]:
             out.append(
                 {
                     "prompt_len": a.prompt_len,
+                    "dtype": a.dtype,
                     "strategy": a.strategy,
                     "online_softmax_peak_rss_mb": ma,
                     "standard_peak_rss_mb": mb,
@@ -144,17 +156,20 @@ def memory_one_rank(cells: list[Cell]) -> list[dict]:
 
 
 def outputs(verification: dict | None) -> dict | None:
-    """Whether both algorithms computed the reference's output, and the largest logits difference."""
+    """Whether both algorithms computed the reference's output, and the largest logits difference
+    (float32's, and per dtype: each against its own dtype's reference)."""
     if not verification or not verification["cells"]:
         return None
     names = [c["cell"] for c in verification["cells"]]
-    diffs = [c["max_abs_diff"] for c in verification["cells"] if isinstance(c["max_abs_diff"], int | float)]
+    by_dtype = {d: [c["max_abs_diff"] for c in rows if isinstance(c["max_abs_diff"], int | float)]
+                for d, rows in verify.by_dtype(verification).items()}
     return {
         "cells": len(names),
         "cells_ok": sum(c["ok"] for c in verification["cells"]),
         "both_algorithms": any("_online_softmax_" in n for n in names)
         and any("_standard_" in n for n in names),
-        "max_abs_diff": max(diffs, default=math.nan),
+        "max_abs_diff": max(by_dtype.get(REFERENCE_DTYPE, []), default=math.nan),
+        "max_abs_diff_by_dtype": {d: max(v, default=math.nan) for d, v in by_dtype.items()},
     }
 
 
@@ -169,6 +184,11 @@ def records(cells: list[Cell], rows: list[dict], verification: dict | None) -> d
     }
 
 
+def dtype_of(rec: dict, axis: bool) -> str:
+    """ "bf16, " before the rest of a finding's place when the matrix has a dtype axis."""
+    return f"{rec.get('dtype', REFERENCE_DTYPE)}, " if axis else ""
+
+
 def sequence_lines(f: dict) -> list[str]:
     lines = []
     for phase, matched in f["sequence_vs_headwise"].items():
@@ -176,7 +196,8 @@ def sequence_lines(f: dict) -> list[str]:
             continue
         wins = [m for m in matched if m["ratio"] > 1]
         where = "; ".join(
-            f"prompt {m['prompt_len']}, P={m['nranks']}, {m['algo']} ({ratio(m['ratio'])})" for m in wins
+            f"prompt {m['prompt_len']}, {dtype_of(m, axis_of(matched))}P={m['nranks']}, {m['algo']} "
+            f"({ratio(m['ratio'])})" for m in wins
         )
         lines.append(
             f"- Sequence vs head-wise parallelism, {phase}: sequence is faster in {len(wins)} of "
@@ -185,7 +206,8 @@ def sequence_lines(f: dict) -> list[str]:
     for m in f["memory_one_rank"]:
         ma, mb = m["online_softmax_peak_rss_mb"], m["standard_peak_rss_mb"]
         lines.append(
-            f"- Peak RSS at prompt {m['prompt_len']}, {m['strategy']}, 1 rank: online_softmax "
+            f"- Peak RSS at prompt {m['prompt_len']}, {dtype_of(m, axis_of(f['memory_one_rank']))}"
+            f"{m['strategy']}, 1 rank: online_softmax "
             f"{fnum(ma)} MB, standard {fnum(mb)} MB ({fnum(ma - mb)} MB difference)."
         )
     return lines
@@ -193,11 +215,11 @@ def sequence_lines(f: dict) -> list[str]:
 
 def seed_best_lines(f: dict) -> list[str]:
     """The seed's pick against the fastest cell, per prompt length and phase."""
-    lines = []
+    lines, axis = [], axis_of(f["seed_best"])
     for s in f["seed_best"]:
         claim = (
             f'- *"2 ranks + sequence + online_softmax is the best configuration"* (prompt {s["prompt_len"]}, '
-            f"{s['phase']}): "
+            f"{dtype_of(s, axis)}{s['phase']}): "
         )
         top = (
             f"the fastest cell is {s['fastest_label']} on {ranks(s['fastest_nranks'])} "
@@ -225,7 +247,7 @@ def seed_lines(f: dict) -> list[str]:
             continue
         more = sum(x["sequence_speedup"] > x["headwise_speedup"] for x in found)
         detail = "; ".join(
-            f"prompt {x['prompt_len']}, {x['algo']}, P={x['nranks']}: sequence "
+            f"prompt {x['prompt_len']}, {dtype_of(x, axis_of(found))}{x['algo']}, P={x['nranks']}: sequence "
             f"{ratio(x['sequence_speedup'])} vs head-wise {ratio(x['headwise_speedup'])}"
             for x in found
         )
@@ -257,8 +279,10 @@ def outputs_lines(out: dict | None) -> list[str]:
         lines.append(
             claim + f"{out['cells_ok']} of {out['cells']} cells, of both algorithms and every strategy "
             "and rank count, produce the single-rank reference's greedy tokens with logits within "
-            f"tolerance; the largest logits difference is {verify.fmt_diff(out['max_abs_diff'])} "
-            "(see Verification)."
+            f"tolerance; the largest logits difference is {verify.fmt_diff(out['max_abs_diff'])}"
+            + "".join(f", {d}'s (against its own 1-rank cell) {verify.fmt_diff(v)}"
+                      for d, v in (out.get("max_abs_diff_by_dtype") or {}).items() if d != REFERENCE_DTYPE)
+            + " (see Verification)."
         )
     return lines
 

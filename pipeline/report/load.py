@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cells import CellId
+from pipeline.cells import DTYPES, REFERENCE_DTYPE, CellId
 from pipeline.report import verify
 
-# matrix order inside a prompt length and rank count: the plain variants first
+# matrix order inside a prompt length, dtype and rank count: the plain variants first
 STRATEGY_ORDER = {"headwise": 0, "sequence": 1}
 ALGO_ORDER = {"standard": 0, "online_softmax": 1}
 
@@ -30,6 +30,7 @@ class Cell:
     algo = property(lambda self: self.id.algo)
     nranks = property(lambda self: self.id.nranks)
     prompt_len = property(lambda self: self.id.prompt_len)
+    dtype = property(lambda self: self.id.dtype)
 
     @property
     def label(self) -> str:
@@ -42,12 +43,25 @@ class Cell:
 def matrix_key(cell: Cell) -> tuple:
     return (
         cell.prompt_len,
+        DTYPES.index(cell.dtype),
         cell.nranks,
         STRATEGY_ORDER.get(cell.strategy, 9),
         cell.strategy,
         ALGO_ORDER.get(cell.algo, 9),
         cell.algo,
     )
+
+
+def dtype_groups(cells: list[Cell]) -> list[tuple[str, list[Cell]]]:
+    """[(dtype, its cells)] in DTYPES order (float32 first): what "fastest", "1-rank cell" and a
+    speed-up are computed within, so a bf16 cell never stands in for a float32 one."""
+    present = {c.dtype for c in cells}
+    return [(d, [c for c in cells if c.dtype == d]) for d in DTYPES if d in present]
+
+
+def dtype_axis(cells: list[Cell]) -> bool:
+    """Whether the matrix has more than float32: only then do tables and lines name the dtype."""
+    return any(c.dtype != REFERENCE_DTYPE for c in cells)
 
 
 def parse_not_applicable(items: list[str]) -> dict[str, str]:

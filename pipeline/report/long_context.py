@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from pipeline.cells import DTYPES, REFERENCE_DTYPE
 from pipeline.report.findings import pairs, peak_rss
 from pipeline.report.fmt import fnum, ratio, table
 from pipeline.report.load import Cell
@@ -14,13 +15,14 @@ LONG_CONTEXT = 1024  # prompt lengths from here on get the long-context section
 
 def layouts_table(cells: list[Cell], lengths: list[int]) -> list[dict]:
     """Per (strategy, algorithm, ranks): at each prompt length its status, prefill tokens/s, peak RSS."""
-    index = {(c.strategy, c.algo, c.nranks, c.prompt_len): c for c in cells}
-    keys = sorted({k[:3] for k in index}, key=lambda k: (k[2], k[0] != "headwise", k[1] != "standard"))
+    index = {(c.strategy, c.algo, c.nranks, c.dtype, c.prompt_len): c for c in cells}
+    keys = sorted({k[:4] for k in index},
+                  key=lambda k: (DTYPES.index(k[3]), k[2], k[0] != "headwise", k[1] != "standard"))
     rows = []
-    for strategy, algo, p in keys:
+    for strategy, algo, p, dtype in keys:
         at = []
         for n in lengths:
-            c = index.get((strategy, algo, p, n))
+            c = index.get((strategy, algo, p, dtype, n))
             at.append(
                 {
                     "prompt_len": n,
@@ -32,7 +34,7 @@ def layouts_table(cells: list[Cell], lengths: list[int]) -> list[dict]:
                     ),
                 }
             )
-        rows.append({"strategy": strategy, "algo": algo, "nranks": p, "lengths": at})
+        rows.append({"strategy": strategy, "algo": algo, "nranks": p, "dtype": dtype, "lengths": at})
     return rows
 
 
@@ -54,6 +56,7 @@ def algorithm_memory(cells: list[Cell]) -> list[dict]:
         out.append(
             {
                 "prompt_len": a.prompt_len,
+                "dtype": a.dtype,
                 "strategy": a.strategy,
                 "nranks": a.nranks,
                 "standard_peak_rss_mb": mb,
@@ -131,9 +134,10 @@ def lines(summary: dict) -> list[str]:
     head = ["strategy + algorithm", "P"] + [
         x for n in rec["lengths"] for x in (f"p{n} prefill tok/s", f"p{n} peak RSS MB")
     ]
-    body = []
+    body, axis = [], any(r.get("dtype", REFERENCE_DTYPE) != REFERENCE_DTYPE for r in rec["layouts"])
     for row in rec["layouts"]:
-        out = [f"{row['strategy']} + {row['algo']}", str(row["nranks"])]
+        named = f", {row['dtype']}" if axis else ""
+        out = [f"{row['strategy']} + {row['algo']}{named}", str(row["nranks"])]
         for at in row["lengths"]:
             if at["prefill_tokens_per_s"] is None:
                 out += [at["status"] or "", ""]

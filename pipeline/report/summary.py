@@ -16,18 +16,18 @@ from pipeline.report import baselines as hf
 from pipeline.report import costmodel as costmodel_report
 from pipeline.report.fmt import PHASES, flatten
 from pipeline.report.load import Cell
-from pipeline.report.verify import json_safe
+from pipeline.report.verify import LOW_PRECISION_KEYS, json_safe
 
 SCHEMA_VERSION = 1
 
 
 def speedups(cells: list[Cell]) -> dict[tuple[str, str], tuple[float | None, float | None]]:
-    """(cell, phase) -> (speed-up, parallel efficiency) against the same strategy and algorithm at the
-    same prompt length on 1 rank; (None, None) without that 1-rank cell."""
-    base = {(c.strategy, c.algo, c.prompt_len): c for c in cells if c.run and c.nranks == 1}
+    """(cell, phase) -> (speed-up, parallel efficiency) against the same strategy, algorithm and dtype
+    at the same prompt length on 1 rank; (None, None) without that 1-rank cell."""
+    base = {(c.strategy, c.algo, c.prompt_len, c.dtype): c for c in cells if c.run and c.nranks == 1}
     out = {}
     for c in cells:
-        one = base.get((c.strategy, c.algo, c.prompt_len))
+        one = base.get((c.strategy, c.algo, c.prompt_len, c.dtype))
         for phase in PHASES:
             if c.run and one:
                 s = c.tokens_per_s(phase) / one.tokens_per_s(phase)
@@ -84,9 +84,28 @@ def run_columns(c: Cell, speed: dict) -> dict:
         row["anon_mb_per_rank"] = ";".join(f"{x:.1f}" for x in mem["anon_mb"])
     if "sequence_layout" in cell and c.strategy == "sequence":
         row["sequence_layout"] = cell["sequence_layout"]
-    for section in ("roofline", "comm"):
+    row["model_dtype"] = r.get("model", {}).get("dtype")
+    for section in ("roofline", "comm", "implementations"):
         for k, v in flatten(r.get(section) or {}).items():
             row[f"{section}.{k}"] = v
+    return row
+
+
+def check_columns(check: dict) -> dict:
+    """The cell's verification: against its dtype's reference, and a low-precision cell's distance
+    from float32 (low_precision_measured False: its bench JSON had no such block)."""
+    row = {
+        "verify_reference": check["reference"],
+        "verify_tokens_equal": check["tokens_equal"],
+        "verify_max_abs_diff": check["max_abs_diff"],
+        "verify_l2_rel_diff": check["l2_rel_diff"],
+        "verify_atol": check.get("atol"),
+        "verify_ok": check["ok"],
+    }
+    low = check.get("low_precision")
+    if low is not None:
+        row["low_precision_measured"] = low["measured"]
+        row.update({f"low_precision_{k}": low.get(k) for k in LOW_PRECISION_KEYS})
     return row
 
 
@@ -104,17 +123,12 @@ def cell_rows(cells: list[Cell]) -> list[dict]:
             "algorithm": c.algo,
             "nranks": c.nranks,
             "prompt_len": c.prompt_len,
+            "dtype": c.dtype,
         }
         if c.run:
             row.update(run_columns(c, speed))
         if c.check:
-            row.update(
-                verify_reference=c.check["reference"],
-                verify_tokens_equal=c.check["tokens_equal"],
-                verify_max_abs_diff=c.check["max_abs_diff"],
-                verify_l2_rel_diff=c.check["l2_rel_diff"],
-                verify_ok=c.check["ok"],
-            )
+            row.update(check_columns(c.check))
         rows.append(row)
     return rows
 

@@ -1,11 +1,13 @@
-"""The per-cell tables: per prompt length, prefill and decode per rank count (the fastest row bold,
-the HF baseline beside the 1-rank cells), scaling with ranks; and the cells without a result.
+"""The per-cell tables: per prompt length and dtype (float32 first), prefill and decode per rank count
+(the fastest row of its dtype bold, the HF baseline beside the float32 1-rank cells), scaling with
+ranks against the 1-rank cell of the same dtype; and the cells without a result.
 
 Rendered from summary.json's "cells" rows (the CSV's), "rankings" and "baselines" records.
 """
 
 from __future__ import annotations
 
+from pipeline.cells import DTYPES, REFERENCE_DTYPE
 from pipeline.report import baselines as hf
 from pipeline.report.fmt import PHASES, fnum, pct, ranks, ratio, table, tok_s
 
@@ -73,12 +75,17 @@ def cell_row(row: dict, phase: str, roofline: bool, bold: bool) -> list[str]:
     return [f"**{x}**" for x in out] if bold else out
 
 
-def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
+def dtype_words(dtype: str | None) -> str:
+    """ ", bf16 weights" in a heading of the dtype axis; nothing without one."""
+    return f", {dtype} weights" if dtype else ""
+
+
+def phase_intro(rows: list[dict], prompt_len: int, phase: str, dtype: str | None = None) -> list[str]:
     measured = [r for r in rows if r["status"] == "ok"]
     if phase == "prefill":
         iters = measured[0]["iters"] if measured else "the"
         return [
-            f"### Prefill ({prompt_len} prompt tokens into an empty cache)",
+            f"### Prefill{dtype_words(dtype)} ({prompt_len} prompt tokens into an empty cache)",
             "",
             "median ms and tokens/s over the timed iterations (slowest rank); the seed's metric sums the "
             f"prefill time of all {iters} iterations (tokens = prompt length x iterations), as in the seed's "
@@ -87,7 +94,7 @@ def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
         ]
     gen = f"{measured[0]['gen_len']} greedy tokens" if measured else "greedy tokens"
     return [
-        f"### Decode ({gen} after the prefill)",
+        f"### Decode{dtype_words(dtype)} ({gen} after the prefill)",
         "",
         "median ms for all decode steps of one iteration; tokens/s = generated tokens / that time.",
         "",
@@ -95,16 +102,18 @@ def phase_intro(rows: list[dict], prompt_len: int, phase: str) -> list[str]:
 
 
 def phase_tables(
-    rows: list[dict], prompt_len: int, phase: str, fastest: dict, baseline: dict | None
+    rows: list[dict], prompt_len: int, phase: str, fastest: dict, baseline: dict | None,
+    dtype: str | None = None,
 ) -> list[str]:
-    """One table per rank count at one prompt length; `fastest` maps a rank count to its fastest cell
-    (bold when the rank count has more than one measured cell)."""
+    """One table per rank count at one prompt length (`rows`: one dtype's, named in the headings when
+    given); `fastest` maps a rank count to its fastest cell (bold when the rank count has more than one
+    measured cell)."""
     sub = [r for r in rows if r["prompt_len"] == prompt_len]
     roofline = any(f"roofline.{phase}_fraction" in r for r in sub)
     head = (PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + (
         [ROOFLINE_HEAD[phase]] if roofline else []
     )
-    lines = phase_intro(sub, prompt_len, phase)
+    lines = phase_intro(sub, prompt_len, phase, dtype)
     for p in sorted({r["nranks"] for r in sub} | ({1} if baseline else set())):
         body = [cell_row(r, phase, roofline, r["cell"] == fastest.get(p)) for r in sub if r["nranks"] == p]
         if baseline and p == 1:
@@ -124,13 +133,14 @@ def scaling_cell(row: dict | None, phase: str) -> str:
     return fnum(row[f"{phase}_tokens_per_s"]) + (f" ({ratio(s)}, {pct(e)})" if s else "") + dagger(row)
 
 
-def scaling_tables(rows: list[dict], prompt_len: int) -> list[str]:
+def scaling_tables(rows: list[dict], prompt_len: int, dtype: str | None = None) -> list[str]:
     sub = [r for r in rows if r["prompt_len"] == prompt_len]
     ps = sorted({r["nranks"] for r in sub})
     lines = [
-        f"### Scaling with ranks (prompt {prompt_len})",
+        f"### Scaling with ranks (prompt {prompt_len}{dtype_words(dtype)})",
         "",
-        "tokens/s, then speed-up and parallel efficiency against the same strategy and algorithm on 1 rank.",
+        "tokens/s, then speed-up and parallel efficiency against the same strategy and algorithm on 1 rank"
+        + (" with the same weights." if dtype else "."),
         "",
     ]
     layouts = dict.fromkeys((r["strategy"], r["algorithm"]) for r in sub)
@@ -143,23 +153,35 @@ def scaling_tables(rows: list[dict], prompt_len: int) -> list[str]:
     return lines
 
 
-def fastest_by_ranks(rankings: list[dict], prompt_len: int, phase: str) -> dict[int, str]:
-    """Rank count -> its fastest cell, where it had a runner-up to beat."""
+def fastest_by_ranks(rankings: list[dict], prompt_len: int, phase: str,
+                     dtype: str = REFERENCE_DTYPE) -> dict[int, str]:
+    """Rank count -> its fastest cell of the dtype, where it had a runner-up to beat."""
     return {
         r["nranks"]: r["cells"][0]["cell"]
         for r in rankings
-        if (r["prompt_len"], r["phase"]) == (prompt_len, phase) and len(r["cells"]) > 1
+        if (r["prompt_len"], r["phase"], r.get("dtype", REFERENCE_DTYPE)) == (prompt_len, phase, dtype)
+        and len(r["cells"]) > 1
     }
 
 
+def row_dtype(row: dict) -> str:
+    return row.get("dtype", REFERENCE_DTYPE)
+
+
 def per_length(summary: dict) -> list[str]:
-    """The per-cell tables of every prompt length."""
+    """The per-cell tables of every prompt length, one dtype after the other (float32 first)."""
     rows = summary["cells"]
+    axis = any(row_dtype(r) != REFERENCE_DTYPE for r in rows)
     lines = []
     for n in sorted({r["prompt_len"] for r in rows}):
-        baseline = next((b for b in summary["baselines"] if b["available"] and b["prompt_len"] == n), None)
         lines += [f"## Prompt length {n}", ""]
-        for phase in PHASES:
-            lines += phase_tables(rows, n, phase, fastest_by_ranks(summary["rankings"], n, phase), baseline)
-        lines += scaling_tables(rows, n)
+        for dtype in (d for d in DTYPES if any(row_dtype(r) == d and r["prompt_len"] == n for r in rows)):
+            sub = [r for r in rows if row_dtype(r) == dtype]
+            baseline = next((b for b in summary["baselines"] if b["available"] and b["prompt_len"] == n
+                             and b.get("dtype", REFERENCE_DTYPE) == dtype), None)
+            named = dtype if axis else None
+            for phase in PHASES:
+                fastest = fastest_by_ranks(summary["rankings"], n, phase, dtype)
+                lines += phase_tables(sub, n, phase, fastest, baseline, named)
+            lines += scaling_tables(sub, n, named)
     return lines

@@ -1,16 +1,21 @@
-"""Hold every benchmark cell's outputs against the single-rank reference cell.
+"""Hold every benchmark cell's outputs against the single-rank reference cell of its dtype.
 
     python -m pipeline verify --runs results/runs/*.json --atol 1e-3 --rtol 1e-4 \
         --out-md results/verification.md --out-json results/verification.json
 
-The reference, per (prompt length, gen length): the 1-rank cell, preferring head-wise over
-sequence and standard over online_softmax (the plainest path: one rank, no communication,
-the textbook softmax). Every cell, including the other 1-rank cells, is compared with it, so
-one table answers "do all strategies, algorithms and rank counts compute the same thing":
+The reference, per (prompt length, gen length, dtype): the 1-rank cell of that dtype, preferring
+head-wise over sequence and standard over online_softmax (the plainest path: one rank, no
+communication, the textbook softmax). Every cell, including the other 1-rank cells, is compared
+with it, so one table per dtype answers "do all strategies, algorithms and rank counts compute
+the same thing":
   - the prompt token ids are identical (otherwise the comparison is meaningless);
   - the greedy tokens are identical, exactly;
   - the logits digests (first 8 logits after the prefill and at the last decode step) differ
-    by at most `atol`, their L2 norms (the whole vocabulary row) by at most `rtol` relatively.
+    by at most the dtype's atol, their L2 norms (the whole vocabulary row) by at most its rtol
+    relatively (TOLERANCES: float32 takes --atol/--rtol, the others theirs, with the reason).
+A low-precision (bf16, int8) cell also carries how far it is from float32 (its bench JSON's
+`low_precision` block: NMSE, KL mean/max, top-1 agreement, teacher-forced): stated, not judged,
+and "not measured" when the block is absent.
 A mismatch exits with status 1 and names the cells; the tables are written first.
 """
 
@@ -20,12 +25,65 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model_export.atomic import write_text_atomic
-from pipeline.cells import CellId
+from pipeline.cells import DTYPES, MANIFEST_DTYPES, REFERENCE_DTYPE, CellId
 
 SCHEMA = Path(__file__).parents[1] / "study" / "schemas" / "bench.schema.json"
+LOW_PRECISION_KEYS = ("steps", "nmse", "kl_mean", "kl_max", "top1_agreement")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a cell's logits may be from its dtype's 1-rank reference."""
+
+    atol: float  # max |difference| of the logits digests: absolute, or per unit of scale (scaled)
+    rtol: float  # max relative difference of the logits row's L2 norm
+    scaled: bool  # atol x max(1, the reference digests' largest |logit|): rounding relative to the value
+    reason: str
+
+
+# bf16: the weights are the same bits on every layout and products accumulate in float32, but from 8
+# rows a product runs on the bf16 units, its input activations rounded to bf16 (2^-9 relative). A
+# float32 summation-order difference (a rank's partial sums, the Allreduce) moves an input across a
+# bf16 rounding boundary now and then, so layouts differ by bf16 roundings, not float32 ones. Measured
+# on the synthetic Qwen3-0.6B (128-token prompt, 32 steps; digests' largest |logit| 1.4), head-wise
+# 2 ranks against 1: 3.2e-3 on the digests, 9.1e-3 anywhere in the row (6.4e-3 per unit of scale),
+# 7.9e-6 on the L2 norm; sequence and layer 2 ranks <= 1e-6. 1e-2 per unit covers the whole row's;
+# a real bug (a shard's wrong block, a missed Allreduce) moves these logits by O(0.1) or more.
+BF16_ATOL = 1e-2
+# int8: activations are quantized per token to 8 bits (step max|x| / 127). Under a head-wise level
+# o_proj's and down_proj's input scale is taken over a rank's block of heads / features, and elsewhere
+# a float32 summation-order difference flips an 8-bit rounding now and then: either way the layouts
+# differ by int8 roundings, through every layer. tests/engine/test_int8.py measured 8.0e-3 on tiny
+# 4-layer models (INT8_HEADWISE_ACROSS_RANKS = 2e-2 for logits of ~0.65); the 28-layer synthetic
+# Qwen3-0.6B (digests' largest |logit| 1.2), 2 ranks against 1, before the tokens part: head-wise 4.0e-2
+# on the digests and 0.12 anywhere in the row, sequence (decode only) 4.6e-2 / 8e-2, layer 0. 0.1 per
+# unit covers the whole row's. That is as wide as int8 is from float32 on the prefill digests (4.9e-2),
+# so the digests cannot tell the dtypes apart (the export-dtype check does); they still catch a layout
+# bug (O(1)), and the greedy tokens must be identical as for every dtype.
+INT8_ATOL = 1e-1
+# the row's L2 norm: measured 9e-4 at most over the 32 steps (head-wise and sequence, 2 ranks).
+INT8_RTOL = 2e-3
+
+
+def tolerances(atol: float, rtol: float) -> dict[str, Tolerance]:
+    """Per dtype, written once: float32 takes the configured atol/rtol, the others their own."""
+    return {
+        "float32": Tolerance(atol, rtol, False, "float32: only summation order differs between layouts"),
+        "bf16": Tolerance(BF16_ATOL, rtol, True, "bf16 activations: layouts differ by bf16 roundings"),
+        "int8": Tolerance(INT8_ATOL, INT8_RTOL, True,
+                          "int8 activations: layouts differ by 8-bit roundings"),
+    }
+
+
+def logits_scale(ref: dict) -> float:
+    """The reference's largest |logit| in its digests (at least 1): what a scaled atol is per unit of."""
+    out = ref["output"]
+    values = [abs(x) for k in ("prefill_logits", "final_logits") for x in out[k]["first8"]]
+    return max([1.0, *(v for v in values if math.isfinite(v))])
 
 
 class RunError(ValueError):
@@ -71,14 +129,39 @@ def reference_key(run: dict) -> tuple:
     return (c["parallel_strategy"] != "headwise", c["attention_algo"] != "standard", CellId.of_run(run).name)
 
 
-def references(runs: dict[str, dict]) -> dict[tuple[int, int], str]:
-    """(prompt_len, gen_len) -> name of its reference cell."""
-    refs: dict[tuple[int, int], str] = {}
+def group(run: dict) -> tuple[int, int, str]:
+    """(prompt_len, gen_len, dtype): the cells one reference is for."""
+    return run["cell"]["prompt_len"], run["cell"]["gen_len"], CellId.of_run(run).dtype
+
+
+def references(runs: dict[str, dict]) -> dict[tuple[int, int, str], str]:
+    """(prompt_len, gen_len, dtype) -> name of its reference cell."""
+    refs: dict[tuple[int, int, str], str] = {}
     for name, run in sorted(runs.items(), key=lambda item: reference_key(item[1])):
-        c = run["cell"]
-        if c["nranks"] == 1:
-            refs.setdefault((c["prompt_len"], c["gen_len"]), name)
+        if run["cell"]["nranks"] == 1:
+            refs.setdefault(group(run), name)
     return refs
+
+
+def export_dtype_problem(run: dict) -> str | None:
+    """The export the cell ran must hold the cell's dtype (a workflow mix-up would verify nothing)."""
+    stored = MANIFEST_DTYPES.get((run.get("model") or {}).get("dtype"))
+    dtype = CellId.of_run(run).dtype
+    if stored is not None and stored != dtype:
+        return f"the export holds {stored} weights, not the cell's {dtype}"
+    return None
+
+
+def low_precision(run: dict) -> dict | None:
+    """A low-precision cell's distance from float32 ({measured: False} without the block); None for
+    float32."""
+    if not CellId.of_run(run).low_precision:
+        return None
+    block = run.get("low_precision")
+    if not isinstance(block, dict):
+        return {"measured": False}
+    return {"measured": True, "reference_export": block.get("reference_export"),
+            **{k: block.get(k) for k in LOW_PRECISION_KEYS}}
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
@@ -95,7 +178,8 @@ def rel_diff(a: float, b: float) -> float:
 
 
 def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
-    """One cell against its reference: every number the verification table shows."""
+    """One cell against its reference at these (already scaled) tolerances: every number the
+    verification table shows."""
     out, ref_out = run["output"], ref["output"]
     tokens, ref_tokens = out["greedy_tokens"], ref_out["greedy_tokens"]
     first_diff = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens, strict=False)) if a != b), None)
@@ -107,7 +191,7 @@ def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
     }
     l2 = max(rel_diff(out[phase]["l2"], ref_out[phase]["l2"]) for phase in ("prefill_logits", "final_logits"))
     same_prompt = out["prompt_ids"] == ref_out["prompt_ids"]
-    problems = []
+    problems = [p for p in (export_dtype_problem(run),) if p]
     if not same_prompt:
         problems.append("different prompt token ids")
     if first_diff is not None:
@@ -120,6 +204,7 @@ def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
     return {
         "cell": CellId.of_run(run).name,
         "reference": CellId.of_run(ref).name,
+        "dtype": CellId.of_run(run).dtype,
         "same_prompt": same_prompt,
         "tokens_equal": first_diff is None,
         "first_token_mismatch": first_diff,
@@ -127,6 +212,9 @@ def compare(run: dict, ref: dict, atol: float, rtol: float) -> dict:
         "max_abs_diff_final": diffs["final_logits"],
         "max_abs_diff": max(diffs.values()),
         "l2_rel_diff": l2,
+        "atol": atol,
+        "rtol": rtol,
+        "low_precision": low_precision(run),
         "ok": not problems,
         "problems": problems,
     }
@@ -137,6 +225,7 @@ def unverified(run: dict, problem: str) -> dict:
     return {
         "cell": CellId.of_run(run).name,
         "reference": "—",
+        "dtype": CellId.of_run(run).dtype,
         "same_prompt": False,
         "tokens_equal": False,
         "first_token_mismatch": None,
@@ -144,29 +233,36 @@ def unverified(run: dict, problem: str) -> dict:
         "max_abs_diff_final": nan,
         "max_abs_diff": nan,
         "l2_rel_diff": nan,
+        "atol": nan,
+        "rtol": nan,
+        "low_precision": low_precision(run),
         "ok": False,
         "problems": [problem],
     }
 
 
 def verify(runs: dict[str, dict], atol: float, rtol: float, strict: bool = True) -> dict:
-    """Every run against its reference. A prompt length without a 1-rank cell raises RunError,
-    or (strict=False, for a report over a partial matrix) fails just the cells concerned."""
-    refs = references(runs)
+    """Every run against its dtype's reference at its dtype's tolerance (`atol`/`rtol`: float32's). A
+    (prompt length, dtype) without a 1-rank cell raises RunError, or (strict=False, for a report over
+    a partial matrix) fails just the cells concerned."""
+    refs, tols = references(runs), tolerances(atol, rtol)
     cells = []
     for name, run in sorted(runs.items(), key=lambda item: sort_key(item[1])):
-        c = run["cell"]
-        key = (c["prompt_len"], c["gen_len"])
+        key = group(run)
         if key not in refs:
-            problem = f"no 1-rank cell with prompt_len={key[0]} and gen_len={key[1]} to verify against"
+            problem = (f"no 1-rank cell with prompt_len={key[0]} and gen_len={key[1]}"
+                       + (f" (dtype {key[2]})" if key[2] != REFERENCE_DTYPE else "") + " to verify against")
             if strict:
                 raise RunError(f"{name}: {problem} (the ranks must include 1)")
             cells.append(unverified(run, problem))
             continue
-        cells.append(compare(run, runs[refs[key]], atol, rtol))
+        ref, tol = runs[refs[key]], tols[key[2]]
+        scale = logits_scale(ref) if tol.scaled else 1.0
+        cells.append(compare(run, ref, tol.atol * scale, tol.rtol))
     return {
         "atol": atol,
         "rtol": rtol,
+        "tolerances": {d: asdict(t) for d, t in tols.items()},
         "references": sorted(set(refs.values())),
         "ok": all(c["ok"] for c in cells),
         "cells": cells,
@@ -174,9 +270,11 @@ def verify(runs: dict[str, dict], atol: float, rtol: float, strict: bool = True)
 
 
 def sort_key(run: dict) -> tuple:
-    """Matrix order: prompt length, strategy, algorithm, ranks (the plain variants first)."""
+    """Matrix order: dtype (float32 first), prompt length, strategy, algorithm, ranks (the plain
+    variants first)."""
     c = run["cell"]
     return (
+        DTYPES.index(CellId.of_run(run).dtype),
         c["prompt_len"],
         c["parallel_strategy"] != "headwise",
         c["parallel_strategy"],
@@ -192,30 +290,72 @@ def fmt_diff(x: float | str | None) -> str:
     return ("—" if math.isnan(x) else "inf") if not math.isfinite(x) else f"{x:.2e}"
 
 
+def cell_dtype(check: dict) -> str:
+    """A verification row's dtype (rows written before the dtype axis have none: from the name)."""
+    return check.get("dtype") or CellId.parse(check["cell"]).dtype
+
+
+def by_dtype(result: dict) -> dict[str, list[dict]]:
+    """The verification rows per dtype, float32 first."""
+    out: dict[str, list[dict]] = {}
+    for c in sorted(result["cells"], key=lambda c: DTYPES.index(cell_dtype(c))):
+        out.setdefault(cell_dtype(c), []).append(c)
+    return out
+
+
+def tolerance_text(result: dict, dtype: str) -> str:
+    """ "logits within 0.01 per unit of the reference's largest |logit| (at least 1), L2 within 0.0001"."""
+    tol = (result.get("tolerances") or {}).get(dtype) or {"atol": result["atol"], "rtol": result["rtol"],
+                                                           "scaled": False}
+    how = " per unit of the reference's largest |logit| (at least 1)" if tol["scaled"] else " (absolute)"
+    return f"logits within {tol['atol']:g}{how}, the L2 norm within {tol['rtol']:g} (relative)"
+
+
+def low_precision_cells(c: dict) -> list[str]:
+    """NMSE, KL mean / max and top-1 agreement against float32, or "not measured"."""
+    low = c.get("low_precision")
+    if not low or not low.get("measured"):
+        return ["not measured"] * 3
+    return [fmt_diff(low["nmse"]), f"{fmt_diff(low['kl_mean'])} / {fmt_diff(low['kl_max'])}",
+            f"{100 * low['top1_agreement']:.1f}% of {low['steps']}"]
+
+
+def table_row(c: dict, extra: bool) -> str:
+    tokens = (
+        "yes"
+        if c["tokens_equal"]
+        else "—"
+        if c["first_token_mismatch"] is None
+        else f"no (from step {c['first_token_mismatch']})"
+    )
+    result_text = (
+        "reference"
+        if c["cell"] == c["reference"]
+        else ("ok" if c["ok"] else "**MISMATCH**: " + "; ".join(c["problems"]))
+    )
+    cols = [c["cell"], c["reference"], tokens, fmt_diff(c["max_abs_diff_prefill"]),
+            fmt_diff(c["max_abs_diff_final"]), fmt_diff(c["l2_rel_diff"])]
+    if extra:
+        cols += [fmt_diff(c.get("atol")), *low_precision_cells(c)]
+    return "| " + " | ".join([*cols, result_text]) + " |"
+
+
 def render_table(result: dict) -> list[str]:
-    lines = [
-        "| cell | reference | tokens equal | max abs diff, prefill logits | max abs diff, final logits "
-        "| L2 rel. diff | result |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in result["cells"]:
-        tokens = (
-            "yes"
-            if c["tokens_equal"]
-            else "—"
-            if c["first_token_mismatch"] is None
-            else f"no (from step {c['first_token_mismatch']})"
-        )
-        result_text = (
-            "reference"
-            if c["cell"] == c["reference"]
-            else ("ok" if c["ok"] else "**MISMATCH**: " + "; ".join(c["problems"]))
-        )
-        lines.append(
-            f"| {c['cell']} | {c['reference']} | {tokens} | {fmt_diff(c['max_abs_diff_prefill'])} "
-            f"| {fmt_diff(c['max_abs_diff_final'])} | {fmt_diff(c['l2_rel_diff'])} | {result_text} |"
-        )
-    return lines
+    """One table per dtype (a heading and its tolerance when the result holds more than float32);
+    a low-precision dtype's also states its tolerance here and its distance from float32."""
+    groups = by_dtype(result)
+    lines = []
+    for dtype, rows in groups.items():
+        extra = dtype != REFERENCE_DTYPE
+        head = ["cell", "reference", "tokens equal", "max abs diff, prefill logits",
+                "max abs diff, final logits", "L2 rel. diff"]
+        if extra:
+            head += ["atol here", "NMSE vs float32", "KL vs float32, mean / max", "top-1 = float32"]
+        if len(groups) > 1 or extra:
+            lines += [f"**{dtype}**: {tolerance_text(result, dtype)}.", ""]
+        lines += ["| " + " | ".join([*head, "result"]) + " |", "|" + "---|" * (len(head) + 1),
+                  *(table_row(c, extra) for c in rows), ""]
+    return lines[:-1]
 
 
 def render_markdown(result: dict) -> str:
@@ -231,8 +371,8 @@ def render_markdown(result: dict) -> str:
         "",
         "Generated by `python -m pipeline verify` from the bench JSONs; do not edit.",
         "",
-        f"Tolerances: logits |diff| <= {result['atol']:g} (absolute), L2 norm of the logits row "
-        f"<= {result['rtol']:g} (relative); greedy tokens must be identical.",
+        "Each cell against the 1-rank cell of its dtype; greedy tokens must be identical. Tolerances: "
+        + "; ".join(f"{d}: {tolerance_text(result, d)}" for d in by_dtype(result)) + ".",
         "",
         status,
         "",
