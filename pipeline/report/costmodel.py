@@ -108,6 +108,7 @@ def group(g: dict, fixed: dict | None = None) -> dict:
         "cluster": g.get("cluster") or {},
         "curves": curves(g.get("curves", [])),
         "network": network.records(g, fixed),
+        "crossed": network.crossed(g.get("cells", [])),
     }
 
 
@@ -289,6 +290,7 @@ def lines(rec: dict | None) -> list[str]:
         if len(rec["groups"]) > 1:
             out += [f"### {g['layers'] or '?'}-layer model, {g['dtype'] or '?'} weights", ""]
         out += calibration_lines(g["calibration"]) + intra_node_lines(g["intra_node"]) + predicted_lines(g)
+        out += network.crossed_lines(g.get("crossed"))
         out += network.lines(g.get("network"))
         out += [cluster_statement(g["cluster"]), ""] if g["cluster"] else []
         out += curve_lines(g["curves"])

@@ -22,12 +22,14 @@ def _where(r: dict) -> str:
 
 
 def cell_rows(cells: list[dict]) -> list[dict]:
-    """One row per held-out cell and phase."""
+    """One row per cell and phase."""
     rows = []
     for c in cells:
         for phase in PHASES:
             rows.append({
                 "cell": c["cell"], "network": c["network"], "phase": phase,
+                "predicted_on": c.get("predicted_on", c["network"]),
+                "nodes": c.get("nodes", len(set(c.get("hosts") or []))),
                 "crossed_network": c.get("crossed_network", False), "hosts": c.get("hosts", []),
                 "placement": c.get("placement", []),
                 "measured_tok_s": c.get(f"measured_{phase}_tok_s"),
@@ -52,6 +54,36 @@ def records(g: dict, fixed: dict | None) -> dict | None:
             "error": net.get("error", []), "fixed_cost": fixed or {}}
 
 
+def crossed(cells: list[dict]) -> dict | None:
+    """The matrix's cells whose ranks ran on several hosts (the matrix across the emulated
+    cluster), per phase, with the link they are predicted on; None when every cell stayed on one."""
+    over = [c for c in cells if c.get("crossed_network")]
+    if not over:
+        return None
+    return {"cells": sorted({c["cell"] for c in over}), "links": sorted({c["network"] for c in over}),
+            "predicted_on": sorted({c.get("predicted_on", c["network"]) for c in over}),
+            "rows": cell_rows(over)}
+
+
+def crossed_lines(rec: dict | None) -> list[str]:
+    """The matrix's cells that crossed the emulated network: which, at what link speed, predicted
+    beside measured with that link's network, time split three ways and where the ranks ran."""
+    if not rec:
+        return []
+    head = ["cell", "link", "nodes", "phase", "measured tok/s", "predicted tok/s", "error",
+            "compute / transfer / waiting ms", "predicted comm / waiting / fixed ms", "ranks' host: CPUs"]
+    body = [[r["cell"], r["network"], str(r["nodes"]), r["phase"], fnum(r["measured_tok_s"]),
+             fnum(r["predicted_tok_s"]), f"{r['error_pct']:+.0f}%" if is_number(r["error_pct"]) else "—",
+             f"{_ms(r['compute_s'])} / {_ms(r['transfer_s'])} / {_ms(r['wait_s'])}",
+             " / ".join(_ms(r[k]) for k in ("predicted_comm_s", "predicted_wait_s", "predicted_fixed_s")),
+             _where(r)] for r in rec["rows"]]
+    on = ", ".join(rec["predicted_on"])
+    return [f"Cells of the matrix that crossed the emulated network ({', '.join(rec['links'])} links, "
+            f"ranks on several nodes): {', '.join(rec['cells'])}. Their calls between nodes are "
+            f"predicted on: {on}.", "",
+            *table(head, body), ""]
+
+
 def network_line(n: dict) -> str:
     if n.get("skipped"):
         return f"- {n['network']}: not measured ({n['skipped']})."
@@ -62,9 +94,13 @@ def network_line(n: dict) -> str:
     where = "this machine" if n["network"] == "shm" else f"{n.get('nodes')} emulated nodes"
     failed = "".join(f" Failed: {f['cell']} ({f['reason']})." for f in n.get("failed", []))
     src = f" (from {', '.join(n['per_call_from'])})" if n.get("per_call_from") else " (tiny model)"
+    per_class = "; ".join(
+        f"{'≤ ' + fnum(c['up_to_bytes'] / 1024) + ' KiB' if c['up_to_bytes'] else 'larger'} "
+        f"{fnum(1e6 * c['per_call_s'], 1)} µs" for c in n.get("per_call_classes", []))
+    inside = per_class or f"{fnum(1e6 * n.get('per_call_s', 0), 1)} µs"
     return (f"- {n['network']} ({where}): {classes or 'one class'}; in situ per collective "
-            f"{fnum(1e6 * n.get('per_call_s', 0), 1)} µs inside MPI and "
-            f"{fnum(1e6 * n.get('wait_per_call_s', 0), 1)} µs waiting{src}.{failed}")
+            f"inside MPI {inside}, waiting {fnum(100 * n.get('wait_fraction', 0), 1)}% of compute"
+            f"{src}.{failed}")
 
 
 def error_lines(rows: list[dict]) -> list[str]:

@@ -176,51 +176,69 @@ def test_one_thread_calibration_cell_scales_bandwidth_to_the_node():
     bw_one = cm.calibrate(CFG06, [one])["standard"]["mem_gb_s_per_node"]
     assert bw_two == pytest.approx(steps / two["decode"]["median_s"] / 1e9)
     assert bw_one == pytest.approx(2 * bw_two)
+    # and a one-thread rank alone on the node streams at its share (1 of 2 cores): its own cell back
+    cell = cm.build([one], None)["groups"][0]["cells"][0]
+    assert cell["predicted_decode_tok_s"] == pytest.approx(10, rel=1e-9)
+    assert cell["predicted_prefill_tok_s"] == pytest.approx(150, rel=1e-9)
+    assert cm.local_placement(1, 2, 1).bandwidth_share() == 0.5
+    assert cm.local_placement(2, 2, 1).bandwidth_share() == cm.local_placement(4, 2, 1).bandwidth_share() * 2
 
 
-def test_cost_per_call_in_situ_from_a_cell_that_is_not_held_out():
-    """A P=2 head-wise cell whose transfer is the sweep's prediction plus a known cost per call
-    and whose waiting is a known time per call gives both back (calls counted from the layout)."""
+def test_cost_per_call_in_situ_per_size_class_and_waiting_per_second_of_compute():
+    """A P=2 head-wise cell whose transfer is the sweep's prediction plus a known cost per call of
+    each size class and whose waiting is a known fraction of its compute gives them back. Its calls,
+    counted by hand: prefill 2L Allreduces of 128 x 1024 x 4 B = 512 KiB and the logits' Allgather
+    (V x 4 / 2 B per rank), all above 64 KiB; a decode step 2L Allreduces of 4 KiB below it and
+    the same Allgather above."""
     from pipeline.study.costmodel.heldout import in_situ
-    from pipeline.study.costmodel.network import call_count
 
     comm = sweep(30e-6, 5e-8, 200e-6, 8e-9)
     net, _ = cm.network_from_comm(comm)
     run = fake_run("headwise", "online_softmax", 2, 128, 150, 10)
-    pre = LAYOUTS["headwise"](CFG06, 2, 128, 1, True, 4).calls
-    dec = LAYOUTS["headwise"](CFG06, 2, 128, 129, False, 4).calls
-    gen = run["cell"]["gen_len"]
-    assert call_count(dec, 2) == 2 * CFG06.num_hidden_layers + 1
-    for phase, calls, steps in (("prefill", pre, 1), ("decode", dec, gen)):
-        n = steps * call_count(calls, 2)
-        run[phase].update({"transfer_s": steps * comm_time(calls, 2, net) + n * 300e-6, "wait_s": n * 50e-6})
-    per_call, wait = in_situ(CFG06, [run], net, 4)
-    assert per_call == pytest.approx(300e-6) and wait == pytest.approx(50e-6)
-    slow = cm.Network(net.alpha, net.beta, net.classes, per_call, wait)
+    L, gen, small, large = CFG06.num_hidden_layers, run["cell"]["gen_len"], 300e-6, 900e-6
+    sweep_pre = 2 * L * (2 * 200e-6 + (512 << 10) * 8e-9) + 200e-6 + CFG06.vocab_size * 4 / 2 * 8e-9
+    sweep_dec = 2 * L * (2 * 30e-6 + 4096 * 5e-8) + 200e-6 + CFG06.vocab_size * 4 / 2 * 8e-9
+    run["prefill"].update(transfer_s=sweep_pre + (2 * L + 1) * large, compute_s=0.5, wait_s=0.04)
+    run["decode"].update(transfer_s=gen * (sweep_dec + 2 * L * small + large), compute_s=1.5, wait_s=0.12)
+    got = in_situ(CFG06, [run], net, 4)
+    (up1, x1), (up2, x2) = got["per_call_classes"]
+    assert (up1, x1, x2) == (64 << 10, pytest.approx(small), pytest.approx(large)) and math.isinf(up2)
+    assert got["wait_fraction"] == pytest.approx(0.16 / 2.0)
+    slow = cm.Network(net.alpha, net.beta, net.classes, wait_fraction=got["wait_fraction"],
+                      per_call_classes=got["per_call_classes"])
     place, rates = cm.local_placement(2, 2, 1), cm.Rates(1e11, 1e11, 1e11, 2e10)
     t = cm.phase_time(CFG06, "headwise", "decode", 1, place, rates, slow, 4, context=128)
-    assert t["wait_s"] == pytest.approx(call_count(dec, 2) * 50e-6)
-    busy = max(t["flop_s"], t["memory_s"])
-    assert t["total_s"] == pytest.approx(busy + t["fixed_s"] + t["comm_s"] + t["wait_s"])
+    assert t["comm_s"] == pytest.approx(sweep_dec + 2 * L * small + large)
+    busy = max(t["flop_s"], t["memory_s"]) + t["fixed_s"]  # decode: the FLOPs hide under the stream
+    assert t["wait_s"] == pytest.approx(0.08 * busy)
+    assert t["total_s"] == pytest.approx(busy + t["comm_s"] + t["wait_s"])
+    pre = cm.phase_time(CFG06, "headwise", "prefill", 128, place, rates, slow, 4)
+    assert pre["total_s"] == pytest.approx(pre["flop_s"] + pre["memory_s"] + pre["fixed_s"] + pre["comm_s"]
+                                           + 0.08 * (pre["flop_s"] + pre["memory_s"] + pre["fixed_s"]))
 
 
-def test_rank_speed_among_others_from_a_cell_that_is_not_held_out():
-    """A P=2 cell whose measured compute is twice the model's busy time gives speed 0.5 per phase,
-    and the slowed calibration halves every rate."""
-    from pipeline.study.costmodel.heldout import concurrency, slowed
+def test_rank_speed_among_others_is_the_median_of_every_sessions_cells():
+    """A P=2 cell whose measured compute is twice the model's busy time gives speed 0.5 per phase;
+    the speed at P is the median over the samples of every session; pipeline cells are left out
+    (a stage's compute is its own, the prediction the whole path); the slowed calibration scales
+    every rate."""
+    from pipeline.study.costmodel.heldout import concurrency, rank_speeds, slowed
 
     calib = [fake_run("headwise", "standard", 1, 128, 150, 10)]
     cal = cm.calibrate(CFG06, calib)
     net = cm.Network(5e-6, 2e-10)
     run = fake_run("headwise", "standard", 2, 128, 150, 10)
-    run["cell"]["threads_per_rank"] = 1
     rates = cm.Rates(**cal["standard"]["rates"])
     p = cm.predict(CFG06, "headwise", 2, 128, cm.local_placement(2, 2, 1), rates, net, 4,
                    gen_len=run["cell"]["gen_len"])
     for phase, speed in (("prefill", 0.5), ("decode", 0.8)):
         run[phase]["compute_s"] = (p[phase]["total_s"] - p[phase]["comm_s"]) / speed
-    speed = concurrency(CFG06, [run], cal, net, 4, cm.FixedCost())
-    assert speed[2] == (pytest.approx(0.5), pytest.approx(0.8))
+    layer = fake_run("layer", "standard", 2, 128, 150, 10)
+    layer["prefill"]["compute_s"] = layer["decode"]["compute_s"] = 1.0
+    samples = rank_speeds(CFG06, [run, layer], cal, net, 4, cm.FixedCost())
+    assert samples == [(2, pytest.approx(0.5), pytest.approx(0.8))]
+    speed = concurrency([*samples, (2, 0.9, 0.6), (2, 0.7, 0.7), (4, 0.3, 0.2)])
+    assert speed[2] == (pytest.approx(0.7), pytest.approx(0.7)) and speed[4] == (0.3, 0.2)
     r, s = cal["standard"]["rates"], slowed(cal, (0.5, 0.8))["standard"]["rates"]
     assert s["f_mm"] == pytest.approx(0.5 * r["f_mm"])
     assert s["bandwidth"] == pytest.approx(0.8 * r["bandwidth"])

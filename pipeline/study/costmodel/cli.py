@@ -19,7 +19,15 @@ from pipeline.study.costmodel.extrapolate import (
     parse_cluster,
     predicted_curves,
 )
-from pipeline.study.costmodel.heldout import PHASES, error_summary, measured_cell, network_cells, network_of
+from pipeline.study.costmodel.heldout import (
+    PHASES,
+    error_summary,
+    link_label,
+    measured_cell,
+    network_cells,
+    network_of,
+    networks_of,
+)
 from pipeline.study.costmodel.network import Network, network_from_comm
 from pipeline.study.costmodel.work import FixedCost
 
@@ -39,15 +47,22 @@ def group_runs(runs: list[dict]) -> list[list[dict]]:
 
 def model_group(runs: list[dict], intra: Network, intra_info: dict, cluster: dict, ranks: list[int],
                 prompt_lens: list[int], records: list[dict] | None = None,
-                fixed: FixedCost | None = None) -> dict:
+                fixed: FixedCost | None = None, link_gbit: float | None = None) -> dict:
     """The cost model of one (model config, dtype) group: calibration, cells, error, curves, and
-    the netcal records' held-out cells on each network."""
+    the netcal records' held-out cells on each network.
+
+    The matrix's cells are predicted on the shared-memory session's network (sweep and in-situ
+    costs); a cell whose ranks ran on several hosts (the matrix across the emulated cluster, link
+    `link_gbit`) has its calls between hosts on that link's session network."""
     cfg = Qwen3Config.from_dict({**runs[0]["model"]["config"], "model_type": "qwen3"})
     b = dtype_bytes_of(runs[0])
     cal = calibrate(cfg, runs, fixed)
     order = sorted(runs, key=lambda r: (r["cell"]["parallel_strategy"], r["cell"]["attention_algo"],
                                         r["cell"]["prompt_len"], r["cell"]["nranks"]))
-    cells = [measured_cell(cfg, r, cal, intra, b, fixed) for r in order]
+    nets = networks_of(cfg, records or [], b, runs[0]["model"].get("dtype", "float32"))
+    link = emulated_label(link_gbit)
+    cells = [measured_cell(cfg, r, cal, nets.get("shm", intra), b, fixed, inter=nets.get(link), link=link)
+             for r in order]
     held_out = [x for x in cells if not x["calibration_cell"]]
     error = {"cells": len(cells), "held_out_cells": len(held_out)}
     for phase in PHASES:
@@ -70,11 +85,20 @@ def shm_record(records: list[dict]) -> dict | None:
     return next((r for r in records if r.get("link") == "shm" and not r.get("skipped")), None)
 
 
+def emulated_label(link_gbit: float | None) -> str:
+    """The network label of the matrix's cells that crossed the emulated cluster's links."""
+    if link_gbit is None:
+        return "emulated link (speed not given)"
+    return link_label(link_gbit) if link_gbit > 0 else "uncapped emulated link"
+
+
 def build(runs: list[dict], comm: dict | None, cluster: dict | None = None,
           ranks: list[int] | None = None, prompt_lens: list[int] | None = None,
-          network: list[dict] | None = None) -> dict:
+          network: list[dict] | None = None, link_gbit: float | None = None) -> dict:
     """The whole cost-model record from bench results, comm.json and netcal records (`network`):
-    the shared-memory record, when measured, gives the intra-node network and the fixed cost."""
+    the shared-memory record, when measured, gives the intra-node network and the fixed cost;
+    `link_gbit` is the link of the emulated cluster the matrix ran across (its cells whose ranks
+    ran on several hosts are predicted on that link's record)."""
     if not runs:
         raise ValueError("no bench results given")
     records = network or []
@@ -85,14 +109,14 @@ def build(runs: list[dict], comm: dict | None, cluster: dict | None = None,
     for g in group_runs(runs):
         try:
             groups.append(model_group(g, intra, intra_info, cluster or {}, ranks or DEFAULT_RANKS,
-                                      prompt_lens or DEFAULT_PROMPT_LENS, records, fixed))
+                                      prompt_lens or DEFAULT_PROMPT_LENS, records, fixed, link_gbit))
         except ValueError as e:  # e.g. a bf16 group without a single-rank cell: say so, go on
             skipped.append({"config": g[0]["model"]["config"], "dtype": g[0]["model"].get("dtype"),
                             "cells": [CellId.of_run(r).name for r in g], "reason": str(e)})
     if not groups:
         raise ValueError("; ".join(s["reason"] for s in skipped))
     return {"schema_version": SCHEMA_VERSION, "equations_md": EQUATIONS_MD.strip(), "skipped": skipped,
-            "fixed_cost": fixed_info,
+            "fixed_cost": fixed_info, "emulated_link_gbit": link_gbit,
             "strategies": {"headwise": "head-wise tensor parallel (engine)",
                            "sequence": "sequence parallel, contiguous token blocks (engine)",
                            "sequence_zigzag": "sequence parallel, zig-zag 2P-chunk balance (engine default)"},
@@ -117,6 +141,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pipeline.study.netcal results (results/network/*.json): held-out cells per network")
     p.add_argument("--cluster", nargs="*", default=[], metavar="KEY=VALUE|FILE",
                    help="the cluster to extrapolate to (see the keys below)")
+    p.add_argument("--emulated-link-gbit", type=float, default=None,
+                   help="the matrix ran across the emulated cluster with links of this Gb/s (0 = "
+                        "uncapped): its cells whose ranks ran on several hosts are predicted with that "
+                        "link's netcal record")
     p.add_argument("--ranks", nargs="+", type=int, default=DEFAULT_RANKS)
     p.add_argument("--prompt-lens", nargs="+", type=int, default=DEFAULT_PROMPT_LENS)
     p.add_argument("--out", required=True)
@@ -133,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
         comm = load_json(args.comm) if args.comm and Path(args.comm).exists() else None
         records = [load_json(p) for p in args.network if Path(p).exists()]
-        result = build(runs, comm, parse_cluster(args.cluster), args.ranks, args.prompt_lens, records)
+        result = build(runs, comm, parse_cluster(args.cluster), args.ranks, args.prompt_lens, records,
+                       args.emulated_link_gbit)
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,12 +4,15 @@ pipeline.study.netcal, run on shared memory and across emulated nodes at each li
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
+
+import numpy as np
 
 from model_export.config import Qwen3Config
 from pipeline.cells import CellId
 from pipeline.study.costmodel.calibrate import calibrate, cores_of, fixed_cost, per_call_cost
-from pipeline.study.costmodel.network import Network, call_count, comm_time, network_from_comm
+from pipeline.study.costmodel.network import SIZE_CLASSES, Network, class_counts, comm_time, network_from_comm
 from pipeline.study.costmodel.work import LAYOUTS, FixedCost, Rates, family, local_placement, predict
 
 PHASES = ("prefill", "decode")
@@ -24,9 +27,17 @@ def engine_strategy(cell: dict) -> str:
     return family(cell)
 
 
+def link_label(gbit: float | None) -> str:
+    """The name of a network in the output: "shm", or an emulated link's "10 Gb/s"."""
+    return "shm" if gbit is None else f"{gbit:g} Gb/s"
+
+
 def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, net: Network, dtype_bytes: float,
-                  fixed: FixedCost | None = None, network: str = "shm") -> dict:
-    """One bench cell beside the model's prediction of it on `net`.
+                  fixed: FixedCost | None = None, network: str = "shm", inter: Network | None = None,
+                  link: str | None = None) -> dict:
+    """One bench cell beside the model's prediction of it on `net`; when its ranks ran on more
+    than one host (environment.hosts) the calls that span hosts run on `inter`, the network of
+    the emulated link `link` ("10 Gb/s"), and the cell is labelled with that link.
 
     The ranks share this machine's cores whatever node they ran on: emulated nodes are network
     namespaces of one machine, so the placement is this machine's and only the network differs.
@@ -35,13 +46,17 @@ def measured_cell(cfg: Qwen3Config, run: dict, cal: dict, net: Network, dtype_by
     cores, _ = cores_of(run)
     place = local_placement(c["nranks"], cores, c["threads_per_rank"])
     rates = Rates(**cal[c["attention_algo"]]["rates"])
-    p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place, rates, net, dtype_bytes,
-                gen_len=c["gen_len"], fixed=fixed)
     hosts = run["environment"].get("hosts") or []
+    crossed = len(set(hosts)) > 1
+    if crossed and link:
+        network = link
+    p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"], place, rates, net, dtype_bytes,
+                gen_len=c["gen_len"], fixed=fixed, inter=inter if crossed else None, hosts=hosts)
     out = {"cell": name, "network": network, "parallel_strategy": c["parallel_strategy"],
            "attention_algo": c["attention_algo"], "nranks": c["nranks"], "prompt_len": c["prompt_len"],
            "gen_len": c["gen_len"], "threads_per_rank": c["threads_per_rank"], "hosts": hosts,
-           "crossed_network": len(set(hosts)) > 1,
+           "nodes": len(set(hosts)), "crossed_network": crossed,
+           "predicted_on": network if not crossed or inter is not None else "shm (its link not calibrated)",
            "placement": [r.get("cpus") for r in (run.get("placement") or {}).get("ranks", [])],
            "oversubscribed": bool(run["environment"].get("oversubscribed", False)),
            "calibration_cell": name in cal[c["attention_algo"]]["cells"] and network == "shm"}
@@ -77,7 +92,7 @@ def network_of(record: dict) -> tuple[Network, dict]:
 
 
 def label(record: dict) -> str:
-    return "shm" if record.get("link") == "shm" else f"{record.get('link_gbit'):g} Gb/s"
+    return link_label(None if record.get("link") == "shm" else record.get("link_gbit"))
 
 
 def same_model(cfg: Qwen3Config, runs: list[dict], dtype: str) -> list[dict]:
@@ -100,32 +115,53 @@ def session_model(cfg: Qwen3Config, rec: dict, cal: dict, fixed: FixedCost,
     return cal, rec_fixed, "the matrix's single-rank cells"
 
 
-def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> tuple[float, float] | None:
-    """(cost per call inside MPI beyond the sweep's, waiting per call) from multi-rank cells that
-    are not held out: their measured transfer minus the sweep's prediction of their collectives,
-    and their waiting, over the number of calls (both phases, every decode step)."""
-    transfer = wait = calls = 0.0
+def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> dict | None:
+    """The engine's cost inside MPI beyond the sweep's, per call and message-size class, and its
+    waiting per second of compute, from multi-rank cells that are not held out.
+
+    Each phase of each cell gives one equation: its measured transfer minus the sweep's
+    prediction of its collectives = sum over classes of (its calls of the class) x (the class's
+    cost per call); least squares, costs >= 0, a class no call of these cells used takes the
+    mean cost per call. Waiting = measured waiting / measured compute over the phases.
+    None without such cells."""
+    rows, excess, wait, compute = [], [], 0.0, 0.0
     for run in runs:
         c = run["cell"]
         P, T, gen = c["nranks"], c["prompt_len"], c["gen_len"]
         strategy = LAYOUTS[engine_strategy(c)]
-        pre, dec = strategy(cfg, P, T, 1, True, b).calls, strategy(cfg, P, T, T + 1, False, b).calls
-        sweep = comm_time(pre, P, net) + gen * comm_time(dec, P, net)
-        transfer += (run["prefill"].get("transfer_s") or 0) + (run["decode"].get("transfer_s") or 0) - sweep
-        wait += (run["prefill"].get("wait_s") or 0) + (run["decode"].get("wait_s") or 0)
-        calls += call_count(pre, P) + gen * call_count(dec, P)
-    return (max(0.0, transfer / calls), wait / calls) if calls else None
+        for phase, calls, steps in (("prefill", strategy(cfg, P, T, 1, True, b).calls, 1),
+                                    ("decode", strategy(cfg, P, T, T + 1, False, b).calls, gen)):
+            counts = [steps * k for k in class_counts(calls, P)]
+            if not sum(counts):
+                continue
+            rows.append(counts)
+            excess.append((run[phase].get("transfer_s") or 0) - steps * comm_time(calls, P, net))
+            wait += run[phase].get("wait_s") or 0
+            compute += run[phase].get("compute_s") or 0
+    if not rows:
+        return None
+    A, y = np.array(rows), np.array(excess)  # (phases, classes), (phases,)
+    mean = max(0.0, float(y.sum() / A.sum()))
+    used = A.sum(axis=0) > 0
+    x, *_ = np.linalg.lstsq(A[:, used], y, rcond=None)
+    per_class = np.full(len(SIZE_CLASSES), mean)
+    per_class[used] = np.maximum(x, 0.0)
+    return {"per_call_s": mean, "wait_fraction": wait / compute if compute else 0.0,
+            "per_call_classes": tuple(zip(SIZE_CLASSES, map(float, per_class), strict=True))}
 
 
-def concurrency(cfg: Qwen3Config, runs: list[dict], cal: dict, net: Network, b: float,
-                fixed: FixedCost) -> dict[int, tuple[float, float]]:
-    """{P: (prefill, decode) speed of a rank among P on this machine, relative to a lone rank}
-    from multi-rank cells that are not held out: predicted busy time (compute, memory, fixed)
-    over measured compute time. Ranks sharing one machine's cores, caches and memory (and its
-    other load) run slower than the calibration's lone rank; this measures by how much."""
-    ratios: dict[int, list[tuple[float, float]]] = {}
+def rank_speeds(cfg: Qwen3Config, runs: list[dict], cal: dict, net: Network, b: float,
+                fixed: FixedCost) -> list[tuple[int, float, float]]:
+    """(P, prefill, decode) speed of a rank among P on this machine relative to a lone rank, per
+    multi-rank cell that is not held out: predicted busy time (compute, memory, fixed) over
+    measured compute time. Ranks sharing one machine's cores, caches and memory (and its other
+    load) run slower than the calibration's lone rank; this measures by how much. Pipeline
+    layouts are left out: a stage's measured compute is its own, the prediction the whole path."""
+    out = []
     for run in runs:
         c = run["cell"]
+        if engine_strategy(c).startswith("layer"):
+            continue
         cores, _ = cores_of(run)
         p = predict(cfg, engine_strategy(c), c["nranks"], c["prompt_len"],
                     local_placement(c["nranks"], cores, c["threads_per_rank"]),
@@ -133,9 +169,19 @@ def concurrency(cfg: Qwen3Config, runs: list[dict], cal: dict, net: Network, b: 
         busy = [p[ph]["total_s"] - p[ph]["comm_s"] - p[ph]["wait_s"] for ph in PHASES]
         measured = [run[ph].get("compute_s") for ph in PHASES]
         if all(measured):
-            ratios.setdefault(c["nranks"], []).append((busy[0] / measured[0], busy[1] / measured[1]))
+            out.append((c["nranks"], busy[0] / measured[0], busy[1] / measured[1]))
+    return out
+
+
+def concurrency(samples: list[tuple[int, float, float]]) -> dict[int, tuple[float, float]]:
+    """{P: (prefill, decode) rank speed}: the median of the samples at P. A rank's speed among
+    others is the machine's, not the network's, so every session's samples count: one sample
+    swings by x1.4 between runs minutes apart (head-wise P=2 decode on this machine)."""
+    by_p: dict[int, list[tuple[float, float]]] = {}
+    for P, pre, dec in samples:
+        by_p.setdefault(P, []).append((pre, dec))
     return {P: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
-            for P, rs in ratios.items()}
+            for P, rs in by_p.items()}
 
 
 def slowed(cal: dict, speed: tuple[float, float]) -> dict:
@@ -149,34 +195,61 @@ def slowed(cal: dict, speed: tuple[float, float]) -> dict:
     return out
 
 
+def record_network(cfg: Qwen3Config, rec: dict, b: float, dtype: str) -> tuple[Network, dict]:
+    """A netcal record's network: its sweep, and the engine's costs in situ from its cells that
+    are not held out (the tiny model's cost per call when it has none)."""
+    net, info = network_of(rec)
+    cells = same_model(cfg, rec.get("comm_calibration", []), dtype)
+    measured = in_situ(cfg, cells, dataclasses.replace(net, per_call=0.0), b)
+    if measured:  # the real model's cells beat the tiny model's for the cost per call
+        net = dataclasses.replace(net, per_call=measured["per_call_s"],
+                                  wait_fraction=measured["wait_fraction"],
+                                  per_call_classes=measured["per_call_classes"])
+        info = {**info, "per_call_s": measured["per_call_s"], "wait_fraction": measured["wait_fraction"],
+                "per_call_classes": [{"up_to_bytes": None if math.isinf(u) else u, "per_call_s": x}
+                                     for u, x in measured["per_call_classes"]],
+                "per_call_from": [CellId.of_run(r).name for r in cells]}
+    return net, info
+
+
+def networks_of(cfg: Qwen3Config, records: list[dict], b: float,
+                dtype: str = "float32") -> dict[str, Network]:
+    """{"shm" | "10 Gb/s": network} of every measured netcal record."""
+    return {label(rec): record_network(cfg, rec, b, dtype)[0] for rec in records if not rec.get("skipped")}
+
+
 def network_cells(cfg: Qwen3Config, records: list[dict], cal: dict, b: float,
                   fixed: FixedCost, dtype: str = "float32") -> tuple[list, list]:
     """(cells, networks): every held-out cell of this model in the netcal records, predicted on
     its record's network; networks describe each record (or why it was skipped)."""
-    cells, networks = [], []
+    sessions, samples, networks = [], [], []
     for rec in records:
         if rec.get("skipped"):
             networks.append({"network": label(rec), "skipped": rec["skipped"]})
             continue
-        net, info = network_of(rec)
-        measured = in_situ(cfg, same_model(cfg, rec.get("comm_calibration", []), dtype),
-                           dataclasses.replace(net, per_call=0.0), b)
-        if measured:  # the real model's cells beat the tiny model's for the cost per call
-            net = dataclasses.replace(net, per_call=measured[0], wait_per_call=measured[1])
-            info = {**info, "per_call_s": measured[0], "wait_per_call_s": measured[1],
-                    "per_call_from": [CellId.of_run(r).name for r in rec["comm_calibration"]]}
+        net, info = record_network(cfg, rec, b, dtype)
         rec_cal, rec_fixed, source = session_model(cfg, rec, cal, fixed, dtype)
-        speeds = concurrency(cfg, same_model(cfg, rec.get("comm_calibration", []), dtype), rec_cal, net, b,
-                             rec_fixed)
-        info = {**info, "rank_speed": {str(P): {"prefill": v[0], "decode": v[1]} for P, v in speeds.items()}}
+        own = rank_speeds(cfg, same_model(cfg, rec.get("comm_calibration", []), dtype), rec_cal, net, b,
+                          rec_fixed)
+        samples += own
+        sessions.append((rec, net, rec_cal, rec_fixed))
         networks.append({"network": label(rec), "skipped": None, "nodes": rec.get("nodes"),
                          "link_gbit": rec.get("link_gbit"), **info, "failed": rec.get("failed", []),
                          "calibrated_on": source, "fixed_step_s": rec_fixed.step_s,
-                         "fixed_layer_s": rec_fixed.layer_s})
+                         "fixed_layer_s": rec_fixed.layer_s,
+                         "rank_speed_samples": [{"nranks": P, "prefill": x, "decode": y} for P, x, y in own]})
+    speeds = concurrency(samples)
+    # calls inside one node run on shared memory (its session's network), those across on the link
+    shm = next((net for rec, net, _c, _f in sessions if label(rec) == "shm"), None)
+    for n in networks:
+        if not n["skipped"]:
+            n["rank_speed"] = {str(P): {"prefill": v[0], "decode": v[1]} for P, v in speeds.items()}
+    cells = []
+    for rec, net, rec_cal, rec_fixed in sessions:
         for run in same_model(cfg, rec.get("runs", []), dtype):
             speed = speeds.get(run["cell"]["nranks"])
-            cells.append(measured_cell(cfg, run, slowed(rec_cal, speed) if speed else rec_cal, net, b,
-                                       rec_fixed, label(rec)))
+            cells.append(measured_cell(cfg, run, slowed(rec_cal, speed) if speed else rec_cal, shm or net, b,
+                                       rec_fixed, label(rec), inter=net, link=label(rec)))
     return cells, networks
 
 

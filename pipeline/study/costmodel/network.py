@@ -22,21 +22,32 @@ class Network:
 
     `classes` holds (upper bound in bytes, alpha, beta), ascending; a message takes the first
     class it fits. `per_call` is the engine's own cost inside each collective beyond what the
-    sweep's back-to-back calls show (Python, books, a peer not yet scheduled), `wait_per_call`
-    the waiting before it; both measured in situ.
+    sweep's back-to-back calls show (Python, books, a peer not yet scheduled), measured in situ;
+    `per_call_classes` refines it per message-size class as (upper bound, seconds): a 512 KiB
+    prefill Allreduce in situ costs more than a 4 KiB decode one. `wait_fraction` is the waiting
+    for the slowest rank per second of a rank's busy time (its delays accrue with the work
+    between two collectives, so the skew grows with it, not with the number of calls).
     """
 
     alpha: float
     beta: float
     classes: tuple[tuple[float, float, float], ...] = ()
     per_call: float = 0.0
-    wait_per_call: float = 0.0  # waiting for the slowest rank per collective, measured in situ
+    wait_fraction: float = 0.0
+    per_call_classes: tuple[tuple[float, float], ...] = ()
 
     def at(self, nbytes: float) -> tuple[float, float]:
         for upper, alpha, beta in self.classes:
             if nbytes <= upper:
                 return alpha, beta
         return self.alpha, self.beta
+
+    def extra(self, nbytes: float) -> float:
+        """The in-situ cost of one call whose messages are `nbytes` long."""
+        for upper, seconds in self.per_call_classes:
+            if nbytes <= upper:
+                return seconds
+        return self.per_call
 
 
 def _lg(P: int) -> int:
@@ -47,7 +58,7 @@ def t_allreduce(nbytes: float, P: int, net: Network) -> float:
     if P < 2:
         return 0.0
     alpha, beta = net.at(nbytes)
-    return 2 * _lg(P) * alpha + 2 * (P - 1) / P * nbytes * beta + net.per_call
+    return 2 * _lg(P) * alpha + 2 * (P - 1) / P * nbytes * beta + net.extra(nbytes)
 
 
 def t_allgather(nbytes: float, P: int, net: Network) -> float:
@@ -55,14 +66,14 @@ def t_allgather(nbytes: float, P: int, net: Network) -> float:
     if P < 2:
         return 0.0
     alpha, beta = net.at(nbytes / P)
-    return _lg(P) * alpha + (P - 1) / P * nbytes * beta + net.per_call
+    return _lg(P) * alpha + (P - 1) / P * nbytes * beta + net.extra(nbytes / P)
 
 
 def t_bcast(nbytes: float, P: int, net: Network) -> float:
     if P < 2:
         return 0.0
     alpha, beta = net.at(nbytes)
-    return _lg(P) * (alpha + nbytes * beta) + net.per_call
+    return _lg(P) * (alpha + nbytes * beta) + net.extra(nbytes)
 
 
 def t_send(nbytes: float, P: int, net: Network) -> float:
@@ -70,20 +81,55 @@ def t_send(nbytes: float, P: int, net: Network) -> float:
     if P < 2:
         return 0.0
     alpha, beta = net.at(nbytes)
-    return alpha + nbytes * beta + net.per_call
+    return alpha + nbytes * beta + net.extra(nbytes)
 
 
 COLLECTIVES = {"allreduce": t_allreduce, "allgather": t_allgather, "bcast": t_bcast, "send": t_send}
 
 
-def comm_time(calls: list[tuple], P: int, net: Network) -> float:
-    """Seconds of a phase's collectives, given as (collective, bytes, how many calls[, ranks]):
-    `ranks` is the size of the communicator the call runs on (a sub-communicator of a two-level
-    layout), P when left out."""
+def crosses(hosts: list[str] | None, ranks: int, stride: int = 1) -> bool:
+    """Whether a communicator of `ranks` ranks `stride` apart (rank 0's: 0, stride, ...) spans
+    more than one of the hosts the ranks ran on (`hosts[r]`: rank r's)."""
+    if not hosts:
+        return False
+    return len({hosts[i * stride] for i in range(ranks) if i * stride < len(hosts)}) > 1
+
+
+def comm_time(calls: list[tuple], P: int, net: Network, inter: Network | None = None,
+              hosts: list[str] | None = None) -> float:
+    """Seconds of a phase's collectives, given as (collective, bytes, how many calls[, ranks[,
+    stride]]): `ranks` is the size of the communicator the call runs on (a sub-communicator of a
+    two-level layout; P when left out), `stride` the distance between its ranks (1: adjacent
+    ranks, the inner group; the outer level's communicators join every `inside`-th rank). A call
+    whose communicator spans several of `hosts` runs on `inter` (the link between nodes), the
+    others on `net`."""
     total = 0.0
-    for name, nbytes, count, *group in calls:
-        total += count * COLLECTIVES[name](nbytes, group[0] if group else P, net)
+    for name, nbytes, count, *rest in calls:
+        ranks, stride = (rest + [P, 1][len(rest):])[:2]
+        on = inter if inter is not None and crosses(hosts, ranks, stride) else net
+        total += count * COLLECTIVES[name](nbytes, ranks, on)
     return total
+
+
+def any_crosses(calls: list[tuple], P: int, hosts: list[str] | None) -> bool:
+    """Whether any of a phase's calls runs on a communicator that spans hosts."""
+    return any(crosses(hosts, *(rest + [P, 1][len(rest):])[:2]) for _n, _b, _c, *rest in calls)
+
+
+def message_bytes(name: str, nbytes: float, ranks: int) -> float:
+    """The message length that picks a call's size class (an Allgather's: one rank's part)."""
+    return nbytes / ranks if name == "allgather" else nbytes
+
+
+def class_counts(calls: list[tuple], P: int) -> list[float]:
+    """Per SIZE_CLASSES class, how many of a phase's calls communicate with messages of it."""
+    counts = [0.0] * len(SIZE_CLASSES)
+    for name, nbytes, count, *rest in calls:
+        ranks = rest[0] if rest else P
+        if ranks > 1:
+            n = message_bytes(name, nbytes, ranks)
+            counts[next(i for i, upper in enumerate(SIZE_CLASSES) if n <= upper)] += count
+    return counts
 
 
 def call_count(calls: list[tuple], P: int) -> int:

@@ -14,7 +14,7 @@ from functools import partial
 from model_export.config import Qwen3Config
 from pipeline.engine import partition
 from pipeline.engine.strategies.layer import MICRO_BATCH
-from pipeline.study.costmodel.network import Network, call_count, comm_time
+from pipeline.study.costmodel.network import Network, any_crosses, comm_time
 
 KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
 NORM_BYTES = 4  # norms are float32 in every export
@@ -44,22 +44,32 @@ class FixedCost:
 
 @dataclass(frozen=True)
 class Placement:
-    """How P ranks sit on physical machines: R ranks on each of `nodes`, c cores per rank."""
+    """How P ranks sit on physical machines: R ranks on each of `nodes`, c cores per rank, C cores
+    per node (0: the ranks fill their node)."""
 
     nranks: int
     ranks_per_node: int
     nodes: int
     cores_per_rank: float
+    cores_per_node: float = 0.0
+
+    def bandwidth_share(self) -> float:
+        """A rank's share of its node's streaming bandwidth: 1/R, less when the node's ranks
+        leave cores idle (the streaming rate grows with the cores that stream on these VMs,
+        docs/design-notes.md#network-calibration)."""
+        used = self.cores_per_rank * self.ranks_per_node
+        fill = min(1.0, used / self.cores_per_node) if self.cores_per_node else 1.0
+        return fill / self.ranks_per_node
 
 
 def local_placement(nranks: int, cores: int, threads_per_rank: int) -> Placement:
     """All ranks on this one machine; oversubscribed ranks time-share the cores."""
-    return Placement(nranks, nranks, 1, min(float(threads_per_rank), cores / nranks))
+    return Placement(nranks, nranks, 1, min(float(threads_per_rank), cores / nranks), float(cores))
 
 
 def cluster_placement(nranks: int, cores_per_node: int, ranks_per_node: int) -> Placement:
     R = min(nranks, ranks_per_node)
-    return Placement(nranks, R, math.ceil(nranks / R), cores_per_node / R)
+    return Placement(nranks, R, math.ceil(nranks / R), cores_per_node / R, float(cores_per_node))
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class RankWork:
 @dataclass(frozen=True)
 class PhaseWork:
     ranks: list[RankWork]
-    calls: list[tuple]  # (collective, bytes of its result, calls per phase[, communicator size])
+    calls: list[tuple]  # (collective, bytes of its result, calls per phase[, communicator size[, stride]])
     # a pipeline: `ranks` are its stages in order (the slowest rank of each, its layers only),
     # run one after another per micro-batch; `tail` is the vocabulary-parallel lm_head after them
     micro_batches: int = 0
@@ -138,11 +148,13 @@ def sequence(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, 
     H_r, Hkv_r = len(sh.q_heads), len(sh.kv_heads)
     T_r = math.ceil(T / a)
     if prefill:
-        calls = [("allgather", 4 * T * Hkv_r * D, 2 * L, a), ("allreduce", 4 * T_r * d, 2 * L, inside),
+        # the sequence level joins every `inside`-th rank (stride), the head-wise group adjacent ones
+        calls = [("allgather", 4 * T * Hkv_r * D, 2 * L, a, inside),
+                 ("allreduce", 4 * T_r * d, 2 * L, inside),
                  ("bcast", 4 * d, 1), ("allgather", 4 * cfg.vocab_size, 1)]
     else:
-        calls = [("allgather", a * 4 * (H_r * D + 2 * H_r), L, a), ("allreduce", 4 * d, 2 * L, inside),
-                 ("allgather", 4 * cfg.vocab_size, 1)]
+        calls = [("allgather", a * 4 * (H_r * D + 2 * H_r), L, a, inside),
+                 ("allreduce", 4 * d, 2 * L, inside), ("allgather", 4 * cfg.vocab_size, 1)]
     return PhaseWork(ranks, calls)
 
 
@@ -167,7 +179,7 @@ def staged(cfg: Qwen3Config, P: int, T: int, S: int, prefill: bool, b: float, in
             tail.append(RankWork(2 * d * len(sh.vocab), 0.0, b * len(sh.vocab) * d, 0))
         stages.append(max(works, key=lambda w: w.mm_flops + w.att_flops))
     per_stage_layers = math.ceil(L / a)
-    calls = [("send", 4 * rows * d, (a - 1) + (m - 1), a),  # on the critical path: fill, then one per batch
+    calls = [("send", 4 * rows * d, (a - 1) + (m - 1), a, inside),  # critical path: fill, then one per batch
              ("allreduce", 4 * rows * d, 2 * (L + (m - 1) * per_stage_layers), inside),
              ("bcast", 4 * d, 1), ("allgather", 4 * cfg.vocab_size, 1)]
     return PhaseWork(stages, calls, micro_batches=m, tail=max(tail, key=lambda w: w.mm_flops))
@@ -228,17 +240,19 @@ def sequence_blocks(T: int, P: int, zigzag: bool) -> list[tuple[int, int]]:
 
 
 def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Placement, rates: Rates,
-               net: Network, dtype_bytes: float, context: int = 0, fixed: FixedCost | None = None) -> dict:
+               net: Network, dtype_bytes: float, context: int = 0, fixed: FixedCost | None = None,
+               inter: Network | None = None, hosts: list[str] | None = None) -> dict:
     """Predicted seconds of one prefill of T tokens, or one decode step over `context`+1 keys.
 
-    Returns {"total_s", "flop_s", "memory_s", "fixed_s", "comm_s", "wait_s", "bound"} of the
-    slowest rank (comm: inside MPI once all ranks arrived; wait: before, per call, in situ).
+    Calls on communicators that span several of `hosts` (rank r ran on hosts[r]) run on `inter`,
+    the others on `net`. Returns {"total_s", "flop_s", "memory_s", "fixed_s", "comm_s", "wait_s",
+    "bound"} of the slowest rank (comm: inside MPI once all ranks arrived; wait: before).
     """
     if strategy not in LAYOUTS:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     prefill = phase == "prefill"
     work = LAYOUTS[strategy](cfg, place.nranks, T, context + 1, prefill, dtype_bytes)
-    c, bw = place.cores_per_rank, rates.bandwidth / place.ranks_per_node
+    c, bw = place.cores_per_rank, rates.bandwidth * place.bandwidth_share()
     f_mm = rates.f_mm if prefill else rates.f_dec
     fixed = fixed or FixedCost()
 
@@ -247,37 +261,55 @@ def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Place
         return flop, w.bytes / bw, fixed.of(w.layers)
 
     if work.micro_batches:
-        flop_s, memory_s, fixed_s = _pipeline_busy([busy(w) for w in work.ranks], work.micro_batches)
+        flop_s, memory_s, fixed_s = _pipeline_busy([busy(w) for w in work.ranks], work.micro_batches, prefill)
         tail = busy(work.tail)
         flop_s, memory_s = flop_s + tail[0], memory_s + tail[1]
     else:
-        flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks), key=lambda x: max(x[0], x[1]) + x[2])
-    comm = comm_time(work.calls, place.nranks, net)
-    wait = call_count(work.calls, place.nranks) * net.wait_per_call
-    return {"total_s": max(flop_s, memory_s) + fixed_s + comm + wait, "flop_s": flop_s,
+        flop_s, memory_s, fixed_s = max((busy(w) for w in work.ranks),
+                                        key=lambda x: _overlap(x[0], x[1], prefill) + x[2])
+    comm = comm_time(work.calls, place.nranks, net, inter, hosts)
+    crossed = inter is not None and any_crosses(work.calls, place.nranks, hosts)
+    communicates = any((g[0] if g else place.nranks) > 1 for _n, _b, _c, *g in work.calls)
+    work_s = _overlap(flop_s, memory_s, prefill) + fixed_s
+    wait = (inter if crossed else net).wait_fraction * work_s if communicates else 0.0
+    return {"total_s": work_s + comm + wait, "flop_s": flop_s,
             "memory_s": memory_s, "fixed_s": fixed_s, "comm_s": comm, "wait_s": wait,
             "bound": "compute" if flop_s >= memory_s else "memory"}
 
 
-def _pipeline_busy(stages: list[tuple[float, float, float]], m: int) -> tuple[float, float, float]:
+def _overlap(flop_s: float, memory_s: float, prefill: bool) -> float:
+    """A rank's busy time from its FLOP and memory time. Decode's GEMVs stream the weights at one
+    FLOP per 2 bytes, the FLOPs hidden under the stream: the larger of the two. A prefill GEMM
+    reads each weight once from memory and does not hide that read: the sum (on this machine the
+    sum, not the max, puts head-wise, sequence and layer prefill at one rank speed, sequence
+    reading twice the weights per rank: docs/design-notes.md#network-calibration)."""
+    return flop_s + memory_s if prefill else max(flop_s, memory_s)
+
+
+def _pipeline_busy(stages: list[tuple[float, float, float]], m: int,
+                   prefill: bool = True) -> tuple[float, float, float]:
     """(flop, memory, fixed) seconds of m micro-batches through stages run one after another:
     the first batch crosses every stage, then the slowest stage paces the other m - 1. Each batch
     reads its stage's weights again (memory) and pays the per-layer cost again (fixed)."""
     per_batch = [(f / m, mem, fx) for f, mem, fx in stages]
-    slowest = max(per_batch, key=lambda x: max(x[0], x[1]) + x[2])
+    slowest = max(per_batch, key=lambda x: _overlap(x[0], x[1], prefill) + x[2])
     return tuple(sum(x[i] for x in per_batch) + (m - 1) * slowest[i] for i in range(3))
 
 
 def predict(cfg: Qwen3Config, strategy: str, P: int, prompt_len: int, place: Placement, rates: Rates,
-            net: Network, dtype_bytes: float, gen_len: int = 1, fixed: FixedCost | None = None) -> dict:
-    """Prefill tok/s of the prompt and decode tok/s over `gen_len` steps after it.
+            net: Network, dtype_bytes: float, gen_len: int = 1, fixed: FixedCost | None = None,
+            inter: Network | None = None, hosts: list[str] | None = None) -> dict:
+    """Prefill tok/s of the prompt and decode tok/s over `gen_len` steps after it (calls spanning
+    several of `hosts` on `inter`, see phase_time).
 
     "prefill" and "decode" hold the times of the phase (decode: all gen_len steps summed, and
     "step_s" their mean), split into FLOP, memory, fixed and communication terms.
     """
-    pre = phase_time(cfg, strategy, "prefill", prompt_len, place, rates, net, dtype_bytes, fixed=fixed)
-    steps = [phase_time(cfg, strategy, "decode", 1, place, rates, net, dtype_bytes, prompt_len + i, fixed)
-             for i in range(gen_len)]
+    links = {"inter": inter, "hosts": hosts}
+    pre = phase_time(cfg, strategy, "prefill", prompt_len, place, rates, net, dtype_bytes, fixed=fixed,
+                     **links)
+    steps = [phase_time(cfg, strategy, "decode", 1, place, rates, net, dtype_bytes, prompt_len + i, fixed,
+                        **links) for i in range(gen_len)]
     decode = {k: sum(s[k] for s in steps) for k in ("total_s", "flop_s", "memory_s", "fixed_s", "comm_s",
                                                      "wait_s")}
     decode["bound"] = steps[-1]["bound"]
