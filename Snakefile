@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 8 report                                  # the whole matrix, regenerated
 #   snakemake --cores 2 report --config synthetic_preset=tiny ranks=[1,2]
+#   snakemake --cores 8 report --configfile config/full.yaml    # 4 ranks, two-level layouts, HF rule
 #   snakemake --cores 8 report --configfile config/long.yaml    # adds prompt lengths 1024, 4096
 #
 # results/ path scheme (every file the workflow writes):
@@ -9,7 +10,8 @@
 #   results/work/export/{model}-{dtype}/     exported per-layer subgraph files + manifest.json
 #   results/work/gguf/{model}-{f32,bf16,q8_0}.gguf   the checkpoint for llama.cpp (baselines comparison)
 #   ext/*.so                                 compiled kernels (built in place by setup.py)
-#   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}.json    one bench JSON per cell
+#   results/runs/{strategy}_{algo}_np{P}_p{prompt_len}[_{bf16,int8}].json    one bench JSON per cell
+#                                            (pipeline/cells.py: the name, float32 without a suffix)
 #   results/verification.{md,json}           every cell against the single-rank reference
 #   results/comm.json                        MPI ping-pong + Allreduce sweep (2 ranks): alpha, beta
 #   results/network/{shm,link<G>}.json       network calibration: sweep, tiny model, held-out cells on
@@ -51,7 +53,8 @@ MPI_LAUNCHER = get_mpi_launcher()
 
 
 wildcard_constraints:
-    dtype="float32|bf16",
+    dtype="|".join(DTYPES),
+    dtype_suffix="|".join(f"_{d}" for d in DTYPES[1:]) + "|",  # "" for float32 (pipeline/cells.py)
     strategy=r"headwise|sequence|layer|(layer|sequence)\d+\.headwise\d+",
     algo="standard|online_softmax",
     nranks=r"\d+",
@@ -123,15 +126,17 @@ rule build:
 
 rule bench:
     input:
-        export=get_export_dir(),
+        export=get_cell_export,
+        reference=get_cell_reference_export,
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
     output:
-        json="results/runs/{strategy}_{algo}_np{nranks}_p{prompt_len}.json",
+        json="results/runs/{strategy}_{algo}_np{nranks}_p{prompt_len}{dtype_suffix}.json",
     params:
         gen_len=config["gen_len"],
         iters=get_iters,
         warmup=get_warmup,
+        reference=get_reference_option,
         timeout=get_timeout_prefix(),
     threads: get_bench_threads
     resources:
@@ -141,14 +146,14 @@ rule bench:
         job_threads=get_job_threads,
         bench=1,
     log:
-        "results/logs/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}.log",
+        "results/logs/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}{dtype_suffix}.log",
     benchmark:
-        "results/logs/benchmarks/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}.tsv"
+        "results/logs/benchmarks/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}{dtype_suffix}.tsv"
     conda:
         "envs/workflow.yaml"
     shell:
         "{params.timeout} {resources.mpi} -n {resources.tasks}"
-        " python -m mpi4py -m pipeline bench --export {input.export}"
+        " python -m mpi4py -m pipeline bench --export {input.export}{params.reference}"
         " --parallel-strategy {wildcards.strategy} --attention-algo {wildcards.algo}"
         " --prompt-len {wildcards.prompt_len} --gen-len {params.gen_len}"
         " --iters {params.iters} --warmup {params.warmup} --threads {resources.job_threads}"

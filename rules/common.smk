@@ -15,13 +15,14 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from model_export.config import PRESETS, CheckpointError, Qwen3Config
-from pipeline.cells import CellId
+from pipeline.cells import DTYPES, REFERENCE_DTYPE, CellId
 from pipeline.engine.partition import layout_ranks, why_not
 
 RUNS = "results/runs"
 COMPARISONS = ("dtype", "ranks", "ceilings", "baselines")  # the named comparisons of rules/compare.smk
 GGUF_DTYPES = ("f32", "bf16", "q8_0")  # the GGUF files llama.cpp runs on (rule gguf)
 COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison measures at it
+COMPARE_ALGO = "online_softmax"  # the ranks and ceilings comparisons' attention, as the others' (compare.py)
 
 
 def get_typed_config(config, schema="config/config.schema.yaml"):
@@ -134,9 +135,27 @@ def get_checkpoint_param(wildcards, input):
     return get_checkpoint_dir()
 
 
-def get_export_dir(dtype=None):
-    """The export of the configured dtype (or of `dtype`, which may be the "{dtype}" wildcard)."""
-    return f"results/work/export/{get_model_id()}-{dtype or config['export_dtype']}"
+def get_export_dir(dtype=REFERENCE_DTYPE):
+    """The export in `dtype` (float32 by default; may be the "{dtype}" wildcard)."""
+    return f"results/work/export/{get_model_id()}-{dtype}"
+
+
+def get_cell_dtype(wildcards):
+    """The dtype of a bench job's cell, from its name's suffix ("" for float32)."""
+    return wildcards.dtype_suffix[1:] or REFERENCE_DTYPE
+
+
+def get_cell_export(wildcards):
+    return get_export_dir(get_cell_dtype(wildcards))
+
+
+def get_cell_reference_export(wildcards):
+    """A low-precision cell also runs the float32 export, after its timing, for NMSE, KL and top-1."""
+    return [get_export_dir()] if get_cell_dtype(wildcards) != REFERENCE_DTYPE else []
+
+
+def get_reference_option(wildcards, input):
+    return f" --reference-export {input.reference}" if input.reference else ""  # after --export
 
 
 def get_compare_files():
@@ -157,11 +176,11 @@ def get_compare_rank_cores():
 
 
 def get_compare_exports(wildcards):
-    """The exports a comparison reads: float32 and bf16 for dtype (float32 the reference), else the
-    configured one."""
-    if wildcards.name in ("dtype", "baselines"):
+    """The exports a comparison reads: float32 and bf16 for dtype (float32 the reference), else one per
+    configured dtype, float32 first."""
+    if wildcards.name == "dtype":
         return [get_export_dir("float32"), get_export_dir("bf16")]
-    return [get_export_dir()]
+    return [get_export_dir(d) for d in DTYPES if d in config["dtypes"]]
 
 
 def get_gguf_file(dtype):
@@ -198,6 +217,8 @@ def get_compare_options(wildcards):
         ggufs = [f"{d}={get_gguf_file(d)}" for d in GGUF_DTYPES if get_compare_ggufs(wildcards)]
         return shlex.join(["--checkpoint", get_checkpoint_dir(), "--gguf", *ggufs,
                            "--baselines", *config["comparisons"]["baselines"]])
+    if wildcards.name in ("ranks", "ceilings"):  # per dtype: one algorithm keeps the run under 30 minutes
+        return f"--algos {COMPARE_ALGO}"
     if wildcards.name != "dtype":
         return ""
     ranks = [p for p in (1, 2) if get_not_applicable_reason("headwise", p, COMPARE_PROMPT_LEN) is None]
@@ -227,13 +248,15 @@ def get_cells():
     """Every cell of the matrix: (name, applicable, reason when not)."""
     layouts = [(s, p) for s in config["strategies"] for p in sorted(config["ranks"])]
     layouts += [(name, layout_ranks(name)) for name in config.get("layouts", [])]
+    dtypes = [d for d in DTYPES if d in config["dtypes"]]  # float32 first, whatever the config's order
     cells = []
-    for n in LENGTHS:
-        for strategy, p in layouts:
-            for algo in config["algorithms"]:
-                name = CellId(strategy, algo, p, n).name
-                reason = get_not_applicable_reason(strategy, p, n)
-                cells.append((name, reason is None, reason))
+    for dtype in dtypes:
+        for n in LENGTHS:
+            for strategy, p in layouts:
+                for algo in config["algorithms"]:
+                    name = CellId(strategy, algo, p, n, dtype).name
+                    reason = get_not_applicable_reason(strategy, p, n)
+                    cells.append((name, reason is None, reason))
     return cells
 
 
@@ -380,6 +403,22 @@ def get_netcal_files():
     nc = config["network_calibration"]
     links = (["shm"] if nc["shared_memory"] else []) + [f"link{g:g}" for g in nc["link_gbit"]]
     return [f"results/network/{link}.json" for link in links] if get_netcal_cells() else []
+
+
+def get_emulated_link_files():
+    """The netcal record of the emulated cluster's link when the matrix runs across it (its cells
+    are predicted with that link's network) and the network calibration does not list it already."""
+    cluster = config["emulated_cluster"]
+    own = f"results/network/link{cluster['link_gbit']:g}.json"
+    if not (cluster["nodes"] and cluster["link_gbit"] > 0 and get_netcal_cells()):
+        return []
+    return [] if own in get_netcal_files() else [own]
+
+
+def get_emulated_link_arg():
+    """costmodel's --emulated-link-gbit: the link the matrix's cells ran across ("" when off)."""
+    cluster = config["emulated_cluster"]
+    return f"--emulated-link-gbit {cluster['link_gbit']:g}" if cluster["nodes"] else ""
 
 
 def get_netcal_link(wildcards):

@@ -2,9 +2,11 @@
 
     python -m pipeline compare dtype --export F32_DIR BF16_DIR --ranks 1 2 --threads 2 \
         --prompt-len 128 --gen-len 32 --iters 3 --warmup 1 --rounds 3 --out results/compare/dtype.json
-    python -m pipeline compare ranks --export DIR --threads 2 ... --out results/compare/ranks.json
-    python -m pipeline compare ceilings --export DIR --threads 2 ... --out results/compare/ceilings.json
-    python -m pipeline compare baselines --export F32_DIR BF16_DIR --checkpoint CKPT \
+    python -m pipeline compare ranks --export F32_DIR [BF16_DIR INT8_DIR] --threads 2 \
+        --algos online_softmax ... --out results/compare/ranks.json
+    python -m pipeline compare ceilings --export F32_DIR [BF16_DIR INT8_DIR] --threads 2 ... \
+        --out results/compare/ceilings.json
+    python -m pipeline compare baselines --export F32_DIR BF16_DIR INT8_DIR --checkpoint CKPT \
         --baselines llamacpp torch --gguf f32=F32.gguf bf16=BF16.gguf q8_0=Q8.gguf --threads 2 ... \
         --out results/compare/baselines.json
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from model_export.atomic import write_json_atomic
 from model_export.reader import open_export
+from pipeline.cells import MANIFEST_DTYPES
 from pipeline.engine.launch import threads_per_rank
 from pipeline.engine.machine import machine_facts
 from pipeline.engine.strategies import ALGORITHMS
@@ -81,16 +84,9 @@ def engine_cell(name: str, label: str, export: str, algo: str, nranks: int, thre
     return Variant(name, label, "bench", settings, reference)
 
 
-def the_export(args: argparse.Namespace) -> str:
-    """The one export of a comparison that takes one (opened: a missing one fails here)."""
-    if len(args.export) != 1:
-        raise ValueError(f"comparison {args.name} takes one --export, got {len(args.export)}")
-    open_export(args.export[0])
-    return args.export[0]
-
-
-def dtypes_of(exports: list[str], least: int = 2) -> list[tuple[str, str]]:
-    """[(dtype, export)] of exports of one model in distinct dtypes, in the order given."""
+def dtypes_of(exports: list[str], least: int = 2, name: str = "dtype") -> list[tuple[str, str]]:
+    """[(dtype, export)] of exports of one model in distinct dtypes (manifest names: float32,
+    bfloat16, int8), in the order given; comparison `name` takes at least `least` of them."""
     found, models = [], set()
     for path in exports:
         export = open_export(path)  # CheckpointError (a ValueError) for a missing or malformed export
@@ -100,7 +96,7 @@ def dtypes_of(exports: list[str], least: int = 2) -> list[tuple[str, str]]:
         found.append((export.dtype_name, path))
         models.add(json.dumps(export.cfg.to_dict(), sort_keys=True))
     if len(found) < least or len(models) > 1:
-        name, count = ("dtype", "two") if least > 1 else ("baselines", "one")
+        count = "two" if least > 1 else "one"
         raise ValueError(f"comparison {name} takes {count} or more exports of one model, got {exports}")
     return found
 
@@ -122,31 +118,40 @@ def dtype_plan(args: argparse.Namespace) -> Plan:
                 f"and threads ({STRATEGY} + {DTYPE_ALGO})?", "tokens_per_s", variants)
 
 
+def per_dtype(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """[(dtype, export)] of a comparison run per dtype, dtype in pipeline.cells' names (float32, bf16,
+    int8): its variants are named {dtype}_{algo}_np{P}."""
+    return [(MANIFEST_DTYPES[d], path) for d, path in dtypes_of(args.export, least=1, name=args.name)]
+
+
 @comparison("ranks")
 def ranks_plan(args: argparse.Namespace) -> Plan:
-    """Head-wise on C ranks x 1 thread against 1 rank x C threads, C = --threads, per algorithm."""
-    export, cores = the_export(args), args.threads
+    """Head-wise on C ranks x 1 thread against 1 rank x C threads, C = --threads, per dtype and algorithm."""
+    cores = args.threads
     if cores < 2:
         raise ValueError(f"comparison ranks needs --threads >= 2 (C ranks x 1 thread against 1 x C), "
                          f"got {cores}")
     variants = []
-    for algo in args.algos:
-        one = engine_cell(f"{algo}_np1", f"{layout(1, cores)}, {algo}", export, algo, 1, cores)
-        many = engine_cell(f"{algo}_np{cores}", f"{layout(cores, cores)}, {algo}", export, algo, cores, cores,
-                           reference=one.name)
-        variants += [one, many]
+    for dtype, export in per_dtype(args):
+        for algo in args.algos:
+            one = engine_cell(f"{dtype}_{algo}_np1", f"{dtype}, {layout(1, cores)}, {algo}", export,
+                              algo, 1, cores)
+            many = engine_cell(f"{dtype}_{algo}_np{cores}", f"{dtype}, {layout(cores, cores)}, {algo}",
+                               export, algo, cores, cores, reference=one.name)
+            variants += [one, many]
     return Plan(f"Does {STRATEGY} on {cores} ranks x 1 thread run as fast as 1 rank x {cores} threads on the "
                 "same cores?", "tokens_per_s", variants)
 
 
 @comparison("ceilings")
 def ceilings_plan(args: argparse.Namespace) -> Plan:
-    """1 rank x C threads, per algorithm, against the GEMM and streaming ceilings on the same C cores."""
-    export, cores = the_export(args), args.threads
+    """1 rank x C threads, per dtype and algorithm, against the GEMM and streaming ceilings on the same
+    C cores (measured once: the streaming ceiling is GB/s, whichever dtype's bytes a decode step reads)."""
+    exports, cores = per_dtype(args), args.threads
     ref = Variant("ceilings", f"ceilings, {cores} thread{'s' * (cores > 1)}", "ceilings",
-                  {"export": export, "threads": cores})
-    engines = [engine_cell(f"{algo}_np1", f"{layout(1, cores)}, {algo}", export, algo, 1, cores,
-                           reference=ref.name) for algo in args.algos]
+                  {"export": exports[0][1], "threads": cores})
+    engines = [engine_cell(f"{dtype}_{algo}_np1", f"{dtype}, {layout(1, cores)}, {algo}", export, algo, 1,
+                           cores, reference=ref.name) for dtype, export in exports for algo in args.algos]
     question = (f"How close does 1 rank x {cores} threads come to this machine's GEMM ceiling in prefill "
                 "and its streaming-GEMV bandwidth in decode, measured beside it?")
     return Plan(question, "roofline", [ref, *engines])
@@ -196,7 +201,7 @@ def baselines_plan(args: argparse.Namespace) -> Plan:
     """Each baseline (llama.cpp per GGUF dtype, torch float32 and bf16) beside our 1-rank cell of a dtype."""
     cores, where = args.threads, layout(1, args.threads)
     ours = {dtype: engine_cell(f"ours_{dtype}", f"ours {dtype}, {where}", export, DTYPE_ALGO, 1, cores)
-            for dtype, export in dtypes_of(args.export, least=1)}
+            for dtype, export in dtypes_of(args.export, least=1, name="baselines")}
     pairs = baseline_variants(args, ours)
     skipped = []
     if "llamacpp" in args.baselines and not args.gguf:  # the workflow writes none without the packages

@@ -60,19 +60,35 @@ def test_ranks_alternates_the_variants_and_takes_the_median_of_paired_ratios(syn
     assert calls(log) == forward + forward[::-1] + forward  # ABBA: round 1 runs in reverse
     doc = json.loads(out.read_text())
     assert doc["name"] == "ranks" and doc["rounds"] == 3 and doc["units"]["decode"] == "tokens/s"
-    assert doc["order"][1] == ["online_softmax_np2", "online_softmax_np1", "standard_np2", "standard_np1"]
+    assert doc["order"][1] == ["float32_online_softmax_np2", "float32_online_softmax_np1",
+                               "float32_standard_np2", "float32_standard_np1"]
     one, many = doc["variants"][:2]
     assert one["reference"] is None and "ratio" not in one and one["settings"]["ranks"] == 1
-    assert many["reference"] == "standard_np1" and many["settings"] == {
+    assert many["reference"] == "float32_standard_np1" and many["settings"] == {
         "export": str(synthetic_tiny_export), "strategy": "headwise", "algo": "standard", "ranks": 2,
         "threads": 2}
     assert many["rounds"]["prefill"] == pytest.approx([120.0, 80.0, 100.0])
     assert many["ratio_rounds"]["prefill"] == pytest.approx([1.2, 0.8, 1.0])
     assert many["ratio"]["prefill"] == pytest.approx(1.0) and many["ratio"]["decode"] == pytest.approx(0.5)
     assert many["tokens_agree"] is True
-    expected = [f"{algo}_np{p}_r{r}.json" for algo in ("standard", "online_softmax") for p in (1, 2)
+    expected = [f"float32_{algo}_np{p}_r{r}.json" for algo in ("standard", "online_softmax") for p in (1, 2)
                 for r in range(3)]
     assert sorted(p.name for p in (tmp_path / "compare" / "ranks").iterdir()) == sorted(expected)
+
+
+def test_ranks_pairs_each_dtypes_two_layouts(synthetic_tiny_export, synthetic_tiny_export_bf16, tmp_path):
+    mpi, log = fake_launcher(tmp_path)
+    out = tmp_path / "ranks.json"
+    rc = compare.main(["ranks", "--export", str(synthetic_tiny_export), str(synthetic_tiny_export_bf16),
+                       "--threads", "2", "--rounds", "1", "--algos", "online_softmax", "--mpi", mpi,
+                       "--out", str(out)])
+    assert rc == 0
+    assert calls(log) == ["online_softmax 1", "online_softmax 2", "online_softmax 1 bf16",
+                          "online_softmax 2 bf16"]
+    refs = {v["name"]: v["reference"] for v in json.loads(out.read_text())["variants"]}
+    assert refs == {"float32_online_softmax_np1": None,
+                    "float32_online_softmax_np2": "float32_online_softmax_np1",
+                    "bf16_online_softmax_np1": None, "bf16_online_softmax_np2": "bf16_online_softmax_np1"}
 
 
 def test_dtype_compares_bf16_over_float32_at_each_rank_count(
@@ -127,13 +143,14 @@ def test_round_files_of_other_runs_are_removed(synthetic_tiny_export, tmp_path):
     mpi, _ = fake_launcher(tmp_path)
     raw = tmp_path / "ranks"
     raw.mkdir()
-    for stale in ("standard_np1_r2.json", "standard_np1_r7.json", "renamed_r0.json"):
+    for stale in ("float32_standard_np1_r2.json", "float32_standard_np1_r7.json", "renamed_r0.json"):
         (raw / stale).write_text("{}")  # left by a run of more rounds, or of other variants
     rc = compare.main(["ranks", "--export", str(synthetic_tiny_export), "--threads", "2", "--rounds", "2",
                        "--algos", "standard", "--mpi", mpi, "--out", str(tmp_path / "ranks.json")])
     assert rc == 0
     assert sorted(p.name for p in raw.iterdir()) == [
-        "standard_np1_r0.json", "standard_np1_r1.json", "standard_np2_r0.json", "standard_np2_r1.json"]
+        "float32_standard_np1_r0.json", "float32_standard_np1_r1.json", "float32_standard_np2_r0.json",
+        "float32_standard_np2_r1.json"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -42,13 +42,28 @@ def test_dry_run_default_matrix():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
-    # Qwen3-0.6B: 3 strategies at 1, 2 and 4 ranks all apply, plus layer2.headwise2; 2 algorithms
-    assert counts["bench"] == "20"
-    assert counts["commbench"] == counts["costmodel"] == counts["baseline"] == "1"
-    proc = plan("--quiet", "rules", "--config", "baseline=false", "prompt_lengths=[128,1024]")
+    # Qwen3-0.6B: 3 dtypes x 3 strategies at 1 and 2 ranks x 2 algorithms; one export per dtype
+    assert counts["bench"] == "36" and counts["export"] == "3"
+    assert counts["commbench"] == counts["costmodel"] == "1" and "baseline" not in counts
+    proc = plan("--quiet", "rules", "--configfile", "config/full.yaml",
+                "--config", "prompt_lengths=[128,1024]")
     assert proc.returncode == 0, proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
-    assert counts["bench"] == "40" and "baseline" not in counts
+    # the full matrix: 3 strategies at 1, 2 and 4 ranks plus layer2.headwise2 (4 ranks), 2 algorithms,
+    # 3 dtypes, 2 prompt lengths; the HF baseline at each length
+    assert counts["bench"] == str((3 * 3 + 1) * 2 * 3 * 2) and counts["baseline"] == "2"
+
+
+def test_dry_run_low_precision_cells_are_measured_against_float32():
+    targets = [f"results/runs/headwise_standard_np2_p16{suffix}.json" for suffix in ("", "_bf16", "_int8")]
+    proc = plan("-p", *targets, "--config", "synthetic_preset=tiny", "prompt_lengths=[16]")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split("--out ")[1].split()[0]: line for line in proc.stdout.splitlines()
+             if "pipeline bench" in line}
+    export = "results/work/export/synthetic-tiny-seed0"
+    assert f"--export {export}-float32 --parallel-strategy headwise" in lines[targets[0]]
+    for target, dtype in zip(targets[1:], ("bf16", "int8"), strict=True):
+        assert f"--export {export}-{dtype} --reference-export {export}-float32 " in lines[target]
 
 
 def test_dry_run_costmodel_gets_the_cluster_config():
@@ -68,13 +83,13 @@ def test_dry_run_costmodel_gets_the_cluster_config():
 
 
 def test_dry_run_comparisons_follow_their_config_block():
-    proc = plan("-p", "report", "--config", "synthetic_preset=tiny",
-                'comparisons={"ranks": false, "rounds": 2}')
+    proc = plan("-p", "report", "--config", "synthetic_preset=tiny", "dtypes=[int8,float32]",
+                'comparisons={"ranks": false, "dtype": true, "rounds": 2}')
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "pipeline compare dtype --export results/work/export/synthetic-tiny-seed0-float32 " \
-           "results/work/export/synthetic-tiny-seed0-bf16 --ranks 1 2 " in out
-    assert "pipeline compare ceilings --export results/work/export/synthetic-tiny-seed0-float32 " in out
+    out, export = proc.stdout, "results/work/export/synthetic-tiny-seed0"
+    assert f"pipeline compare dtype --export {export}-float32 {export}-bf16 --ranks 1 2 " in out
+    # one export per dtype of the matrix, float32 first (the reference), each dtype's cell beside the ceilings
+    assert f"pipeline compare ceilings --export {export}-float32 {export}-int8 --algos online_softmax " in out
     assert "--rounds 2 " in out and "pipeline compare ranks" not in out
     assert "--compare results/compare/dtype.json results/compare/ceilings.json " in out
 
@@ -95,12 +110,12 @@ def test_dry_run_tiny_marks_cells_that_cannot_split_not_applicable():
     heads, layers = PRESETS["tiny"]["num_attention_heads"], PRESETS["tiny"]["num_hidden_layers"]
     p = heads + 1  # more ranks than query heads (and than layers)
     proc = plan("-p", "report", "--config", "synthetic_preset=tiny", f"ranks=[1,{p}]",
-                "prompt_lengths=[2,16]")
+                "prompt_lengths=[2,16]", "layouts=[layer2.headwise2]", "dtypes=[float32]")
     assert proc.returncode == 0, proc.stderr
     jobs = proc.stdout.split("rule verify")[0]
     assert f"results/runs/sequence_online_softmax_np{p}_p16.json" in jobs
     assert f"mpiexec -n {p} python -m mpi4py -m pipeline bench" in jobs
-    assert "results/runs/layer2.headwise2_standard_np4_p16.json" in jobs  # the default two-level layout
+    assert "results/runs/layer2.headwise2_standard_np4_p16.json" in jobs  # a two-level layout
     assert f"headwise_standard_np{p}_p16.json" not in jobs
     assert f"layer_standard_np{p}_p16.json" not in jobs
     assert f"sequence_standard_np{p}_p2.json" not in jobs  # fewer prompt tokens than ranks
@@ -133,6 +148,7 @@ def test_dry_run_slurm_profile(tmp_path):
     [
         (["strategies=[headwise,pipeline]"], "strategies"),
         (["algorithms=[flash]"], "algorithms"),
+        (["dtypes=[float32,fp8]"], "'fp8' is not one of ['float32', 'bf16', 'int8']"),
         (["ranks=[2,4]"], "ranks"),
         (["gen_len=0"], "gen_len"),
         (['cluster={"bogus": 1}'], "'bogus' was unexpected"),
@@ -173,8 +189,12 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     config = [
         "--config",
         "synthetic_preset=tiny",
-        "strategies=[headwise,layer]",  # and the default layouts' layer2.headwise2: 10 cells
+        "strategies=[headwise,layer]",  # and layer2.headwise2: 10 cells
+        "layouts=[layer2.headwise2]",
+        "dtypes=[float32]",
         "ranks=[1,2]",
+        'comparisons={"dtype": true}',
+        "baseline=true",
         "prompt_lengths=[16]",
         "gen_len=4",
         "iters=1",
@@ -219,9 +239,8 @@ def check_complete_run(results: Path) -> None:
     assert [v["name"] for v in compared["dtype"]["variants"]] == [
         "float32_np1", "bfloat16_np1", "float32_np2", "bfloat16_np2"]
     assert [v["name"] for v in compared["ranks"]["variants"]] == [
-        "standard_np1", "standard_np2", "online_softmax_np1", "online_softmax_np2"]
-    assert [v["name"] for v in compared["ceilings"]["variants"]] == [
-        "ceilings", "standard_np1", "online_softmax_np1"]
+        "float32_online_softmax_np1", "float32_online_softmax_np2"]
+    assert [v["name"] for v in compared["ceilings"]["variants"]] == ["ceilings", "float32_online_softmax_np1"]
     for doc in compared.values():
         others = [v for v in doc["variants"] if v["reference"]]
         assert all(len(v["ratio_rounds"]["prefill"]) == 3 and v["ratio"]["decode"] > 0 for v in others)
