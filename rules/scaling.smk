@@ -63,11 +63,13 @@ rule costmodel:
         runs=get_run_files(),
         comm="results/comm.json",
         network=get_netcal_files(),
+        link=get_emulated_link_files(),
         code=glob("pipeline/study/costmodel/*.py"),
     output:
         "results/costmodel.json",
     params:
         cluster=get_cluster_args(),
+        emulated=get_emulated_link_arg(),
         ranks=config["cluster"]["predict_ranks"],
         lengths=config["cluster"]["predict_prompt_lengths"],
     log:
@@ -76,8 +78,8 @@ rule costmodel:
         "../envs/workflow.yaml"
     shell:
         "python -m pipeline costmodel --runs {input.runs} --comm {input.comm} {params.cluster}"
-        " --ranks {params.ranks} --prompt-lens {params.lengths} --network {input.network}"
-        " --out {output} > {log} 2>&1"
+        " --ranks {params.ranks} --prompt-lens {params.lengths} --network {input.network} {input.link}"
+        " {params.emulated} --out {output} > {log} 2>&1"
 
 
 rule baseline:

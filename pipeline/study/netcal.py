@@ -17,9 +17,11 @@ down (also on failure). Each link speed records:
   collectives in situ (the cost model's fixed terms; the per-layer split once, on shared memory);
 - `calibration`: the single-rank cells measured in the same session (the machine's load drifts
   between the workflow's matrix and this rule: rates from the same session are comparable);
-- `comm_calibration`: multi-rank cells that are not held out (`--comm-cells`): the engine's
-  time per collective in situ, transfer and waiting, at the granularity of the real model (the
-  tiny model's collectives, with almost no compute between them, see less of the scheduler);
+- `comm_calibration`: multi-rank cells that are not held out (`--comm-cells`, one head-wise and
+  one sequence cell): the engine's time per collective in situ per message-size class, its
+  waiting per second of compute, and a rank's speed among others, at the granularity of the real
+  model (the tiny model's collectives, with almost no compute between them, see less of the
+  scheduler);
 - `runs`: the bench JSONs of the held-out cells (never used in calibration).
 
 Where the emulated cluster cannot run (not root, no namespaces) the JSON holds `skipped` with
@@ -178,8 +180,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--link", required=True, help="'shm' (this machine) or a link cap in Gb/s")
     p.add_argument("--nodes", type=int, default=2, help="emulated nodes (with a link cap)")
     p.add_argument("--cells", nargs="*", default=[], help="held-out cells, e.g. headwise_standard_np2_p128")
-    p.add_argument("--comm-cells", nargs="*", default=["headwise_online_softmax_np2_p128"],
-                   help="multi-rank cells, not held out, that calibrate the cost per collective in situ")
+    # One cell per family of the held-out cells: a rank's speed among others and the cost per call
+    # in situ are medians over these, and one sample of head-wise P=2 decode swung by x1.4 between
+    # runs minutes apart (docs/design-notes.md#network-calibration).
+    p.add_argument("--comm-cells", nargs="*",
+                   default=["headwise_online_softmax_np2_p128", "sequence_online_softmax_np2_p128"],
+                   help="multi-rank cells, not held out, that calibrate the costs in situ and a rank's speed")
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="cores of each job (as bench --threads)")
