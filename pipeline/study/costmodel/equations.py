@@ -16,17 +16,25 @@ Notation: `L` layers, `d` hidden, `H`/`Hkv` query/KV heads, `D` head_dim, `I` in
   `Q_kv(S) = 2·L·S·Hkv·D·4`
 
 **A rank's time.** `R` ranks share a node of `C` cores and bandwidth `B`; a rank has `c = C/R`
-cores (fewer than one if oversubscribed) and `B/R` bandwidth. With per-core rates `f_mm`
-(matmuls), `f_att` (attention), `f_dec` (decode GEMVs):
+cores (fewer than one if oversubscribed, its threads when the ranks leave cores idle) and the
+bandwidth share `B·min(1, c·R/C)/R` (the streaming rate grows with the cores that stream). With
+per-core rates `f_mm` (matmuls), `f_att` (attention), `f_dec` (decode GEMVs), FLOP time
+`t_f = W_mm,r/(c·f_mm) + W_att,r/(c·f_att)` and memory time `t_m = Q_r/B_r`:
 
-`t_rank = max(W_mm,r/(c·f_mm) + W_att,r/(c·f_att),  Q_r/(B/R)) + t_comm,r`
+decode `t_rank = max(t_f, t_m) + t_fix + t_comm + t_wait` (the GEMV's FLOPs hide under its stream);
+prefill `t_rank = t_f + t_m + t_fix + t_comm + t_wait` (a GEMM reads each weight once and does not
+hide that read: measured, the sum puts head-wise, sequence and layer prefill at one rank speed);
+`t_wait = w·(busy time)`, the waiting for the slowest rank, a fraction `w` of the rank's busy time
+measured in situ (a rank's delays accrue with the work between two collectives).
 
-and a phase takes the slowest rank's time. Prefill tok/s = `T / t`, decode tok/s = `1 / t_step`.
+A phase takes the slowest rank's time. Prefill tok/s = `T / t`, decode tok/s = `1 / t_step`.
 
 **Collectives** (alpha-beta, Thakur-Rabenseifner algorithms), `n` = bytes of the result,
 `lg = ceil(log2 P)`: Allreduce `2·lg·α + 2(P-1)/P·n·β`; Allgather(v) `lg·α + (P-1)/P·n·β`;
 Bcast `lg·(α + n·β)`. `α, β` are the intra-node values (measured by the ping-pong/Allreduce sweep)
-when all ranks share a node, otherwise the network's (config values).
+when all ranks share a node, otherwise the network's (config values). A measured cell whose ranks
+ran on several hosts (the matrix across the emulated cluster) puts each call whose communicator
+spans hosts on that link's calibration and the calls inside a node on shared memory's.
 
 **Per strategy** (what pipeline/engine/strategies does):
 
@@ -74,8 +82,12 @@ TCP), from the sweep of the network the cell ran on: shared memory, or the emula
 its FLOPs and bytes: measured from the decode of a tiny Qwen3 (hidden 64) at 2 and 28 layers on
 one rank (`c_layer` the slope, `c_step` the intercept), added to every rank's prefill and decode
 step, and taken out of the calibration cells' times before the rates are fitted. Each collective
-also pays `c_call`, the engine's own cost around an MPI call beyond the sweep's back-to-back
-calls: the tiny model's decode step at P=2 minus its step at P=1 minus the sweep's prediction of
-its collectives, per call, measured on each network. So
-`t_rank = max(FLOP time, memory time) + t_fix + Σ_calls (alpha-beta(n) + c_call)`.
+also pays `c_call(n)`, the engine's own cost around an MPI call beyond the sweep's back-to-back
+calls, per message-size class: least squares over the phases of multi-rank cells that are not held
+out (measured transfer minus the sweep's prediction = Σ_class calls · c_call), on each network;
+the tiny model's decode (its step at P=2 minus its step at P=1 minus the sweep, per call) when no
+such cell was measured. A rank among others on one machine runs at a measured fraction of the
+calibration's lone rank (predicted busy over measured compute of those cells, the median over
+every network's session), applied to the held-out cells' rates. So
+`t_rank = busy(FLOP, memory) + t_fix + Σ_calls (alpha-beta(n) + c_call(n)) + w·busy`.
 """
