@@ -13,29 +13,36 @@ layers once, keeps raw pointers, and `step` runs every layer in C:
 with the same cores as the per-op path (ext/linear.pxd, ext/mlp.pxd, ext/attention.pxd,
 ext/rows.pxd), so the same bits. Under tensor parallelism o_proj's and down_proj's outputs are
 partial sums: `step(x, pos, reduce)` then calls reduce(o) on each (an Allreduce, in Python)
-between the compiled halves of a layer. For float32 or bf16 weights (int8 runs through oneDNN per
-op). Measured: docs/design-notes.md#fixed-cost.
+between the compiled halves of a layer. float32 or bf16 weights, or int8 with their per-channel
+scales: each product's input then quantized per token (ext/qgemv.h, as ext.linear does at one
+token), so the same bits as the per-op path too. Measured: docs/design-notes.md#fixed-cost.
 """
 
 import numpy as np
 
 cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t
 from libc.stdlib cimport free, malloc
 
 from ext.attention cimport _attention_decode
 from ext.gemv cimport ROW_BLOCK, gemv_rows, gemvt_rows, nchunks_of, reduce_parts
-from ext.linear cimport _gemv_many, _gemvt
-from ext.mlp cimport _mlp_small
+from ext.linear cimport _gemv_many, _gemvt, _q8_gemv_many, _q8_gemvt, q8_isa
+from ext.mlp cimport _mlp_small, _q8_mlp
+from ext.qgemv cimport q8_quantize
 from ext.rows cimport norm_row, rope_row
 from ext.simd cimport silu_mul_f32
 
-from ext.linear import BF16, WEIGHT_DTYPES, check_array
+from ext.linear import BF16, INT8, WEIGHT_DTYPES, check_array
 
 cnp.import_array()
 
 # the order of a layer's arrays in DecodeStack(layers=...): the fields of the export's LayerWeights
 FIELDS = ("attn_norm", "wq", "wk", "wv", "q_norm", "k_norm", "wo_t", "mlp_norm", "w_gate", "w_up",
           "w_down_t")
+# int8 weights' scales (DecodeStack(scales=...)), one tuple per layer in this order: float32 over the
+# output channels (rows of wq..., columns of wo_t and w_down_t, (d,))
+SCALE_FIELDS = ("wq_scale", "wk_scale", "wv_scale", "wo_t_scale", "w_gate_scale", "w_up_scale",
+                "w_down_t_scale")
 
 
 cdef struct Layer:
@@ -50,6 +57,13 @@ cdef struct Layer:
     const void *wg           # (I, d)
     const void *wu           # (I, d)
     const void *wd           # (I, d)  down_proj transposed
+    const float *sq          # int8 only: the scales of wq, wk, wv (their rows), wo_t (d,),
+    const float *sk          # w_gate, w_up (rows), w_down_t (d,); NULL otherwise
+    const float *sv
+    const float *so
+    const float *sg
+    const float *su
+    const float *sd
     float *kc                # (S_max, Hkv, D) this layer's key cache
     float *vc                # (S_max, Hkv, D)
 
@@ -99,11 +113,44 @@ cdef void _mlp_serial(const float *x, Py_ssize_t d, Py_ssize_t I, const void *wg
     _gemvt_serial(gate, I, wd, d, out, parts, bf)
 
 
+def _check_layers(layers, scales):
+    """Every layer's arrays (and int8 scales) against the first's shapes; (H, Hkv, D, d, I, dtype)."""
+    if not layers:
+        raise ValueError("DecodeStack needs at least one layer")
+    first = dict(zip(FIELDS, layers[0], strict=True))
+    D, d = first["q_norm"].shape[0], first["attn_norm"].shape[0]
+    if D < 2 or D % 2 or first["wq"].shape[0] % D or first["wk"].shape[0] % D:
+        raise ValueError(f"head_dim {D} must be even and divide q/k rows {first['wq'].shape[0]}, "
+                         f"{first['wk'].shape[0]}")
+    H, Hkv, I = first["wq"].shape[0] // D, first["wk"].shape[0] // D, first["w_gate"].shape[0]
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"query heads {H} must be a multiple of KV heads {Hkv}")
+    wdt = first["wq"].dtype
+    if wdt not in WEIGHT_DTYPES + (INT8,):
+        raise ValueError(f"DecodeStack: float32, bf16 or int8 weights, got {wdt}")
+    if (wdt == INT8) != (scales is not None) or (scales is not None and len(scales) != len(layers)):
+        raise ValueError("DecodeStack: int8 weights need scales, one tuple per layer; other dtypes none")
+    shapes = dict(attn_norm=(d,), wq=(H * D, d), wk=(Hkv * D, d), wv=(Hkv * D, d), q_norm=(D,),
+                  k_norm=(D,), wo_t=(H * D, d), mlp_norm=(d,), w_gate=(I, d), w_up=(I, d),
+                  w_down_t=(I, d))
+    scale_shapes = dict(wq_scale=(H * D,), wk_scale=(Hkv * D,), wv_scale=(Hkv * D,), wo_t_scale=(d,),
+                        w_gate_scale=(I,), w_up_scale=(I,), w_down_t_scale=(d,))
+    for i, arrays in enumerate(layers):
+        for name, a in zip(FIELDS, arrays, strict=True):
+            dt = (np.float32,) if name.endswith("norm") else (wdt,)
+            check_array(f"layer {i} {name}", a, dt, shapes[name])
+        for name, a in zip(SCALE_FIELDS, scales[i] if scales is not None else (None,) * 7,
+                           strict=True):
+            if a is not None:
+                check_array(f"layer {i} {name}", a, (np.float32,), scale_shapes[name])
+    return H, Hkv, D, d, I, wdt
+
+
 cdef class DecodeStack:
     """A rank's layers for one-token decode steps; `step(x, pos)` runs them all."""
     cdef Layer *layers
     cdef int L, H, Hkv, D, bf, nt
-    cdef bint online
+    cdef bint online, int8
     cdef Py_ssize_t d, n_ff, S_max, max_pos   # n_ff: I (a C macro name, from complex.h)
     cdef float eps, scale
     cdef const float *cos
@@ -116,6 +163,8 @@ cdef class DecodeStack:
     cdef float *up
     cdef float *parts
     cdef float *scores
+    cdef int8_t *xq     # int8: (max(d, H*D, I),) the product's input quantized per token
+    cdef int8_t *gq     # int8: (I,) silu(gate) * up quantized
     cdef object keep   # every array a pointer points into, alive as long as this object
     cdef object o_rows  # (1, d) view of o: what reduce(o) completes in place
 
@@ -123,28 +172,17 @@ cdef class DecodeStack:
         self.layers = NULL
 
     def __init__(self, layers, k_cache, v_cache, cos, sin, float eps, float scale,
-                 algo="online_softmax", int num_threads=1):
-        """layers: one tuple of arrays per layer, in FIELDS order (float32 or bf16 matrices, float32
-        norms); k_cache, v_cache (L, S_max, Hkv, D) float32; cos, sin (max_pos, D/2) float32 (the
-        RoPE tables of ext.ops.rope_table); scale: attention's, usually D^-0.5."""
+                 algo="online_softmax", int num_threads=1, scales=None):
+        """layers: one tuple of arrays per layer, in FIELDS order (float32, bf16 or int8 matrices,
+        float32 norms); scales: for int8 matrices, one tuple per layer in SCALE_FIELDS order;
+        k_cache, v_cache (L, S_max, Hkv, D) float32; cos, sin (max_pos, D/2) float32 (the RoPE
+        tables of ext.ops.rope_table); scale: attention's, usually D^-0.5."""
         cdef Py_ssize_t j, per_layer
         if algo not in ("online_softmax", "standard"):
             raise ValueError(f"unknown attention algo {algo!r}; expected 'standard' or 'online_softmax'")
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        if not layers:
-            raise ValueError("DecodeStack needs at least one layer")
-        first = dict(zip(FIELDS, layers[0], strict=True))
-        D, d = first["q_norm"].shape[0], first["attn_norm"].shape[0]
-        if D < 2 or D % 2 or first["wq"].shape[0] % D or first["wk"].shape[0] % D:
-            raise ValueError(f"head_dim {D} must be even and divide q/k rows {first['wq'].shape[0]}, "
-                             f"{first['wk'].shape[0]}")
-        H, Hkv, I = first["wq"].shape[0] // D, first["wk"].shape[0] // D, first["w_gate"].shape[0]
-        if Hkv == 0 or H % Hkv:
-            raise ValueError(f"query heads {H} must be a multiple of KV heads {Hkv}")
-        wdt = first["wq"].dtype
-        if wdt not in WEIGHT_DTYPES:
-            raise ValueError(f"DecodeStack: float32 or bf16 weights, got {wdt} (int8 runs per op)")
+        H, Hkv, D, d, I, wdt = _check_layers(layers, scales)
         L = len(layers)
         cache_shape = (L, k_cache.shape[1] if k_cache.ndim == 4 else 0, Hkv, D)
         for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -153,26 +191,22 @@ cdef class DecodeStack:
                 raise ValueError(f"{name} must be writable")
         for name, t in (("cos", cos), ("sin", sin)):
             check_array(name, t, (np.float32,), (cos.shape[0], D // 2))
-        shapes = dict(attn_norm=(d,), wq=(H * D, d), wk=(Hkv * D, d), wv=(Hkv * D, d), q_norm=(D,),
-                      k_norm=(D,), wo_t=(H * D, d), mlp_norm=(d,), w_gate=(I, d), w_up=(I, d),
-                      w_down_t=(I, d))
-        for i, arrays in enumerate(layers):
-            for name, a in zip(FIELDS, arrays, strict=True):
-                dt = (np.float32,) if name.endswith("norm") else (wdt,)
-                check_array(f"layer {i} {name}", a, dt, shapes[name])
         self.L, self.H, self.Hkv, self.D, self.d, self.n_ff = L, H, Hkv, D, d, I
         self.S_max, self.max_pos = k_cache.shape[1], cos.shape[0]
         self.bf, self.nt, self.eps, self.scale = wdt == BF16, num_threads, eps, scale
+        self.int8 = wdt == INT8
         self.online = algo == "online_softmax"
-        parts = max(nchunks_of(H * D), nchunks_of(I)) * d
+        parts = max(nchunks_of(H * D), nchunks_of(I)) * d   # floats, or int32 sums for int8
         # scratch: n, o (d); q, att (H*D); gate, up (I); o_proj's / down's partial sums; the
-        # standard algorithm's scores (H, S_max)
+        # standard algorithm's scores (H, S_max); int8: a product's input and silu * up quantized
         bufs = [np.zeros(m, np.float32) for m in (d, H * D, H * D, d, I, I, parts, H * self.S_max)]
-        self.keep = (list(layers), k_cache, v_cache, cos, sin, bufs)
+        bufs += [np.zeros(max(d, H * D, I), np.int8), np.zeros(I, np.int8)]
+        self.keep = (list(layers), scales, k_cache, v_cache, cos, sin, bufs)
         self.n, self.q, self.att, self.o, self.gate, self.up, self.parts, self.scores = (
             <float *>ptr(bufs[0]), <float *>ptr(bufs[1]), <float *>ptr(bufs[2]),
             <float *>ptr(bufs[3]), <float *>ptr(bufs[4]), <float *>ptr(bufs[5]),
             <float *>ptr(bufs[6]), <float *>ptr(bufs[7]))
+        self.xq, self.gq = <int8_t *>ptr(bufs[8]), <int8_t *>ptr(bufs[9])
         self.o_rows = bufs[3].reshape(1, d)
         self.cos, self.sin = <const float *>ptr(cos), <const float *>ptr(sin)
         self.layers = <Layer *>malloc(L * sizeof(Layer))
@@ -180,13 +214,24 @@ cdef class DecodeStack:
             raise MemoryError("DecodeStack: no memory for the layer table")
         per_layer = self.S_max * Hkv * D
         for j in range(L):
-            a = dict(zip(FIELDS, layers[j], strict=True))
-            self.layers[j] = Layer(
-                <const float *>ptr(a["attn_norm"]), ptr(a["wq"]), ptr(a["wk"]), ptr(a["wv"]),
-                <const float *>ptr(a["q_norm"]), <const float *>ptr(a["k_norm"]), ptr(a["wo_t"]),
-                <const float *>ptr(a["mlp_norm"]), ptr(a["w_gate"]), ptr(a["w_up"]),
-                ptr(a["w_down_t"]), <float *>ptr(k_cache) + j * per_layer,
-                <float *>ptr(v_cache) + j * per_layer)
+            self._set_layer(j, dict(zip(FIELDS, layers[j], strict=True)),
+                            None if scales is None else scales[j],
+                            <float *>ptr(k_cache) + j * per_layer, <float *>ptr(v_cache) + j * per_layer)
+
+    cdef _set_layer(self, int j, a, sc, float *kc, float *vc):
+        cdef Layer *w = &self.layers[j]
+        w.attn_norm, w.q_norm, w.k_norm, w.mlp_norm = (
+            <const float *>ptr(a["attn_norm"]), <const float *>ptr(a["q_norm"]),
+            <const float *>ptr(a["k_norm"]), <const float *>ptr(a["mlp_norm"]))
+        w.wq, w.wk, w.wv, w.wo_t = ptr(a["wq"]), ptr(a["wk"]), ptr(a["wv"]), ptr(a["wo_t"])
+        w.wg, w.wu, w.wd = ptr(a["w_gate"]), ptr(a["w_up"]), ptr(a["w_down_t"])
+        w.sq = w.sk = w.sv = w.so = w.sg = w.su = w.sd = NULL
+        if sc is not None:
+            w.sq, w.sk, w.sv, w.so = (<const float *>ptr(sc[0]), <const float *>ptr(sc[1]),
+                                      <const float *>ptr(sc[2]), <const float *>ptr(sc[3]))
+            w.sg, w.su, w.sd = (<const float *>ptr(sc[4]), <const float *>ptr(sc[5]),
+                                <const float *>ptr(sc[6]))
+        w.kc, w.vc = kc, vc
 
     def __dealloc__(self):
         free(self.layers)
@@ -230,6 +275,8 @@ cdef class DecodeStack:
         """o = attention block of layer l at x (o_proj's output; a partial sum under TP)."""
         cdef const void *wp[3]
         cdef float *op[3]
+        cdef const float *sp[3]
+        cdef float sx
         cdef Py_ssize_t Ns[3]
         cdef Py_ssize_t HD = self.H * self.D, KD = self.Hkv * self.D, half = self.D // 2
         cdef const float *cos = self.cos + pos * half
@@ -240,7 +287,11 @@ cdef class DecodeStack:
         norm_row(x, w.attn_norm, self.eps, self.n, self.d)
         wp[0], wp[1], wp[2] = w.wq, w.wk, w.wv
         op[0], op[1], op[2] = self.q, w.kc + pos * KD, w.vc + pos * KD
-        if self.nt == 1:
+        if self.int8:
+            sp[0], sp[1], sp[2] = w.sq, w.sk, w.sv
+            sx = q8_quantize(self.n, self.d, self.xq)
+            _q8_gemv_many(self.xq, sx, self.d, 3, wp, sp, Ns, op, q8_isa(), self.nt)
+        elif self.nt == 1:
             _gemv_serial(self.n, self.d, 3, wp, Ns, op, self.bf)
         else:
             _gemv_many(self.n, 1, self.d, 3, wp, Ns, op, self.bf, self.nt)
@@ -253,7 +304,11 @@ cdef class DecodeStack:
         if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
                              self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
             return 1
-        if self.nt == 1:
+        if self.int8:
+            sx = q8_quantize(self.att, HD, self.xq)
+            _q8_gemvt(self.xq, sx, HD, <const int8_t *>w.wo_t, self.d, w.so, self.o,
+                      <int32_t *>self.parts, q8_isa(), self.nt)
+        elif self.nt == 1:
             _gemvt_serial(self.att, HD, w.wo_t, self.d, self.o, self.parts, self.bf)
         else:
             _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
@@ -264,7 +319,12 @@ cdef class DecodeStack:
         cdef Layer *w = &self.layers[l]
         self._add_o(x)
         norm_row(x, w.mlp_norm, self.eps, self.n, self.d)
-        if self.nt == 1:
+        if self.int8:
+            _q8_mlp(self.xq, q8_quantize(self.n, self.d, self.xq), self.d, self.n_ff,
+                    <const int8_t *>w.wg, w.sg, <const int8_t *>w.wu, w.su, <const int8_t *>w.wd,
+                    w.sd, self.gate, self.up, self.gq, self.o, <int32_t *>self.parts, q8_isa(),
+                    self.nt)
+        elif self.nt == 1:
             _mlp_serial(self.n, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
                         self.parts, self.bf)
         else:

@@ -14,22 +14,25 @@ read-only memmaps of the export, never copied whole:
   where it cannot be found, numpy.matmul with BLAS's own threads does the same products.
 - oneDNN's matmul (ext/dnnl.pyx), where it loaded and its implementation is not `ref`: the
   prefill products of every dtype (bf16 on the bf16 units, float32 at the CPU's GEMM peak rather
-  than the OpenBLAS core the environment may force) and all int8 products (int8 weights with a
-  float32 scale per output channel, activations quantized per token). Without it, int8 weights
-  are dequantized O(block) at a time into float32 scratch and run the paths above.
+  than the OpenBLAS core the environment may force) and the int8 products of 2 tokens or more
+  (int8 weights with a float32 scale per output channel, activations quantized per token).
+  Without it, those int8 weights are dequantized O(block) at a time into float32 scratch and run
+  the paths above. One token of int8 (decode) runs our int8 GEMV (ext/qgemv.h, VNNI or plain C).
 """
 
 import ctypes
+import os
 import threading
 
 import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdint cimport int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t
 
 from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
                        reduce_parts)
+from ext.qgemv cimport Q8_GENERIC, Q8_VNNI, q8_cols, q8_cpu_vnni, q8_quantize, q8_reduce, q8_rows
 from ext.simd cimport widen_bf16
 
 from ext import dnnl
@@ -103,9 +106,9 @@ ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per o
 
 # The fewest tokens at which oneDNN's matmul does a dtype's products (when it loaded and offers
 # more than its `ref` implementation): fewer run on our GEMV, which streams plain weights faster
-# at 1-2 tokens and ties at 4; from 8 oneDNN is 1.1-2.2x (docs/design-notes.md#onednn). int8 has
-# no kernel of ours.
-ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 1}
+# at 1-2 tokens and ties at 4; from 8 oneDNN is 1.1-2.2x (docs/design-notes.md#onednn). int8 at
+# one token runs our int8 GEMV (ext/qgemv.h: faster than oneDNN's M = 1, docs/design-notes.md#int8-gemv).
+ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 2}
 # Weights oneDNN multiplies in its blocked layout: a reordered copy of each weight, made at its
 # first product and kept (one per weight: every M and thread count here wants the same layout).
 # int8: 2.2-2.9x at one token; otherwise 5-18% (docs/design-notes.md#onednn), not worth a copy.
@@ -173,6 +176,100 @@ cdef void _gemvt(const float *x, int T, Py_ssize_t K, const void *w_t, Py_ssize_
                        parts + ch * T * N, bf)
             if nchunks > 1 and last_done(&done, <int>nchunks):
                 reduce_parts(parts, nchunks, T * N, out)
+
+
+# The int8 GEMV (one token) that runs here: AVX-512 VNNI where the CPU has it, else plain C; the
+# same bits either way (exact int32 sums). QWEN3_INT8_KERNEL=generic forces the plain one.
+cdef int _q8_isa = Q8_VNNI if q8_cpu_vnni() and os.environ.get("QWEN3_INT8_KERNEL") != "generic" \
+    else Q8_GENERIC
+Q8_KERNELS = {Q8_GENERIC: "generic", Q8_VNNI: "avx512_vnni"}
+
+
+cdef int q8_isa() noexcept nogil:
+    return _q8_isa
+
+
+def int8_kernel() -> str:
+    """Which int8 GEMV runs at one token: "avx512_vnni" or "generic"."""
+    return Q8_KERNELS[_q8_isa]
+
+
+def int8_kernels() -> list:
+    """The int8 GEMVs this CPU can run: "generic", and "avx512_vnni" where it has VNNI."""
+    return ["generic"] + (["avx512_vnni"] if q8_cpu_vnni() else [])
+
+
+def set_int8_kernel(name) -> None:
+    """Choose the int8 GEMV ("generic" runs anywhere; "avx512_vnni" needs the CPU's VNNI): tests."""
+    global _q8_isa
+    if name == "avx512_vnni" and not q8_cpu_vnni():
+        raise ValueError("int8 kernel avx512_vnni: this CPU has no AVX-512 VNNI")
+    if name not in Q8_KERNELS.values():
+        raise ValueError(f"int8 kernel {name!r}: choose from {sorted(Q8_KERNELS.values())}")
+    _q8_isa = Q8_VNNI if name == "avx512_vnni" else Q8_GENERIC
+
+
+cdef void _q8_gemv_many(const int8_t *xq, float sx, Py_ssize_t K, int m, const void **w,
+                        const float **scale, const Py_ssize_t *N, float **out, int isa,
+                        int n) noexcept nogil:
+    """out[j][r] = sx * scale[j][r] * sum_k xq[k] w[j][r, k] (int8 weights) for the m products,
+    one token: _gemv_many's row blocks; on the calling thread alone when n == 1 (no region)."""
+    cdef Py_ssize_t start[MAX_MANY + 1]
+    cdef Py_ssize_t b, n0, n1
+    cdef int j
+    start[0] = 0
+    for j in range(m):
+        start[j + 1] = start[j] + (N[j] + ROW_BLOCK - 1) // ROW_BLOCK
+    if n == 1 or start[m] < 2:
+        for j in range(m):
+            q8_rows(xq, sx, <const int8_t *>w[j], K, 0, N[j], scale[j], out[j], isa)
+        return
+    with nogil, parallel(num_threads=n):
+        for b in prange(start[m], schedule="static"):
+            j = 0
+            while b >= start[j + 1]:
+                j = j + 1
+            n0 = (b - start[j]) * ROW_BLOCK
+            n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < N[j] else N[j]
+            q8_rows(xq, sx, <const int8_t *>w[j], K, n0, n1, scale[j], out[j], isa)
+
+
+cdef void _q8_gemvt(const int8_t *xq, float sx, Py_ssize_t K, const int8_t *w_t, Py_ssize_t N,
+                    const float *scale, float *out, int32_t *parts, int isa, int n) noexcept nogil:
+    """out[c] = sx * scale[c] * sum_k xq[k] w_t[k, c]: _gemvt's chunks of rows, int32 partial sums
+    (parts: nchunks_of(K) * N), added exactly by the thread that finishes last."""
+    cdef Py_ssize_t nchunks = nchunks_of(K), ch
+    cdef int done = 0
+    if n == 1 or nchunks == 1:
+        for ch in range(nchunks):
+            q8_cols(xq, w_t, N, K * ch // nchunks, K * (ch + 1) // nchunks, parts + ch * N, isa)
+        q8_reduce(parts, nchunks, N, sx, scale, out)
+        return
+    with nogil, parallel(num_threads=n):
+        for ch in prange(nchunks, schedule="static"):
+            q8_cols(xq, w_t, N, K * ch // nchunks, K * (ch + 1) // nchunks, parts + ch * N, isa)
+            if last_done(&done, <int>nchunks):
+                q8_reduce(parts, nchunks, N, sx, scale, out)
+
+
+def _q8_linear(x, q, scale, out, bint transposed, int num_threads):
+    """out = x @ (q * scale) for one token on our int8 GEMV (arguments checked by the caller)."""
+    cdef Py_ssize_t K = x.shape[1], N = out.shape[1]
+    cdef float[::1] xs = scratch((K + 3) // 4, "q8_x")   # K int8 activations
+    cdef float[::1] ps = scratch(nchunks_of(K) * N if transposed else 1, "q8_parts")   # int32
+    cdef int8_t *xq = <int8_t *>&xs[0]
+    cdef const float *xp = <const float *>data(x)
+    cdef const void *wp = data(q)
+    cdef const float *sp = <const float *>data(scale)
+    cdef float *op = <float *>cnp.PyArray_DATA(out)
+    cdef float sx
+    with nogil:
+        sx = q8_quantize(xp, K, xq)
+        if transposed:
+            _q8_gemvt(xq, sx, K, <const int8_t *>wp, N, sp, op, <int32_t *>&ps[0], _q8_isa,
+                      num_threads)
+        else:
+            _q8_gemv_many(xq, sx, K, 1, &wp, &sp, &N, &op, _q8_isa, num_threads)
 
 
 cdef void _gemm(const float *x, Py_ssize_t T, Py_ssize_t K, const void *w, Py_ssize_t N,
@@ -279,8 +376,9 @@ def _onednn(x, w, out, int num_threads, bint transposed, scale):
 def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint transposed=False,
                    int num_threads=1) -> str:
     """What computes x (T, K) @ W (K, N) with weights of w_dtype: "onednn:<its implementation
-    name>", "gemv" (ours), "sgemm" (BLAS's on our OpenMP threads), "numpy" (numpy.matmul), with
-    "+dequant" for int8 weights widened to float32 first (for the bench JSON)."""
+    name>", "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "sgemm" (BLAS's on
+    our OpenMP threads), "numpy" (numpy.matmul), with "+dequant" for int8 weights widened to
+    float32 first (for the bench JSON)."""
     dt = np.dtype(w_dtype)
     if dt not in ALL_DTYPES:
         raise ValueError(f"implementation: weights float32, uint16 (bf16) or int8, got {dt}")
@@ -288,6 +386,8 @@ def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint trans
         impl = dnnl.implementation(dt, T, K, N, transposed, num_threads, ONEDNN_PACKED[dt])
         if impl is not None:
             return f"onednn:{impl}"
+    if dt == INT8 and T == 1:
+        return f"gemv-int8:{Q8_KERNELS[_q8_isa]}"
     base = "gemv" if T <= SMALL_T else ("sgemm" if _sgemm != NULL else "numpy")
     return base + ("+dequant" if dt == INT8 else "")
 
@@ -306,6 +406,8 @@ def linear(x, w, out, int num_threads=1, scale=None):
         out[...] = 0
     elif _onednn(x, w, out, num_threads, False, scale):
         pass
+    elif w.dtype == INT8 and T == 1:
+        _q8_linear(x, w, scale, out, False, num_threads)
     elif w.dtype == INT8:
         _dequantized(x, w, scale, out, False, num_threads)
     elif T <= SMALL_T:   # straight to the GEMV: linear_many would route T >= ONEDNN_MIN_T back here
@@ -383,6 +485,8 @@ def linear_t(x, w_t, out, int num_threads=1, scale=None):
         out[...] = 0
     elif _onednn(x, w_t, out, num_threads, True, scale):
         pass
+    elif w_t.dtype == INT8 and T == 1:
+        _q8_linear(x, w_t, scale, out, True, num_threads)
     elif w_t.dtype == INT8:
         _dequantized(x, w_t, scale, out, True, num_threads)
     elif T <= SMALL_T:

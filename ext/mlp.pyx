@@ -11,9 +11,11 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport int8_t, int32_t
 
 from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
                        reduce_parts, set_flag, wait_flag)
+from ext.qgemv cimport q8_cols, q8_quantize, q8_reduce, q8_rows
 from ext.simd cimport silu_mul_f32
 
 from ext.linear import (ALL_DTYPES, BF16, INT8, ONEDNN_MIN_T, check_array, linear, linear_t,
@@ -92,6 +94,47 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
                        parts + ch * T * d, bf)
             if nchunks > 1 and last_done(&down_done, <int>nchunks):
                 reduce_parts(parts, nchunks, T * d, out)
+
+
+cdef void _q8_mlp(const int8_t *xq, float sx, Py_ssize_t d, Py_ssize_t I, const int8_t *wg,
+                  const float *sg, const int8_t *wu, const float *su, const int8_t *wd,
+                  const float *sd, float *gate, float *up, int8_t *gq, float *out,
+                  int32_t *parts, int isa, int n) noexcept nogil:
+    """The int8 MLP for one token (xq, sx: rms(x) quantized), _mlp_small's one region: gate, up
+    rows; silu(gate) * up quantized into gq by the thread that finishes last; down's chunks of
+    int32 partial sums (parts: nchunks_of(I) * d), added exactly. n == 1: no region. The bits of
+    ext.linear's per-product int8 path (the same quantization and exact sums)."""
+    cdef Py_ssize_t b, n0, n1, ch
+    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t nchunks = nchunks_of(I)
+    cdef int gate_up_done = 0, act_ready = 0, down_done = 0
+    cdef float gs[1]   # the activation scale of silu(gate) * up, set before act_ready
+    if n == 1:
+        q8_rows(xq, sx, wg, d, 0, I, sg, gate, isa)
+        q8_rows(xq, sx, wu, d, 0, I, su, up, isa)
+        silu_mul_f32(gate, up, I)
+        gs[0] = q8_quantize(gate, I, gq)
+        for ch in range(nchunks):
+            q8_cols(gq, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks, parts + ch * d, isa)
+        q8_reduce(parts, nchunks, d, gs[0], sd, out)
+        return
+    with nogil, parallel(num_threads=n):
+        for b in prange(2 * nb, schedule="static"):   # gate's row blocks, then up's
+            n0 = (b % nb) * ROW_BLOCK
+            n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < I else I
+            if b < nb:
+                q8_rows(xq, sx, wg, d, n0, n1, sg, gate, isa)
+            else:
+                q8_rows(xq, sx, wu, d, n0, n1, su, up, isa)
+            if last_done(&gate_up_done, <int>(2 * nb)):
+                silu_mul_f32(gate, up, I)
+                gs[0] = q8_quantize(gate, I, gq)
+                set_flag(&act_ready)
+        wait_flag(&act_ready)
+        for ch in prange(nchunks, schedule="static"):
+            q8_cols(gq, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks, parts + ch * d, isa)
+            if last_done(&down_done, <int>nchunks):
+                q8_reduce(parts, nchunks, d, gs[0], sd, out)
 
 
 def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):

@@ -80,18 +80,20 @@ class Qwen3Engine:
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
         """This rank's layers as one compiled call per decode step, where the strategy does
         nothing between the kernels but the tensor-parallel reduce: attention on the rank's own
-        cache (headwise, layer stages; not sequence), float32 or bf16 weights (int8 runs per op
-        on oneDNN). It saves the kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
+        cache (headwise, layer stages; not sequence), float32, bf16 or int8 weights. It saves the
+        kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
         s, w = self.strategy, next(iter(self.layers.values()))
         # the reduce between a layer's halves: none with one rank per tensor group
         self.stack_reduce = s.reduce if s.comms.tensor.size > 1 else None
         if (type(s).attend is not HeadwiseStrategy.attend or type(s).reduce is not Strategy.reduce
-                or w.wq.dtype not in (np.float32, BF16)):
+                or w.wq.dtype not in (np.float32, BF16, np.int8)):
             return None
         layers = [tuple(getattr(self.layers[i], f) for f in decode_kernels.FIELDS) for i in s.layers]
+        scales = None if w.wq_scale is None else [
+            tuple(getattr(self.layers[i], f) for f in decode_kernels.SCALE_FIELDS) for i in s.layers]
         return decode_kernels.DecodeStack(layers, s.k_cache, s.v_cache, self.cos, self.sin,
                                           self.cfg.rms_norm_eps, float(self.cfg.head_dim) ** -0.5,
-                                          self.algo, self.threads)
+                                          self.algo, self.threads, scales)
 
     def _allocate(self, T: int) -> None:
         cfg, w = self.cfg, next(iter(self.layers.values()))

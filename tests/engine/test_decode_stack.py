@@ -3,8 +3,9 @@
 The engine uses it for decode wherever nothing of the strategy runs between the kernels (one
 rank per tensor group: headwise at P = 1, layer stages); the float64-reference tests of
 tests/engine then run through it. Here, in one process, the same engine decodes with the stack
-and with it switched off: every logit must be identical, for both weight dtypes, both attention
-algorithms, 1 and 2 threads, past one block of DECODE_KEYS = 128 keys.
+and with it switched off: every logit must be identical, for the three weight dtypes (int8: both
+take the one-token int8 GEMV, ext/qgemv.h, whose int32 sums are exact), both attention algorithms,
+1 and 2 threads, past one block of DECODE_KEYS = 128 keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 from mpi4py import MPI
 
 from ext import decode
+from ext import linear as L
+from model_export.export import export_checkpoint
 from model_export.reader import open_export
 from pipeline.engine.comm import Comm
 from pipeline.engine.model import Qwen3Engine
@@ -25,12 +28,22 @@ def engine(path, algo="online_softmax", threads=1, layout="headwise"):
     return Qwen3Engine(open_export(path), layout, algo, Comm(MPI.COMM_SELF), threads, max_seq=160)
 
 
+@pytest.fixture(scope="module")
+def synthetic_tiny_export_int8(synthetic_tiny_checkpoint):
+    """Our int8 export of the `tiny` synthetic preset (the weights of synthetic_tiny_export)."""
+    out = synthetic_tiny_checkpoint.parent / "export_int8"
+    if not out.exists():
+        export_checkpoint(synthetic_tiny_checkpoint, out, dtype="int8", progress=lambda msg: None)
+    return out
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("algo", ["online_softmax", "standard"])
-@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+@pytest.mark.parametrize("dtype", ["float32", "bf16", "int8"])
 def test_fused_decode_is_the_per_op_path_bit_for_bit(synthetic_tiny_export, synthetic_tiny_export_bf16,
-                                                     dtype, algo, threads):
-    path = synthetic_tiny_export if dtype == "float32" else synthetic_tiny_export_bf16
+                                                     synthetic_tiny_export_int8, dtype, algo, threads):
+    path = {"float32": synthetic_tiny_export, "bf16": synthetic_tiny_export_bf16,
+            "int8": synthetic_tiny_export_int8}[dtype]
     fused, per_op = engine(path, algo, threads), engine(path, algo, threads)
     assert fused.decode_stack is not None
     per_op.decode_stack = None
@@ -41,10 +54,21 @@ def test_fused_decode_is_the_per_op_path_bit_for_bit(synthetic_tiny_export, synt
     assert fused.attention_scratch_bytes == per_op.attention_scratch_bytes
 
 
-def test_int8_layers_run_per_op(tiny_export):
-    from tests.engine.test_int8 import CONFIGS
-
-    assert engine(tiny_export(CONFIGS["kv4_ratio2"], export_dtype="int8")).decode_stack is None
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_kernels_give_the_same_tokens_bit_for_bit(synthetic_tiny_export_int8, threads):
+    """The VNNI and the plain C int8 GEMV sum the same integers: identical logits."""
+    before, runs = L.int8_kernel(), []
+    try:
+        for kernel in L.int8_kernels():
+            L.set_int8_kernel(kernel)
+            e = engine(synthetic_tiny_export_int8, threads=threads)
+            assert e.decode_stack is not None
+            runs.append(e.generate(PROMPT, 9, keep_logits=True))
+    finally:
+        L.set_int8_kernel(before)
+    for tokens, logits in runs[1:]:
+        np.testing.assert_array_equal(logits, runs[0][1])
+        assert tokens == runs[0][0]
 
 
 def stack_args(path):
@@ -60,7 +84,7 @@ def test_bad_arguments_are_refused_with_one_clear_error(synthetic_tiny_export):
     bad_layer = layers[0][:9] + (layers[0][9][:-1],) + layers[0][10:]  # w_up one row short
     cases = [
         (layers[:1] + [bad_layer], "layer 1 w_up"),
-        ([tuple(a.astype(np.int8) if a.ndim == 2 else a for a in layers[0])], "int8 runs per op"),
+        ([tuple(a.astype(np.int8) if a.ndim == 2 else a for a in layers[0])], "int8 weights need scales"),
         ([], "at least one layer"),
     ]
     for bad, message in cases:

@@ -26,6 +26,8 @@ from ext import mlp as M
 from model_export.dtypes import bf16_to_float32, float32_to_bf16
 
 RTOL = {"float32": 1e-5, "bf16": 1e-5, "int8": 1e-5}
+# implementations that quantize the activations (oneDNN's int8 matmul, our one-token int8 GEMV)
+QUANTIZING = ("onednn", "gemv-int8")
 needs_dnnl = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN absent: {dnnl.load_error()}")
 # M not a multiple of the kernels' blocks, K and N small and odd, and Qwen3-like
 SHAPES = ((1, 64, 48), (3, 21, 37), (17, 1031, 515), (130, 1024, 1000), (5, 1, 3))
@@ -125,7 +127,7 @@ def test_linear_int8(T, transposed):
     out = np.full((T, N), np.nan, np.float32)
     fn = L.linear_t if transposed else L.linear
     fn(x, w, out, num_threads=2, scale=scale)
-    onednn = L.implementation(w.dtype, T, K, N, transposed, 2).startswith("onednn")
+    onednn = L.implementation(w.dtype, T, K, N, transposed, 2).startswith(QUANTIZING)
     # without oneDNN the activations stay float32: the reference is the float64 product then
     close(out, (xs if onednn else x.astype(np.float64)) @ w64, RTOL["int8"])
 
@@ -192,7 +194,7 @@ def _run(code: str, **env) -> str:
 CHECK = """
 import numpy as np
 from ext import dnnl, linear as L
-from tests.kernels.test_dnnl import operands, close, RTOL
+from tests.kernels.test_dnnl import operands, close, RTOL, QUANTIZING
 print(dnnl.available(), dnnl.load_error())
 for dtype in ("float32", "bf16", "int8"):
     # T = 11: past ONEDNN_MIN_T, within our GEMV's reach (the way back when oneDNN cannot)
@@ -201,7 +203,7 @@ for dtype in ("float32", "bf16", "int8"):
         out = np.empty((T, 80), np.float32)
         (L.linear_t if tr else L.linear)(x, w, out, 2, s)
         impl = L.implementation(w.dtype, T, 96, 80, tr, 2)
-        ref = xs if impl.startswith("onednn") else x.astype(np.float64)
+        ref = xs if impl.startswith(QUANTIZING) else x.astype(np.float64)
         close(out, ref @ w64, RTOL[dtype])
         print(dtype, T, tr, impl)
         if not tr:   # linear_many is one linear per weight, bit for bit
@@ -230,7 +232,8 @@ def test_fallback_without_onednn():
     out = _run(CHECK, QWEN3_ONEDNN_LIBRARY="/nonexistent/libdnnl.so.3")
     first = out.splitlines()[0]
     assert first.startswith("False") and dnnl.PACKAGE in first
-    assert "onednn:" not in out and "int8 1 False gemv+dequant" in out and "mlp ok" in out
+    assert "onednn:" not in out and "int8 1 False gemv-int8:" in out and "mlp ok" in out
+    assert "int8 11 False gemv+dequant" in out
 
 
 @needs_dnnl

@@ -1,0 +1,69 @@
+"""The one-token int8 GEMV (ext/qgemv.h through ext.linear) against NumPy's exact integer product.
+
+The kernel quantizes the activation row (s = max|x| / 127, xq = round(x / s)) and sums xq * q in
+int32, which is exact, so the reference is the same quantization in NumPy, an int64 product and the
+same float32 epilogue: the outputs must be equal bit for bit, for both kernels (AVX-512 VNNI where
+the CPU has it, the plain C one everywhere), any thread count, shapes with tails of every kind
+(K not a multiple of 64, N not a multiple of 64, chunk rows not a multiple of 4) and weights at
+-128 (which the VNNI path's q + 128 offset must not mishandle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ext import linear as L
+
+KERNELS = L.int8_kernels()
+# (K, N): Qwen3-0.6B's q and down shapes, and odd ones
+SHAPES = ((1024, 2048), (3072, 1024), (1000, 77), (1030, 70), (96, 80), (64, 3), (5, 1), (258, 130))
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    before = L.int8_kernel()
+    L.set_int8_kernel(request.param)
+    yield request.param
+    L.set_int8_kernel(before)
+
+
+def quantize(x):
+    """ext/qgemv.h's q8_quantize in NumPy: the scale divided in float64, the product in float32."""
+    amax = np.float64(np.abs(x).max())
+    s = np.float32(amax / 127.0) if amax > 0 else np.float32(1.0)
+    inv = np.float32(1.0 / np.float64(s))
+    return np.rint(x * inv).astype(np.int64), s
+
+
+def reference(x, q, scale, transposed):
+    xq, s = quantize(x[0])
+    acc = xq @ (q.astype(np.int64) if transposed else q.T.astype(np.int64))
+    return (acc.astype(np.float32) * s * scale)[None, :]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("K, N", SHAPES)
+def test_int8_gemv_is_the_exact_product(kernel, K, N, transposed, threads):
+    rng = np.random.default_rng(K * 7 + N)
+    q = rng.integers(-128, 128, (K, N) if transposed else (N, K), dtype=np.int8)
+    q.flat[:: 7] = -128
+    scale = rng.random(N, dtype=np.float32) + 0.01
+    x = rng.standard_normal((1, K), dtype=np.float32)
+    out = np.full((1, N), np.nan, np.float32)
+    (L.linear_t if transposed else L.linear)(x, q, out, threads, scale)
+    np.testing.assert_array_equal(out, reference(x, q, scale, transposed))
+    assert L.implementation(np.int8, 1, K, N, transposed, threads) == f"gemv-int8:{kernel}"
+
+
+def test_zero_activations_give_zero(kernel):
+    q = np.ones((8, 64), np.int8)
+    out = np.full((1, 8), np.nan, np.float32)
+    L.linear(np.zeros((1, 64), np.float32), q, out, 1, np.ones(8, np.float32))
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="choose from"):
+        L.set_int8_kernel("avx9")
