@@ -35,7 +35,7 @@ from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import blas_info, set_threads
 from pipeline.study.lowprec import MIN_STEPS, measures, teacher_forced_logits
 from pipeline.study.roofline import measure_ceilings, roofline_fractions
-from pipeline.study.stats import logits_digest, timings
+from pipeline.study.stats import logits_digest, timings, top1_margin
 
 SCHEMA_VERSION = 1
 
@@ -84,6 +84,7 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
     prefill_split = comm.arrival_split()
     tokens = [int(np.argmax(logits))]
     prefill_digest = logits_digest(logits)
+    margins = [top1_margin(logits)]
     comm.barrier()
     comm.reset_counters()
     steps = np.zeros(gen_len)
@@ -92,8 +93,9 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
         logits = engine.decode(tokens[-1])
         tokens.append(int(np.argmax(logits)))
         steps[i] = MPI.Wtime() - t
-    return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, prefill_digest=prefill_digest,
-                final_digest=logits_digest(logits), prefill_comm=prefill_comm,
+        margins.append(top1_margin(logits))  # after the step's clock: not in the timing
+    return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, margins=margins,
+                prefill_digest=prefill_digest, final_digest=logits_digest(logits), prefill_comm=prefill_comm,
                 decode_comm=(comm.seconds, comm.bytes_sent), prefill_split=prefill_split,
                 decode_split=comm.arrival_split())
 
@@ -307,6 +309,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "memory": {key: [m[key] for m in mem]
                    for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
+                   "top1_margins": last["margins"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},
     }
 

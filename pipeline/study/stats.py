@@ -57,6 +57,14 @@ def logits_digest(logits: np.ndarray) -> dict:
             "argmax": int(np.argmax(logits))}
 
 
+def top1_margin(logits: np.ndarray) -> float:
+    """Largest logit minus the second largest: how far a greedy choice is from flipping. verify
+    holds int8 cells' tokens to their reference only while the reference's margin exceeds what a
+    layout's activation rounding moves a logit (pipeline/report/verify.py)."""
+    top2 = np.partition(np.asarray(logits, np.float64), -2)[-2:]
+    return float(top2[1] - top2[0])
+
+
 def add_run_args(p, threads_help: str) -> None:
     """The run arguments every baseline runner takes, as the bench names them."""
     p.add_argument("--prompt-len", type=int, default=128)

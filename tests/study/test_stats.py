@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.study.stats import logits_digest, timings
+from pipeline.study.stats import logits_digest, timings, top1_margin
 
 
 def test_timings_by_hand():
@@ -28,3 +28,9 @@ def test_logits_digest():
     d = logits_digest(logits)
     assert d["first8"] == [3.0, -4.0, 0.0, 7.0, 7.0, 1.0, 2.0, 0.5]
     assert d["argmax"] == 8 and d["l2"] == pytest.approx(np.sqrt(9 + 16 + 49 + 49 + 1 + 4 + 0.25 + 81 + 1))
+
+
+def test_top1_margin_is_the_gap_between_the_two_largest_logits():
+    logits = np.array([0.5, 3.25, -1.0, 3.0, 2.0], np.float32)
+    assert top1_margin(logits) == pytest.approx(0.25)
+    assert top1_margin(np.array([1.0, 1.0, 0.0])) == 0.0  # a tie: no margin at all
