@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 
+from pipeline.cells import MANIFEST_DTYPES, REFERENCE_DTYPE
 from pipeline.report import verify
 from pipeline.report.answers import ranked
 from pipeline.report.fmt import PHASES, fnum, ranks, ratio, table, tok_s
@@ -69,16 +70,24 @@ def ours_over_theirs(cells: list[Cell], theirs: float, phase: str) -> dict | Non
     }
 
 
+def baseline_dtype(b: dict) -> str:
+    """The HF baseline's dtype in our cells' names (its JSON says float32 or bf16; float32 when absent)."""
+    stored = (b.get("model") or {}).get("dtype") or REFERENCE_DTYPE
+    return MANIFEST_DTYPES.get(stored, stored)
+
+
 def record(b: dict, cells: list[Cell]) -> dict:
     if not b.get("available"):
         return {"available": False, "name": b.get("name", DEFAULT_NAME), "reason": b.get("reason", "?")}
     n = b["cell"]["prompt_len"]
-    sub = [c for c in cells if c.prompt_len == n]
+    dtype = baseline_dtype(b)
+    sub = [c for c in cells if c.prompt_len == n and c.dtype == dtype]  # ours of its dtype only
     env = b.get("environment", {})
     return {
         "available": True,
         "name": b.get("name", DEFAULT_NAME),
         "prompt_len": n,
+        "dtype": dtype,
         "threads": b["cell"].get("threads"),
         "attn_implementation": env.get("attn_implementation"),
         "torch": env.get("torch"),
@@ -119,7 +128,8 @@ def table_row(b: dict, phase: str, width: int) -> list[str]:
 def note(b: dict) -> str:
     """What the baseline row is, and whether it computed what our reference cell computed."""
     text = (
-        f"*{b['name']}*: `Qwen3ForCausalLM` from the same checkpoint in float32 (torch {b['torch'] or '?'}, "
+        f"*{b['name']}*: `Qwen3ForCausalLM` from the same checkpoint in {b.get('dtype', REFERENCE_DTYPE)} "
+        f"(torch {b['torch'] or '?'}, "
         f"transformers {b['transformers'] or '?'}), the same prompt ids, prefill with logits of the last "
         "position only, then greedy decode on its KV cache (`python -m pipeline baseline`)."
     )
@@ -148,7 +158,9 @@ def findings(recs: list[dict]) -> list[str]:
             if ours is None:
                 continue
             text = (
-                f"- prompt {b['prompt_len']}, {phase}: HF transformers ({b['threads'] or '?'} threads) "
+                f"- prompt {b['prompt_len']}, {phase}: HF transformers"
+                + (f" {b['dtype']}" if b.get("dtype", REFERENCE_DTYPE) != REFERENCE_DTYPE else "")
+                + f" ({b['threads'] or '?'} threads) "
                 f"{fnum(b[phase]['tokens_per_s'])} tokens/s; our fastest cell ({ours['fastest_label']}, "
                 f"{ranks(ours['fastest_nranks'])}) {ratio(ours['fastest_over_baseline'])} that"
             )

@@ -44,7 +44,8 @@ def records(docs: list[dict]) -> list[dict]:
         beside = {r["baseline"]: r for r in baselines.beside_records(doc)}
         for v in doc["variants"]:
             rec = {"comparison": doc["name"], "variant": v["name"], "label": v.get("label", v["name"]),
-                   "kind": v["kind"], "reference": v.get("reference"), "rounds": doc["rounds"]}
+                   "kind": v["kind"], "reference": v.get("reference"), "rounds": doc["rounds"],
+                   "prompt_len": (doc.get("run") or {}).get("prompt_len")}
             for phase in PHASES:
                 rec[f"{phase}_unit"] = doc["units"][phase]
                 rec[f"{phase}_median"] = v["median"][phase]

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from model_export.atomic import write_json_atomic, write_text_atomic
-from pipeline.report import answers, appendix, findings, long_context, resources
+from pipeline.report import answers, appendix, dtypes, findings, long_context, resources
 from pipeline.report import baselines as hf
 from pipeline.report import costmodel as costmodel_report
 from pipeline.report.fmt import PHASES, flatten
@@ -178,6 +178,7 @@ def build(
         "findings": findings.records(cells, rows, verification),
         "baselines": hf.records(baselines, cells),
         "comparisons": comparisons,
+        "dtypes": dtypes.records(cells, comparisons),
         "long_context": long_context.records(cells),
         **resources.records(cells),
         "costmodel": costmodel_report.records(costmodel, figures.get("costmodel")),

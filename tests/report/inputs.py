@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from pipeline.report import cli
@@ -181,3 +182,25 @@ def long_runs(seq_speed_4096: float) -> list[dict]:
             run["memory"]["peak_rss_mb"] = [(300.0 if a == "standard" and n == 4096 else 100.0)] * p
             runs.append(run)
     return runs
+
+
+def compare_doc(name: str, variants: dict[str, tuple], skipped: list[str] | None = None) -> dict:
+    """TEST DATA: a `pipeline compare` result from made-up per-round rates. `variants` maps a name to
+    (kind, label, reference or None, prefill rounds, decode rounds); a variant's ratio per round is
+    its rate over its reference's in that round, the median over the rounds, as compare.py defines."""
+    out = []
+    for vname, (kind, label, ref, prefill, decode) in variants.items():
+        v = {"name": vname, "label": label, "kind": kind, "settings": {}, "reference": ref,
+             "rounds": {"prefill": prefill, "decode": decode},
+             "median": {"prefill": statistics.median(prefill), "decode": statistics.median(decode)}}
+        if ref:
+            base = variants[ref]
+            rr = {ph: [a / b for a, b in zip(v["rounds"][ph], base[3 + i], strict=True)]
+                  for i, ph in enumerate(("prefill", "decode"))}
+            v.update(ratio_rounds=rr, ratio={ph: statistics.median(x) for ph, x in rr.items()},
+                     tokens_agree=None if kind == "ceilings" else True)
+        out.append(v)
+    return {"schema_version": 1, "name": name, "question": f"{name}?", "rounds": 3, "metric": "tokens_per_s",
+            "units": {"prefill": "tok/s", "decode": "tok/s"},
+            "run": {"prompt_len": 16, "gen_len": 4, "iters": 3, "warmup": 1},
+            "variants": out, "skipped": skipped or [], "machine": {"cpu_model": "Test CPU", "cores": 2}}
