@@ -99,7 +99,8 @@ def network_line(n: dict) -> str:
         f"{fnum(1e6 * c['per_call_s'], 1)} µs" for c in n.get("per_call_classes", []))
     inside = per_class or f"{fnum(1e6 * n.get('per_call_s', 0), 1)} µs"
     return (f"- {n['network']} ({where}): {classes or 'one class'}; in situ per collective "
-            f"inside MPI {inside}, waiting {fnum(100 * n.get('wait_fraction', 0), 1)}% of compute"
+            f"inside MPI {inside}, waiting {fnum(1e6 * n.get('wait_per_call_s', 0), 1)} µs per call + "
+            f"{fnum(100 * n.get('wait_fraction', 0), 1)}% of compute"
             f"{src}.{failed}")
 
 

@@ -203,7 +203,13 @@ def test_cost_per_call_in_situ_per_size_class_and_waiting_per_second_of_compute(
     got = in_situ(CFG06, [run], net, 4)
     (up1, x1), (up2, x2) = got["per_call_classes"]
     assert (up1, x1, x2) == (64 << 10, pytest.approx(small), pytest.approx(large)) and math.isinf(up2)
-    assert got["wait_fraction"] == pytest.approx(0.16 / 2.0)
+    assert got["wait_fraction"] == pytest.approx(0.16 / 2.0) and got["wait_per_call_s"] == 0
+    # waiting that is a skew per call instead (a tiny model's): 20 µs x (57 + 8 x 57) calls
+    for phase, calls in (("prefill", 2 * L + 1), ("decode", gen * (2 * L + 1))):
+        run[phase]["wait_s"] = calls * 20e-6
+    skew = in_situ(CFG06, [run], net, 4)
+    assert skew["wait_per_call_s"] == pytest.approx(20e-6)
+    assert skew["wait_fraction"] == pytest.approx(0, abs=1e-12)
     slow = cm.Network(net.alpha, net.beta, net.classes, wait_fraction=got["wait_fraction"],
                       per_call_classes=got["per_call_classes"])
     place, rates = cm.local_placement(2, 2, 1), cm.Rates(1e11, 1e11, 1e11, 2e10)

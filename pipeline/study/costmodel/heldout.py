@@ -4,6 +4,7 @@ pipeline.study.netcal, run on shared memory and across emulated nodes at each li
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 
@@ -115,16 +116,30 @@ def session_model(cfg: Qwen3Config, rec: dict, cal: dict, fixed: FixedCost,
     return cal, rec_fixed, "the matrix's single-rank cells"
 
 
+def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin |A x - y| over x >= 0, for the few unknowns here: the best least-squares solution
+    over every subset of columns left free (the others 0) whose solution is non-negative."""
+    best, best_res = np.zeros(A.shape[1]), float(np.sum(y * y))
+    for k in range(1, A.shape[1] + 1):
+        for cols in itertools.combinations(range(A.shape[1]), k):
+            x, *_ = np.linalg.lstsq(A[:, cols], y, rcond=None)
+            res = float(np.sum((A[:, cols] @ x - y) ** 2))
+            if np.all(x >= 0) and res < best_res - 1e-30:
+                best, best_res = np.zeros(A.shape[1]), res
+                best[list(cols)] = x
+    return best
+
+
 def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> dict | None:
     """The engine's cost inside MPI beyond the sweep's, per call and message-size class, and its
-    waiting per second of compute, from multi-rank cells that are not held out.
+    waiting per call and per second of compute, from multi-rank cells that are not held out.
 
     Each phase of each cell gives one equation: its measured transfer minus the sweep's
     prediction of its collectives = sum over classes of (its calls of the class) x (the class's
-    cost per call); least squares, costs >= 0, a class no call of these cells used takes the
-    mean cost per call. Waiting = measured waiting / measured compute over the phases.
+    cost per call), and its waiting = calls x (waiting per call) + compute x (waiting per second);
+    non-negative least squares; a class no call of these cells used takes the mean cost per call.
     None without such cells."""
-    rows, excess, wait, compute = [], [], 0.0, 0.0
+    rows, excess, waits = [], [], []
     for run in runs:
         c = run["cell"]
         P, T, gen = c["nranks"], c["prompt_len"], c["gen_len"]
@@ -136,17 +151,17 @@ def in_situ(cfg: Qwen3Config, runs: list[dict], net: Network, b: float) -> dict 
                 continue
             rows.append(counts)
             excess.append((run[phase].get("transfer_s") or 0) - steps * comm_time(calls, P, net))
-            wait += run[phase].get("wait_s") or 0
-            compute += run[phase].get("compute_s") or 0
+            waits.append((sum(counts), run[phase].get("compute_s") or 0, run[phase].get("wait_s") or 0))
     if not rows:
         return None
     A, y = np.array(rows), np.array(excess)  # (phases, classes), (phases,)
     mean = max(0.0, float(y.sum() / A.sum()))
     used = A.sum(axis=0) > 0
-    x, *_ = np.linalg.lstsq(A[:, used], y, rcond=None)
     per_class = np.full(len(SIZE_CLASSES), mean)
-    per_class[used] = np.maximum(x, 0.0)
-    return {"per_call_s": mean, "wait_fraction": wait / compute if compute else 0.0,
+    per_class[used] = nonnegative_lstsq(A[:, used], y)
+    W = np.array(waits)  # (phases, 3): calls, compute s, waiting s
+    per_call_wait, fraction = nonnegative_lstsq(W[:, :2], W[:, 2])
+    return {"per_call_s": mean, "wait_per_call_s": float(per_call_wait), "wait_fraction": float(fraction),
             "per_call_classes": tuple(zip(SIZE_CLASSES, map(float, per_class), strict=True))}
 
 
@@ -204,8 +219,10 @@ def record_network(cfg: Qwen3Config, rec: dict, b: float, dtype: str) -> tuple[N
     if measured:  # the real model's cells beat the tiny model's for the cost per call
         net = dataclasses.replace(net, per_call=measured["per_call_s"],
                                   wait_fraction=measured["wait_fraction"],
+                                  wait_per_call=measured["wait_per_call_s"],
                                   per_call_classes=measured["per_call_classes"])
         info = {**info, "per_call_s": measured["per_call_s"], "wait_fraction": measured["wait_fraction"],
+                "wait_per_call_s": measured["wait_per_call_s"],
                 "per_call_classes": [{"up_to_bytes": None if math.isinf(u) else u, "per_call_s": x}
                                      for u, x in measured["per_call_classes"]],
                 "per_call_from": [CellId.of_run(r).name for r in cells]}

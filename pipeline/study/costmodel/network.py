@@ -24,9 +24,10 @@ class Network:
     class it fits. `per_call` is the engine's own cost inside each collective beyond what the
     sweep's back-to-back calls show (Python, books, a peer not yet scheduled), measured in situ;
     `per_call_classes` refines it per message-size class as (upper bound, seconds): a 512 KiB
-    prefill Allreduce in situ costs more than a 4 KiB decode one. `wait_fraction` is the waiting
-    for the slowest rank per second of a rank's busy time (its delays accrue with the work
-    between two collectives, so the skew grows with it, not with the number of calls).
+    prefill Allreduce in situ costs more than a 4 KiB decode one. The waiting for the slowest
+    rank is `wait_per_call` per collective (the scheduler's skew at each call) plus
+    `wait_fraction` per second of a rank's busy time (its delays accrue with the work between two
+    collectives: on the 0.6B model this term is all of it, on a tiny one the first).
     """
 
     alpha: float
@@ -35,6 +36,7 @@ class Network:
     per_call: float = 0.0
     wait_fraction: float = 0.0
     per_call_classes: tuple[tuple[float, float], ...] = ()
+    wait_per_call: float = 0.0
 
     def at(self, nbytes: float) -> tuple[float, float]:
         for upper, alpha, beta in self.classes:

@@ -14,7 +14,7 @@ from functools import partial
 from model_export.config import Qwen3Config
 from pipeline.engine import partition
 from pipeline.engine.strategies.layer import MICRO_BATCH
-from pipeline.study.costmodel.network import Network, any_crosses, comm_time
+from pipeline.study.costmodel.network import Network, any_crosses, call_count, comm_time
 
 KV_BYTES = 4  # the engine's KV cache is float32 whatever the weights' dtype
 NORM_BYTES = 4  # norms are float32 in every export
@@ -271,7 +271,9 @@ def phase_time(cfg: Qwen3Config, strategy: str, phase: str, T: int, place: Place
     crossed = inter is not None and any_crosses(work.calls, place.nranks, hosts)
     communicates = any((g[0] if g else place.nranks) > 1 for _n, _b, _c, *g in work.calls)
     work_s = _overlap(flop_s, memory_s, prefill) + fixed_s
-    wait = (inter if crossed else net).wait_fraction * work_s if communicates else 0.0
+    on = inter if crossed else net
+    calls = call_count(work.calls, place.nranks)
+    wait = on.wait_per_call * calls + on.wait_fraction * work_s if communicates else 0.0
     return {"total_s": work_s + comm + wait, "flop_s": flop_s,
             "memory_s": memory_s, "fixed_s": fixed_s, "comm_s": comm, "wait_s": wait,
             "bound": "compute" if flop_s >= memory_s else "memory"}
