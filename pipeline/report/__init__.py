@@ -5,9 +5,12 @@ rendered from those records last, so tests check numbers, not sentences.
 
     cli.py          python -m pipeline report: reads the inputs, then build -> write -> render
       load.py       bench JSONs, verification, cost model, baselines -> Cell records
-      verify.py     every cell against the single-rank reference (also python -m pipeline verify)
+      verify.py     every cell against the single-rank reference of its dtype, at the dtype's tolerance
+                    (also python -m pipeline verify)
       summary.py    build(): every section's records in one dict; summary.json and summary.csv
-        answers.py      the first screen: fastest configuration per prompt length and phase
+        answers.py      the first screen: fastest configuration per prompt length, dtype and phase
+        dtypes.py       per dtype: our fastest 1-rank cell, its distance from float32, the baselines,
+                        ranks and ceilings comparisons beside it
         tables.py       per-cell tables (rendering the "cells" rows, which are the CSV's)
         findings.py     ratios and counts across cells, the seed's claims beside them
         baselines.py    HF transformers on the same checkpoint

@@ -1,7 +1,8 @@
 """Baselines. Hugging Face transformers on the same checkpoint (pipeline.study.baseline): its numbers,
 whether it computed what our reference cell computed, and our fastest cells' tokens/s over its own.
 And the baselines measured back to back with our cells (`compare baselines`: llama.cpp on GGUF
-files and torch, float32 and bf16): per dtype our cell beside them, ours over theirs per round."""
+files and torch, float32 and bf16): ours over theirs per round (beside_records; dtypes.py states them
+per dtype)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import statistics
 from pipeline.cells import MANIFEST_DTYPES, REFERENCE_DTYPE
 from pipeline.report import verify
 from pipeline.report.answers import ranked
-from pipeline.report.fmt import PHASES, fnum, ranks, ratio, table, tok_s
+from pipeline.report.fmt import PHASES, fnum, ranks, ratio, tok_s
 from pipeline.report.load import Cell, matrix_key
 
 DEFAULT_NAME = "HF transformers (torch)"
@@ -205,26 +206,9 @@ def beside_records(doc: dict) -> list[dict]:
     return out
 
 
-def beside_section(doc: dict) -> list[str]:
-    """Markdown: per dtype, our cell beside its baselines (medians, and ours over theirs per round)."""
-    recs = beside_records(doc)
-    lines = []
-    if recs:
-        head = ["ours", "baseline", "prefill tok/s: ours / theirs", "decode tok/s: ours / theirs",
-                "prefill: ours over theirs", "decode: ours over theirs", "greedy tokens: theirs = ours"]
-        rows = []
-        for r in recs:
-            rows.append([r["ours_label"], r["baseline_label"],
-                         *(f"{fnum(r[f'{ph}_ours'])} / {fnum(r[f'{ph}_baseline'])}" for ph in PHASES),
-                         *(ratio_rounds(r[f"{ph}_ours_over_baseline"], r[f"{ph}_ours_over_baseline_rounds"])
-                           for ph in PHASES),
-                         {True: "yes", False: "**no**", None: "—"}[r["tokens_agree"]]])
-        lines += ["Ours over each baseline, per round (the rounds' ratios of the table above, inverted):", "",
-                  *table(head, rows), ""]
-    return lines
-
-
-def ratio_rounds(median: float | None, rounds: list[float]) -> str:
-    if median is None:
-        return "—"
-    return f"{ratio(median)} ({' / '.join(f'{r:.2f}' for r in rounds)})"
+def beside_pointer(doc: dict) -> list[str]:
+    """Under a baselines comparison's table: where ours over theirs is stated (the per-dtype section)."""
+    if not beside_records(doc):
+        return []
+    return ["Each baseline's ours over theirs (the rounds' ratios of the table above, inverted), per dtype: "
+            "the section *Per dtype: our cells beside llama.cpp and torch* above.", ""]

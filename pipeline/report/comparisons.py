@@ -54,7 +54,8 @@ def records(docs: list[dict]) -> list[dict]:
                 rec[f"{phase}_ratio"] = ratio.get(phase)
                 rec[f"{phase}_ratio_rounds"] = list((v.get("ratio_rounds") or {}).get(phase, []))
                 if v["name"] in beside:
-                    rec[f"{phase}_ours_over_baseline"] = beside[v["name"]][f"{phase}_ours_over_baseline"]
+                    for key in (f"{phase}_ours_over_baseline", f"{phase}_ours_over_baseline_rounds"):
+                        rec[key] = beside[v["name"]][key]
             rec["tokens_agree"] = v.get("tokens_agree")
             out.append(rec)
         out += [{"comparison": doc["name"], "kind": "skipped", "reason": line}
@@ -155,7 +156,7 @@ def section(docs: list[dict]) -> list[str]:
             "",
             *comparison_table(doc, by_name.get(doc["name"], [])),
             "",
-            *baselines.beside_section(doc),
+            *baselines.beside_pointer(doc),
             *(f"- {line}." for line in doc.get("skipped", [])),
             *([""] if doc.get("skipped") else []),
             f"{run_text(doc)}. Machine: {machine_text(doc)}.",

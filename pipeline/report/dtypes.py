@@ -12,7 +12,6 @@ the table says which cell it was. Nothing here is judged against a goal.
 from __future__ import annotations
 
 import re
-import statistics
 
 from pipeline.cells import ALGORITHMS, DTYPES, MANIFEST_DTYPES, REFERENCE_DTYPE
 from pipeline.report.answers import ranked
@@ -71,11 +70,10 @@ def baseline_rows(comparisons: list[dict]) -> list[dict]:
         row = {"dtype": ours_dtype(mine["variant"]), "baseline": r["variant"], "baseline_label": r["label"],
                "kind": r["kind"], "ours": mine["variant"], "ours_label": mine["label"],
                "tokens_agree": r.get("tokens_agree")}
-        for phase in PHASES:
-            rounds = [1.0 / x for x in r[f"{phase}_ratio_rounds"] if x]  # theirs over ours, inverted
+        for phase in PHASES:  # ours over theirs: comparisons.records inverted the rounds' ratios
             row.update({f"{phase}_ours": mine[f"{phase}_median"], f"{phase}_baseline": r[f"{phase}_median"],
-                        f"{phase}_ours_over_baseline_rounds": rounds,
-                        f"{phase}_ours_over_baseline": statistics.median(rounds) if rounds else None})
+                        f"{phase}_ours_over_baseline_rounds": r.get(f"{phase}_ours_over_baseline_rounds", []),
+                        f"{phase}_ours_over_baseline": r.get(f"{phase}_ours_over_baseline")})
         rows.append(row)
     return rows
 
