@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 from model_export.atomic import write_bytes_atomic
-from pipeline.cells import MANIFEST_DTYPES, REFERENCE_DTYPE
+from pipeline.cells import DTYPES, MANIFEST_DTYPES, REFERENCE_DTYPE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,36 +46,32 @@ def _series(cells, phase):
 
 
 def throughput_vs_ranks(cells: list, prompt_len: int, path: str | Path) -> None:
-    """tokens/s (median, min-max bars) against rank count, one line per strategy x algorithm (x dtype)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    """tokens/s (median, min-max bars) against rank count, one line per strategy x algorithm; one row
+    of panels per dtype (float32 first), so a dtype's lines are read against its own."""
+    dtypes = [d for d in DTYPES if any(c.dtype == d for c in cells)] or [REFERENCE_DTYPE]
+    fig, grid = plt.subplots(len(dtypes), 2, figsize=(10, 4 * len(dtypes)), squeeze=False)
     ranks = sorted({c.nranks for c in cells})
-    axis = _axis(cells)
-    for ax, phase in zip(axes, PHASES, strict=False):
-        series = _series(cells, phase)
-        for (strategy, algo, dtype), points in series.items():
-            xs = [p[0] for p in points]
-            ys = [p[1] for p in points]
-            err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=err,
-                marker=MARKERS.get(strategy, "^"),
-                linestyle=LINES.get(algo, ":"),
-                capsize=3,
-                label=f"{strategy} + {algo}" + (f", {dtype}" if axis else ""),
-            )
-        if not series:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xscale("log", base=2)
-        if ranks:
-            ax.set_xticks(ranks, [str(r) for r in ranks])
-        ax.set_xlabel("MPI ranks")
-        ax.set_ylabel("tokens/s (median; bars: min-max)")
-        ax.set_title(f"{phase}, prompt {prompt_len}")
-        ax.grid(True, alpha=0.3)
-        if series:
-            ax.legend(fontsize=8)
+    for row, dtype in zip(grid, dtypes, strict=True):
+        named = f", {dtype}" if len(dtypes) > 1 else ""
+        for ax, phase in zip(row, PHASES, strict=False):
+            series = _series([c for c in cells if c.dtype == dtype], phase)
+            for (strategy, algo, _), points in series.items():
+                xs = [p[0] for p in points]
+                ys = [p[1] for p in points]
+                err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+                ax.errorbar(xs, ys, yerr=err, marker=MARKERS.get(strategy, "^"),
+                            linestyle=LINES.get(algo, ":"), capsize=3, label=f"{strategy} + {algo}")
+            if not series:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xscale("log", base=2)
+            if ranks:
+                ax.set_xticks(ranks, [str(r) for r in ranks])
+            ax.set_xlabel("MPI ranks")
+            ax.set_ylabel("tokens/s (median; bars: min-max)")
+            ax.set_title(f"{phase}, prompt {prompt_len}{named}")
+            ax.grid(True, alpha=0.3)
+            if series:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

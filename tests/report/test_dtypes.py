@@ -130,6 +130,8 @@ def test_the_report_ranks_and_speeds_up_within_a_dtype(tmp_path):
     seed = {(s["dtype"], s["phase"]): s for s in summary["findings"]["seed_best"]}
     assert seed[("bf16", "prefill")]["seed_over_fastest"] == pytest.approx(300.0 / 400.0)
     assert text.index("### Prefill, float32 weights") < text.index("### Prefill, bf16 weights")
+    assert summary["machine"]["differs"] == []  # the dtype is an axis, not two machines
+    assert "differs between cells" not in text
     assert "| 16 | bf16 | prefill | **sequence + online_softmax, 1 x 2** |" in text
     assert "| float32 | 100 (headwise + standard) | 10.0 (headwise + standard) | — |" in text
     per = {d["dtype"]: d for d in summary["dtypes"]["dtypes"]}
