@@ -59,11 +59,14 @@ BF16_ATOL = 1e-2
 # a float32 summation-order difference flips an 8-bit rounding now and then: either way the layouts
 # differ by int8 roundings, through every layer. tests/engine/test_int8.py measured 8.0e-3 on tiny
 # 4-layer models (INT8_HEADWISE_ACROSS_RANKS = 2e-2 for logits of ~0.65); the 28-layer synthetic
-# Qwen3-0.6B (digests' largest |logit| 1.2), 2 ranks against 1, before the tokens part: head-wise 4.0e-2
-# on the digests and 0.12 anywhere in the row, sequence (decode only) 4.6e-2 / 8e-2, layer 0. 0.1 per
-# unit covers the whole row's. That is as wide as int8 is from float32 on the prefill digests (4.9e-2),
-# so the digests cannot tell the dtypes apart (the export-dtype check does); they still catch a layout
-# bug (O(1)), and the greedy tokens must be identical as for every dtype.
+# Qwen3-0.6B (digests' largest |logit| 1.2), 2 ranks against 1, over the steps before the tokens part:
+# head-wise 4.0e-2 on the prefill's first 8 logits, 5.3e-2 on any step's, 0.12 anywhere in the row;
+# sequence (decode only) 4.6e-2 / 7.8e-2; layer 0. 0.1 per unit covers the whole row's. That is as
+# wide as int8 is from float32 on the prefill digests (4.9e-2), so the digests cannot tell the dtypes
+# apart (the export-dtype check does); they still catch a layout bug (O(1)). The greedy tokens must be
+# identical as for every dtype, and on that random-weight model they are not: head-wise and sequence
+# at 2 ranks part from the 1-rank cell at steps 6 and 29, where its top-2 margin (0.017, 0.027) is
+# under those differences, so such cells fail here rather than pass on a looser rule.
 INT8_ATOL = 1e-1
 # the row's L2 norm: measured 9e-4 at most over the 32 steps (head-wise and sequence, 2 ranks).
 INT8_RTOL = 2e-3
