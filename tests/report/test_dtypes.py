@@ -198,3 +198,48 @@ def test_ranks_and_ceilings_per_dtype(tmp_path):
     assert ceil["bf16"]["decode_ratio"] == pytest.approx(0.9)  # 18 GB/s over 20
     assert "| bf16 | online_softmax | ×1.10 | ×0.95 | 400 (×1.60) | 18.0 (×0.90) |" in text
     assert "| float32 | online_softmax | ×0.90 | ×1.20 | 200 (×0.80) | 17.0 (×0.85) |" in text
+
+
+# TEST DATA: the reference's top-1 margins per greedy token; int8's near-tie threshold here is
+# 2 x 0.1 x 1.2 = 0.24, so step 2 (0.2) is a near-tie and step 1 (0.3) is not
+MARGINS = [0.5, 0.3, 0.2, 0.5]
+
+
+def parted(dtype: str, step: int, margins: list[float] | None = MARGINS, prefill_shift: float = 0.0):
+    """(reference, cell): the cell's greedy token differs from `step` on, its last step's logits 0.5 away
+    (another context), its prefill's moved by `prefill_shift`."""
+    ref = fake_run("headwise", "standard", 1, dtype=dtype)
+    if margins is not None:
+        ref["output"]["top1_margins"] = margins
+    cell = fake_run("sequence", "standard", 2, dtype=dtype)
+    tokens = cell["output"]["greedy_tokens"]
+    cell["output"]["greedy_tokens"] = tokens[:step] + [t + 1 for t in tokens[step:]]
+    cell["output"]["final_logits"]["first8"] = [x + 0.5 for x in cell["output"]["final_logits"]["first8"]]
+    cell["output"]["prefill_logits"]["first8"] = [x + prefill_shift
+                                                 for x in cell["output"]["prefill_logits"]["first8"]]
+    return ref, cell
+
+
+@pytest.mark.parametrize("dtype, step, margins, prefill_shift, ok", [
+    ("int8", 2, MARGINS, 0.0, True),     # parted at a near-tie: the prefill's logits still match
+    ("bf16", 2, [0.5, 0.3, 0.02, 0.5], 0.0, True),  # bf16: 2 x 0.01 x 1.2 = 0.024
+    ("int8", 1, MARGINS, 0.0, False),    # margin 0.3 is no near-tie: a mismatch
+    ("int8", 2, MARGINS, 0.2, False),    # a near-tie, but the prefill's logits are 0.2 > 0.12 away
+    ("int8", 2, None, 0.0, False),       # the reference recorded no margins (runs before them): strict
+    ("float32", 2, [0.5, 0.3, 1e-9, 0.5], 0.0, False),  # float32 takes no near-ties
+])
+def test_low_precision_tokens_may_part_only_at_a_near_tie(dtype, step, margins, prefill_shift, ok):
+    ref, cell = parted(dtype, step, margins, prefill_shift)
+    c = check(verify.verify(by_name([ref, cell]), atol=1e-3, rtol=1e-4), CellId.of_run(cell).name)
+    assert c["ok"] is ok, c["problems"]
+    assert c["first_token_mismatch"] == step and not c["tokens_equal"]
+    assert (c["near_tie_margin"] is not None) == (margins is not None and dtype != "float32"
+                                                  and margins[step] < 2 * (0.1 if dtype == "int8" else 0.01)
+                                                  * SCALE)
+
+
+def test_a_near_tie_is_stated_in_the_table():
+    result = verify.verify(by_name(parted("int8", 2)), atol=1e-3, rtol=1e-4)
+    text = "\n".join(verify.render_table(result))
+    assert "| part from step 2, a near-tie (reference's margin 2.00e-01 < 2 x atol) |" in text
+    assert "| 5.00e-01 (after the tokens part: not compared) |" in text
