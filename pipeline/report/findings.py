@@ -170,6 +170,7 @@ def outputs(verification: dict | None) -> dict | None:
         and any("_standard_" in n for n in names),
         "max_abs_diff": max(by_dtype.get(REFERENCE_DTYPE, []), default=math.nan),
         "max_abs_diff_by_dtype": {d: max(v, default=math.nan) for d, v in by_dtype.items()},
+        "near_ties": sum(c.get("near_tie_margin") is not None for c in verification["cells"]),
     }
 
 
@@ -282,6 +283,8 @@ def outputs_lines(out: dict | None) -> list[str]:
             f"tolerance; the largest logits difference is {verify.fmt_diff(out['max_abs_diff'])}"
             + "".join(f", {d}'s (against its own 1-rank cell) {verify.fmt_diff(v)}"
                       for d, v in (out.get("max_abs_diff_by_dtype") or {}).items() if d != REFERENCE_DTYPE)
+            + (f"; {out['near_ties']} low-precision cells' tokens part from their reference's at a near-tie"
+               if out.get("near_ties") else "")
             + " (see Verification)."
         )
     return lines

@@ -100,6 +100,8 @@ def check_columns(check: dict) -> dict:
         "verify_max_abs_diff": check["max_abs_diff"],
         "verify_l2_rel_diff": check["l2_rel_diff"],
         "verify_atol": check.get("atol"),
+        "verify_first_token_mismatch": check.get("first_token_mismatch"),
+        "verify_near_tie_margin": check.get("near_tie_margin"),
         "verify_ok": check["ok"],
     }
     low = check.get("low_precision")

@@ -243,3 +243,12 @@ def test_a_near_tie_is_stated_in_the_table():
     text = "\n".join(verify.render_table(result))
     assert "| part from step 2, a near-tie (reference's margin 2.00e-01 < 2 x atol) |" in text
     assert "| 5.00e-01 (after the tokens part: not compared) |" in text
+
+
+def test_the_report_counts_near_ties_and_the_csv_carries_them(tmp_path):
+    summary, text, rows = run_report(tmp_path, [*parted("int8", 2), *matrix_runs()])
+    assert summary["findings"]["outputs"]["near_ties"] == 1
+    row = next(r for r in rows if r["cell"] == "sequence_standard_np2_p16_int8")
+    assert (row["verify_ok"], row["verify_first_token_mismatch"], row["verify_near_tie_margin"]) == (
+        "True", "2", "0.2")
+    assert "1 low-precision cells' tokens part from their reference's at a near-tie" in text

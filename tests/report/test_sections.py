@@ -36,7 +36,7 @@ def test_findings_set_the_seeds_claims_beside_the_measurements(tmp_path):
     assert o["matched"] == 4 and o["online_faster"] == 2
     assert o["median_ratio"] == pytest.approx((1.0 + 1.1) / 2)
     assert f["outputs"] == {"cells": 8, "cells_ok": 8, "both_algorithms": True, "max_abs_diff": 0.0,
-                            "max_abs_diff_by_dtype": {"float32": 0.0}}
+                            "max_abs_diff_by_dtype": {"float32": 0.0}, "near_ties": 0}
     assert "the seed's pick gives 120 tokens/s, 33.3% fewer" in text
     for graded in ("**agrees**", "**contradicted**", "target", "**met**"):
         assert graded not in text
