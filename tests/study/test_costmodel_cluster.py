@@ -102,3 +102,20 @@ def test_dtypes_never_crash_the_model():
     assert bf16["model"]["dtype_bytes"] == 2
     assert [c["cell"] for c in bf16["cells"]] == ["headwise_standard_np1_p128_bf16",
                                                   "headwise_standard_np2_p128_bf16"]
+
+
+def test_a_low_precision_group_takes_the_in_situ_costs_of_the_float32_cells():
+    """The in-situ cells are float32, the messages float32 activations in every weight dtype: a
+    bf16 group's network has the same costs per call as float32's."""
+    from pipeline.study.costmodel.heldout import record_network
+
+    rec = network_record("10", 10.0, [], sweep(*LINK), LINK_CALL)
+    cell = fake_run("headwise", "online_softmax", 2, 128, 150, 10)
+    gen, extra = cell["cell"]["gen_len"], 700e-6
+    cell["prefill"].update(transfer_s=(2 * L + 1) * extra + 1.0, compute_s=0.5, wait_s=0.0)
+    cell["decode"].update(transfer_s=gen * (2 * L + 1) * extra + 1.0, compute_s=1.0, wait_s=0.0)
+    rec["comm_calibration"] = [cell]
+    f32, _ = record_network(CFG06, rec, 4, "float32")
+    bf16, info = record_network(CFG06, rec, 2, "bfloat16")
+    assert bf16 == f32 and info["per_call_from"] == ["headwise_online_softmax_np2_p128"]
+    assert bf16.per_call > LINK_CALL  # the cell's, not the tiny model's

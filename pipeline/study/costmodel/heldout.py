@@ -212,9 +212,11 @@ def slowed(cal: dict, speed: tuple[float, float]) -> dict:
 
 def record_network(cfg: Qwen3Config, rec: dict, b: float, dtype: str) -> tuple[Network, dict]:
     """A netcal record's network: its sweep, and the engine's costs in situ from its cells that
-    are not held out (the tiny model's cost per call when it has none)."""
+    are not held out (the tiny model's cost per call when it has none). Those cells may hold
+    another weight dtype than `dtype`: the messages are float32 activations in every dtype."""
     net, info = network_of(rec)
-    cells = same_model(cfg, rec.get("comm_calibration", []), dtype)
+    cells = [r for dt in dict.fromkeys((dtype, "float32"))
+             for r in same_model(cfg, rec.get("comm_calibration", []), dt)]
     measured = in_situ(cfg, cells, dataclasses.replace(net, per_call=0.0), b)
     if measured:  # the real model's cells beat the tiny model's for the cost per call
         net = dataclasses.replace(net, per_call=measured["per_call_s"],
