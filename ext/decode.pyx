@@ -21,12 +21,12 @@ token), so the same bits as the per-op path too. Measured: docs/design-notes.md#
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int32_t
+from libc.stdint cimport int8_t
 from libc.stdlib cimport free, malloc
 
 from ext.attention cimport _attention_decode
 from ext.gemv cimport ROW_BLOCK, gemv_rows, gemvt_rows, nchunks_of, reduce_parts
-from ext.linear cimport _gemv_many, _gemvt, _q8_gemv_many, _q8_gemvt, q8_isa
+from ext.linear cimport _gemv_many, _gemvt, _q8_gemv_many, q8_isa
 from ext.mlp cimport _mlp_small, _q8_mlp
 from ext.qgemv cimport q8_quantize
 from ext.rows cimport norm_row, rope_row
@@ -52,11 +52,11 @@ cdef struct Layer:
     const void *wv           # (Hkv*D, d)
     const float *q_norm      # (D,)
     const float *k_norm      # (D,)
-    const void *wo_t         # (H*D, d)
+    const void *wo_t         # (H*D, d); int8: o_proj's rows instead, (d, H*D)
     const float *mlp_norm    # (d,)
     const void *wg           # (I, d)
     const void *wu           # (I, d)
-    const void *wd           # (I, d)  down_proj transposed
+    const void *wd           # (I, d)  down_proj transposed; int8: its rows instead, (d, I)
     const float *sq          # int8 only: the scales of wq, wk, wv (their rows), wo_t (d,),
     const float *sk          # w_gate, w_up (rows), w_down_t (d,); NULL otherwise
     const float *sv
@@ -201,7 +201,12 @@ cdef class DecodeStack:
         # standard algorithm's scores (H, S_max); int8: a product's input and silu * up quantized
         bufs = [np.zeros(m, np.float32) for m in (d, H * D, H * D, d, I, I, parts, H * self.S_max)]
         bufs += [np.zeros(max(d, H * D, I), np.int8), np.zeros(I, np.int8)]
-        self.keep = (list(layers), scales, k_cache, v_cache, cos, sin, bufs)
+        # int8: o_proj and down_proj as rows, (d, H*D) and (d, I), copies of the export's transposed
+        # matrices: read as one sequential stream per thread, 1.7x the transposed kernel's speed
+        # (docs/design-notes.md#int8-gemv); H*D*d + I*d bytes per layer of private memory
+        rows = [(np.ascontiguousarray(a[6].T), np.ascontiguousarray(a[10].T)) if self.int8 else None
+                for a in layers]
+        self.keep = (list(layers), scales, k_cache, v_cache, cos, sin, bufs, rows)
         self.n, self.q, self.att, self.o, self.gate, self.up, self.parts, self.scores = (
             <float *>ptr(bufs[0]), <float *>ptr(bufs[1]), <float *>ptr(bufs[2]),
             <float *>ptr(bufs[3]), <float *>ptr(bufs[4]), <float *>ptr(bufs[5]),
@@ -214,8 +219,10 @@ cdef class DecodeStack:
             raise MemoryError("DecodeStack: no memory for the layer table")
         per_layer = self.S_max * Hkv * D
         for j in range(L):
-            self._set_layer(j, dict(zip(FIELDS, layers[j], strict=True)),
-                            None if scales is None else scales[j],
+            a = dict(zip(FIELDS, layers[j], strict=True))
+            if self.int8:
+                a["wo_t"], a["w_down_t"] = rows[j]
+            self._set_layer(j, a, None if scales is None else scales[j],
                             <float *>ptr(k_cache) + j * per_layer, <float *>ptr(v_cache) + j * per_layer)
 
     cdef _set_layer(self, int j, a, sc, float *kc, float *vc):
@@ -306,8 +313,8 @@ cdef class DecodeStack:
             return 1
         if self.int8:
             sx = q8_quantize(self.att, HD, self.xq)
-            _q8_gemvt(self.xq, sx, HD, <const int8_t *>w.wo_t, self.d, w.so, self.o,
-                      <int32_t *>self.parts, q8_isa(), self.nt)
+            wp[0], sp[0], Ns[0], op[0] = w.wo_t, w.so, self.d, self.o   # wo_t holds o_proj's rows
+            _q8_gemv_many(self.xq, sx, HD, 1, wp, sp, Ns, op, q8_isa(), self.nt)
         elif self.nt == 1:
             _gemvt_serial(self.att, HD, w.wo_t, self.d, self.o, self.parts, self.bf)
         else:
@@ -322,8 +329,7 @@ cdef class DecodeStack:
         if self.int8:
             _q8_mlp(self.xq, q8_quantize(self.n, self.d, self.xq), self.d, self.n_ff,
                     <const int8_t *>w.wg, w.sg, <const int8_t *>w.wu, w.su, <const int8_t *>w.wd,
-                    w.sd, self.gate, self.up, self.gq, self.o, <int32_t *>self.parts, q8_isa(),
-                    self.nt)
+                    w.sd, self.gate, self.up, self.gq, self.o, q8_isa(), self.nt)
         elif self.nt == 1:
             _mlp_serial(self.n, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
                         self.parts, self.bf)

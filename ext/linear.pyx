@@ -107,7 +107,8 @@ ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per o
 # The fewest tokens at which oneDNN's matmul does a dtype's products (when it loaded and offers
 # more than its `ref` implementation): fewer run on our GEMV, which streams plain weights faster
 # at 1-2 tokens and ties at 4; from 8 oneDNN is 1.1-2.2x (docs/design-notes.md#onednn). int8 at
-# one token runs our int8 GEMV (ext/qgemv.h: faster than oneDNN's M = 1, docs/design-notes.md#int8-gemv).
+# one token runs our int8 GEMV (ext/qgemv.h), so that int8 decode runs in one compiled call too and
+# the per-op path has its bits (docs/design-notes.md#int8-gemv).
 ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 2}
 # Weights oneDNN multiplies in its blocked layout: a reordered copy of each weight, made at its
 # first product and kept (one per weight: every M and thread count here wants the same layout).

@@ -4,9 +4,9 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
                      const void *wu, const void *wd, float *gate, float *up, float *out,
                      float *parts, int bf, int n) noexcept nogil
 
-from libc.stdint cimport int8_t, int32_t
+from libc.stdint cimport int8_t
 
 cdef void _q8_mlp(const int8_t *xq, float sx, Py_ssize_t d, Py_ssize_t I, const int8_t *wg,
                   const float *sg, const int8_t *wu, const float *su, const int8_t *wd,
-                  const float *sd, float *gate, float *up, int8_t *gq, float *out,
-                  int32_t *parts, int isa, int n) noexcept nogil
+                  const float *sd, float *gate, float *up, int8_t *gq, float *out, int isa,
+                  int n) noexcept nogil

@@ -15,7 +15,7 @@ from libc.stdint cimport int8_t, int32_t
 
 from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
                        reduce_parts, set_flag, wait_flag)
-from ext.qgemv cimport q8_cols, q8_quantize, q8_reduce, q8_rows
+from ext.qgemv cimport q8_quantize, q8_rows
 from ext.simd cimport silu_mul_f32
 
 from ext.linear import (ALL_DTYPES, BF16, INT8, ONEDNN_MIN_T, check_array, linear, linear_t,
@@ -98,25 +98,23 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
 
 cdef void _q8_mlp(const int8_t *xq, float sx, Py_ssize_t d, Py_ssize_t I, const int8_t *wg,
                   const float *sg, const int8_t *wu, const float *su, const int8_t *wd,
-                  const float *sd, float *gate, float *up, int8_t *gq, float *out,
-                  int32_t *parts, int isa, int n) noexcept nogil:
+                  const float *sd, float *gate, float *up, int8_t *gq, float *out, int isa,
+                  int n) noexcept nogil:
     """The int8 MLP for one token (xq, sx: rms(x) quantized), _mlp_small's one region: gate, up
-    rows; silu(gate) * up quantized into gq by the thread that finishes last; down's chunks of
-    int32 partial sums (parts: nchunks_of(I) * d), added exactly. n == 1: no region. The bits of
-    ext.linear's per-product int8 path (the same quantization and exact sums)."""
-    cdef Py_ssize_t b, n0, n1, ch
-    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK
-    cdef Py_ssize_t nchunks = nchunks_of(I)
-    cdef int gate_up_done = 0, act_ready = 0, down_done = 0
+    rows; silu(gate) * up quantized into gq by the thread that finishes last; then down's rows.
+    wd is down_proj as rows, (d, I) (not the export's w_down_t): one sequential weight stream per
+    thread (docs/design-notes.md#int8-gemv). n == 1: no region. The bits of ext.linear's
+    per-product int8 path (the same quantization, exact int32 sums)."""
+    cdef Py_ssize_t b, n0, n1
+    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK, nd = (d + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef int gate_up_done = 0, act_ready = 0
     cdef float gs[1]   # the activation scale of silu(gate) * up, set before act_ready
     if n == 1:
         q8_rows(xq, sx, wg, d, 0, I, sg, gate, isa)
         q8_rows(xq, sx, wu, d, 0, I, su, up, isa)
         silu_mul_f32(gate, up, I)
         gs[0] = q8_quantize(gate, I, gq)
-        for ch in range(nchunks):
-            q8_cols(gq, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks, parts + ch * d, isa)
-        q8_reduce(parts, nchunks, d, gs[0], sd, out)
+        q8_rows(gq, gs[0], wd, I, 0, d, sd, out, isa)
         return
     with nogil, parallel(num_threads=n):
         for b in prange(2 * nb, schedule="static"):   # gate's row blocks, then up's
@@ -131,11 +129,10 @@ cdef void _q8_mlp(const int8_t *xq, float sx, Py_ssize_t d, Py_ssize_t I, const 
                 gs[0] = q8_quantize(gate, I, gq)
                 set_flag(&act_ready)
         wait_flag(&act_ready)
-        for ch in prange(nchunks, schedule="static"):
-            q8_cols(gq, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks, parts + ch * d, isa)
-            if last_done(&down_done, <int>nchunks):
-                q8_reduce(parts, nchunks, d, gs[0], sd, out)
-
+        for b in prange(nd, schedule="static"):
+            n0 = b * ROW_BLOCK
+            n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < d else d
+            q8_rows(gq, gs[0], wd, I, n0, n1, sd, out, isa)
 
 def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):
     """out = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down_t  (a rank's partial sum under TP).
