@@ -189,9 +189,9 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
     config = [
         "--config",
         "synthetic_preset=tiny",
-        "strategies=[headwise,layer]",  # and layer2.headwise2: 10 cells
+        "strategies=[headwise,layer]",  # and layer2.headwise2: 10 cells per dtype
         "layouts=[layer2.headwise2]",
-        "dtypes=[float32]",
+        "dtypes=[float32,int8]",
         "ranks=[1,2]",
         'comparisons={"dtype": true}',
         "baseline=true",
@@ -209,17 +209,17 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
 
 def check_complete_run(results: Path) -> None:
     """A complete tiny run: every cell verified, the sweep, the cost model, baseline, comparisons."""
-    assert "All 10 measured cells match" in (results / "report.md").read_text()
+    assert "All 20 measured cells match" in (results / "report.md").read_text()
     assert json.loads((results / "verification.json").read_text())["ok"]
     assert (results / "figures" / "throughput_p16.png").exists() and (
         results / "figures" / "cells_p16.png"
     ).exists()
-    assert len((results / "summary.csv").read_text().splitlines()) == 11
+    assert len((results / "summary.csv").read_text().splitlines()) == 21
     # the MPI sweep, the cost model calibrated on it, and the HF baseline, all in the report
     comm = json.loads((results / "comm.json").read_text())
     assert comm["nranks"] == 2 and comm["allreduce"]["alpha_s"] > 0
     costmodel = json.loads((results / "costmodel.json").read_text())
-    assert len(costmodel["groups"][0]["cells"]) == 10 and costmodel["groups"][0]["curves"]
+    assert len(costmodel["groups"][0]["cells"]) == 10 and costmodel["groups"][0]["curves"]  # float32's
     hf = json.loads((results / "baseline" / "hf_p16.json").read_text())
     text = (results / "report.md").read_text()
     for section in (
@@ -239,8 +239,14 @@ def check_complete_run(results: Path) -> None:
     assert [v["name"] for v in compared["dtype"]["variants"]] == [
         "float32_np1", "bfloat16_np1", "float32_np2", "bfloat16_np2"]
     assert [v["name"] for v in compared["ranks"]["variants"]] == [
-        "float32_online_softmax_np1", "float32_online_softmax_np2"]
-    assert [v["name"] for v in compared["ceilings"]["variants"]] == ["ceilings", "float32_online_softmax_np1"]
+        "float32_online_softmax_np1", "float32_online_softmax_np2", "int8_online_softmax_np1",
+        "int8_online_softmax_np2"]
+    assert [v["name"] for v in compared["ceilings"]["variants"]] == [
+        "ceilings", "float32_online_softmax_np1", "int8_online_softmax_np1"]
+    # every int8 cell measured against float32 over >= 32 teacher-forced steps
+    for path in (results / "runs").glob("*_int8.json"):
+        low = json.loads(path.read_text())["low_precision"]
+        assert low["steps"] >= 32 and 0 < low["nmse"] < 1e-2 and low["top1_agreement"] > 0.5
     for doc in compared.values():
         others = [v for v in doc["variants"] if v["reference"]]
         assert all(len(v["ratio_rounds"]["prefill"]) == 3 and v["ratio"]["decode"] > 0 for v in others)
@@ -261,13 +267,13 @@ def check_partial_run_then_completion(work: Path, results: Path, config: list[st
         '  echo "simulated crash" >&2; exit 3\nfi\nexec mpiexec "$@"\n'
     )
     launcher.chmod(0o755)
-    for path in (results / "runs").glob("layer_*_np2_p16.json"):
+    for path in (results / "runs").glob("layer_*_np2_p16.json"):  # float32's (int8's end in _int8)
         path.unlink()
     proc = snakemake("--cores", "2", "--keep-going", "report", *config, f"mpi_launcher={launcher}", cwd=work,
                      timeout=600)
     assert proc.returncode != 0
     text = (results / "report.md").read_text()
-    assert "**Partial report.**" in text and "8 of 10 cells measured." in text
+    assert "**Partial report.**" in text and "18 of 20 cells measured." in text
     assert "| layer_standard_np2_p16 | missing |" in text
     assert "simulated crash" in (results / "logs" / "bench" / "layer_standard_np2_p16.log").read_text()
     assert not (results / "verification.json").exists()
@@ -279,7 +285,7 @@ def check_partial_run_then_completion(work: Path, results: Path, config: list[st
     assert ran.count("rule bench:") == 2  # only the missing cells, then what depends on them
     assert "rule costmodel:" in ran and "rule commbench:" not in ran and "rule baseline:" not in ran
     assert "rule compare:" not in ran
-    assert "10 of 10 cells measured." in (results / "report.md").read_text()
+    assert "20 of 20 cells measured." in (results / "report.md").read_text()
     proc = snakemake("-n", "report", *config, cwd=work)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
