@@ -84,7 +84,7 @@ def test_dry_run_costmodel_gets_the_cluster_config():
 
 def test_dry_run_comparisons_follow_their_config_block():
     proc = plan("-p", "report", "--config", "synthetic_preset=tiny", "dtypes=[int8,float32]",
-                'comparisons={"ranks": false, "dtype": true, "rounds": 2}')
+                'comparisons={"ranks": false, "dtype": true, "ceilings": true, "rounds": 2}')
     assert proc.returncode == 0, proc.stderr
     out, export = proc.stdout, "results/work/export/synthetic-tiny-seed0"
     assert f"pipeline compare dtype --export {export}-float32 {export}-bf16 --ranks 1 2 " in out
@@ -193,7 +193,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
         "layouts=[layer2.headwise2]",
         "dtypes=[float32,int8]",
         "ranks=[1,2]",
-        'comparisons={"dtype": true}',
+        'comparisons={"dtype": true, "ceilings": true}',
         "baseline=true",
         "prompt_lengths=[16]",
         "gen_len=4",
