@@ -193,7 +193,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
         "layouts=[layer2.headwise2]",
         "dtypes=[float32,int8]",
         "ranks=[1,2]",
-        'comparisons={"dtype": true, "ceilings": true}',
+        'comparisons={"dtype": true, "ranks": true, "ceilings": true}',
         "baseline=true",
         "prompt_lengths=[16]",
         "gen_len=4",
