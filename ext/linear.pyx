@@ -137,6 +137,24 @@ cdef inline const void *data(a):
     return <const void *>cnp.PyArray_DATA(a)
 
 
+cdef inline Py_ssize_t _row_blocks(int m, const Py_ssize_t *N, Py_ssize_t *start) noexcept nogil:
+    """start[j] = the first row block of product j (blocks of ROW_BLOCK rows, all m products in
+    turn); returns the count of blocks, the work items of one parallel region."""
+    cdef int j
+    start[0] = 0
+    for j in range(m):
+        start[j + 1] = start[j] + (N[j] + ROW_BLOCK - 1) // ROW_BLOCK
+    return start[m]
+
+
+cdef inline int _product_of(Py_ssize_t b, const Py_ssize_t *start) noexcept nogil:
+    """The product whose row blocks include block b."""
+    cdef int j = 0
+    while b >= start[j + 1]:
+        j = j + 1
+    return j
+
+
 cdef void _gemv_many(const float *x, int T, Py_ssize_t K, int m, const void **w,
                      const Py_ssize_t *N, float **out, int bf, int n) noexcept nogil:
     """out[j][t, r] = sum_k x[t, k] w[j][r, k] for the m products j, all rows r, t < T: the row
@@ -144,16 +162,11 @@ cdef void _gemv_many(const float *x, int T, Py_ssize_t K, int m, const void **w,
     cdef Py_ssize_t start[MAX_MANY + 1]
     cdef Py_ssize_t b, n0, n1
     cdef int j
-    start[0] = 0
-    for j in range(m):
-        start[j + 1] = start[j] + (N[j] + ROW_BLOCK - 1) // ROW_BLOCK
-    if start[m] < 2:
+    if _row_blocks(m, N, start) < 2:
         n = 1
     with nogil, parallel(num_threads=n):
         for b in prange(start[m], schedule="static"):
-            j = 0
-            while b >= start[j + 1]:
-                j = j + 1
+            j = _product_of(b, start)
             n0 = (b - start[j]) * ROW_BLOCK
             n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < N[j] else N[j]
             gemv_rows(x, T, K, w[j], K, n0, n1, out[j], N[j], bf)
@@ -218,18 +231,13 @@ cdef void _q8_gemv_many(const int8_t *xq, float sx, Py_ssize_t K, int m, const v
     cdef Py_ssize_t start[MAX_MANY + 1]
     cdef Py_ssize_t b, n0, n1
     cdef int j
-    start[0] = 0
-    for j in range(m):
-        start[j + 1] = start[j] + (N[j] + ROW_BLOCK - 1) // ROW_BLOCK
-    if n == 1 or start[m] < 2:
+    if n == 1 or _row_blocks(m, N, start) < 2:
         for j in range(m):
             q8_rows(xq, sx, <const int8_t *>w[j], K, 0, N[j], scale[j], out[j], isa)
         return
     with nogil, parallel(num_threads=n):
         for b in prange(start[m], schedule="static"):
-            j = 0
-            while b >= start[j + 1]:
-                j = j + 1
+            j = _product_of(b, start)
             n0 = (b - start[j]) * ROW_BLOCK
             n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < N[j] else N[j]
             q8_rows(xq, sx, <const int8_t *>w[j], K, n0, n1, scale[j], out[j], isa)
