@@ -11,11 +11,13 @@ layers once, keeps raw pointers, and `step` runs every layer in C:
     n = rms(x);  x += (silu(n @ w_gate.T) * (n @ w_up.T)) @ w_down_t
 
 with the same cores as the per-op path (ext/linear.pxd, ext/mlp.pxd, ext/attention.pxd,
-ext/rows.pxd), so the same bits. Under tensor parallelism o_proj's and down_proj's outputs are
-partial sums: `step(x, pos, reduce)` then calls reduce(o) on each (an Allreduce, in Python)
-between the compiled halves of a layer. float32 or bf16 weights, or int8 with their per-channel
-scales: each product's input then quantized per token (ext/qgemv.h, as ext.linear does at one
-token), so the same bits as the per-op path too. Measured: docs/design-notes.md#fixed-cost.
+ext/rows.pxd). Under tensor parallelism o_proj's and down_proj's outputs are partial sums:
+`step(x, pos, reduce)` then calls reduce(o) on each (an Allreduce, in Python) between the
+compiled halves of a layer. float32 weights: the per-op path's bits. int8 (with per-channel
+scales: each product's input quantized per token, ext/qgemv.h, as ext.linear does at one token)
+and bf16 read o_proj and down_proj from row copies made here: int8's exact int32 sums keep the
+per-op path's bits; bf16 sums those two products in another order, so its logits are the per-op
+path's within float32 rounding. Measured: docs/design-notes.md#fixed-cost, #bf16-rows.
 """
 
 import numpy as np
@@ -52,11 +54,11 @@ cdef struct Layer:
     const void *wv           # (Hkv*D, d)
     const float *q_norm      # (D,)
     const float *k_norm      # (D,)
-    const void *wo_t         # (H*D, d); int8: o_proj's rows instead, (d, H*D)
+    const void *wo_t         # (H*D, d) float32; int8, bf16: o_proj's rows instead, (d, H*D)
     const float *mlp_norm    # (d,)
     const void *wg           # (I, d)
     const void *wu           # (I, d)
-    const void *wd           # (I, d)  down_proj transposed; int8: its rows instead, (d, I)
+    const void *wd           # (I, d)  down_proj transposed; int8, bf16: its rows, (d, I)
     const float *sq          # int8 only: the scales of wq, wk, wv (their rows), wo_t (d,),
     const float *sk          # w_gate, w_up (rows), w_down_t (d,); NULL otherwise
     const float *sv
@@ -102,15 +104,20 @@ cdef void _gemvt_serial(const float *x, Py_ssize_t K, const void *w_t, Py_ssize_
 
 cdef void _mlp_serial(const float *x, Py_ssize_t d, Py_ssize_t I, const void *wg, const void *wu,
                       const void *wd, float *gate, float *up, float *out, float *parts,
-                      int bf) noexcept nogil:
-    """_mlp_small for one token: gate's and up's row blocks, silu * up, down's chunks."""
+                      int bf, int down_rows) noexcept nogil:
+    """_mlp_small for one token: gate's and up's row blocks, silu * up, down's row blocks (wd
+    down_proj's rows, (d, I)) or chunks (wd transposed, (I, d))."""
     cdef const void *w[2]
     cdef float *o[2]
     cdef Py_ssize_t N[2]
     w[0], w[1], o[0], o[1], N[0], N[1] = wg, wu, gate, up, I, I
     _gemv_serial(x, d, 2, w, N, o, bf)
     silu_mul_f32(gate, up, I)
-    _gemvt_serial(gate, I, wd, d, out, parts, bf)
+    if down_rows:
+        w[0], o[0], N[0] = wd, out, d
+        _gemv_serial(gate, I, 1, w, N, o, bf)
+    else:
+        _gemvt_serial(gate, I, wd, d, out, parts, bf)
 
 
 def _check_layers(layers, scales):
@@ -150,7 +157,7 @@ cdef class DecodeStack:
     """A rank's layers for one-token decode steps; `step(x, pos)` runs them all."""
     cdef Layer *layers
     cdef int L, H, Hkv, D, bf, nt
-    cdef bint online, int8
+    cdef bint online, int8, rows   # rows: o_proj and down_proj as row copies (int8, bf16)
     cdef Py_ssize_t d, n_ff, S_max, max_pos   # n_ff: I (a C macro name, from complex.h)
     cdef float eps, scale
     cdef const float *cos
@@ -195,16 +202,18 @@ cdef class DecodeStack:
         self.S_max, self.max_pos = k_cache.shape[1], cos.shape[0]
         self.bf, self.nt, self.eps, self.scale = wdt == BF16, num_threads, eps, scale
         self.int8 = wdt == INT8
+        self.rows = self.int8 or self.bf
         self.online = algo == "online_softmax"
         parts = max(nchunks_of(H * D), nchunks_of(I)) * d   # floats, or int32 sums for int8
         # scratch: n, o (d); q, att (H*D); gate, up (I); o_proj's / down's partial sums; the
         # standard algorithm's scores (H, S_max); int8: a product's input and silu * up quantized
         bufs = [np.zeros(m, np.float32) for m in (d, H * D, H * D, d, I, I, parts, H * self.S_max)]
         bufs += [np.zeros(max(d, H * D, I), np.int8), np.zeros(I, np.int8)]
-        # int8: o_proj and down_proj as rows, (d, H*D) and (d, I), copies of the export's transposed
-        # matrices: read as one sequential stream per thread, 1.7x the transposed kernel's speed
-        # (docs/design-notes.md#int8-gemv); H*D*d + I*d bytes per layer of private memory
-        rows = [(np.ascontiguousarray(a[6].T), np.ascontiguousarray(a[10].T)) if self.int8 else None
+        # int8, bf16: o_proj and down_proj as rows, (d, H*D) and (d, I), copies of the export's
+        # transposed matrices: read as one sequential stream per thread, 1.7x the transposed
+        # kernel's speed for int8, 1.2x the layers' for bf16 (docs/design-notes.md#int8-gemv,
+        # #bf16-rows); (H*D*d + I*d) * itemsize bytes per layer of private memory
+        rows = [(np.ascontiguousarray(a[6].T), np.ascontiguousarray(a[10].T)) if self.rows else None
                 for a in layers]
         self.keep = (list(layers), scales, k_cache, v_cache, cos, sin, bufs, rows)
         self.n, self.q, self.att, self.o, self.gate, self.up, self.parts, self.scores = (
@@ -220,7 +229,7 @@ cdef class DecodeStack:
         per_layer = self.S_max * Hkv * D
         for j in range(L):
             a = dict(zip(FIELDS, layers[j], strict=True))
-            if self.int8:
+            if self.rows:
                 a["wo_t"], a["w_down_t"] = rows[j]
             self._set_layer(j, a, None if scales is None else scales[j],
                             <float *>ptr(k_cache) + j * per_layer, <float *>ptr(v_cache) + j * per_layer)
@@ -315,6 +324,12 @@ cdef class DecodeStack:
             sx = q8_quantize(self.att, HD, self.xq)
             wp[0], sp[0], Ns[0], op[0] = w.wo_t, w.so, self.d, self.o   # wo_t holds o_proj's rows
             _q8_gemv_many(self.xq, sx, HD, 1, wp, sp, Ns, op, q8_isa(), self.nt)
+        elif self.rows:   # wo_t holds o_proj's rows
+            wp[0], Ns[0], op[0] = w.wo_t, self.d, self.o
+            if self.nt == 1:
+                _gemv_serial(self.att, HD, 1, wp, Ns, op, self.bf)
+            else:
+                _gemv_many(self.att, 1, HD, 1, wp, Ns, op, self.bf, self.nt)
         elif self.nt == 1:
             _gemvt_serial(self.att, HD, w.wo_t, self.d, self.o, self.parts, self.bf)
         else:
@@ -332,10 +347,10 @@ cdef class DecodeStack:
                     w.sd, self.gate, self.up, self.gq, self.o, q8_isa(), self.nt)
         elif self.nt == 1:
             _mlp_serial(self.n, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
-                        self.parts, self.bf)
+                        self.parts, self.bf, self.rows)
         else:
             _mlp_small(self.n, 1, self.d, self.n_ff, w.wg, w.wu, w.wd, self.gate, self.up, self.o,
-                       self.parts, self.bf, self.nt)
+                       self.parts, self.bf, self.rows, self.nt)
 
     cdef void _add_o(self, float *x) noexcept nogil:
         cdef Py_ssize_t i

@@ -2,7 +2,7 @@
 
 cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, const void *wg,
                      const void *wu, const void *wd, float *gate, float *up, float *out,
-                     float *parts, int bf, int n) noexcept nogil
+                     float *parts, int bf, int down_rows, int n) noexcept nogil
 
 from libc.stdint cimport int8_t
 

@@ -67,13 +67,14 @@ def silu_mul(float[:, ::1] g, const float[:, ::1] u, int num_threads=1):
 
 cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, const void *wg,
                      const void *wu, const void *wd, float *gate, float *up, float *out,
-                     float *parts, int bf, int n) noexcept nogil:
+                     float *parts, int bf, int down_rows, int n) noexcept nogil:
     """The MLP for T <= SMALL_T in one parallel region (one thread wake-up instead of four):
     gate, up = x @ wg.T, x @ wu.T; gate = silu(gate) * up; out = gate @ wd. gate, up (T, I);
-    parts: room for nchunks_of(I) * T * d floats."""
+    wd is down_proj transposed, (I, d), or with down_rows its rows, (d, I) (ext/decode.pyx's
+    copies); parts: room for nchunks_of(I) * T * d floats."""
     cdef Py_ssize_t b, n0, n1, ch
-    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK
-    cdef Py_ssize_t nchunks = nchunks_of(I)
+    cdef Py_ssize_t nb = (I + ROW_BLOCK - 1) // ROW_BLOCK, nd = (d + ROW_BLOCK - 1) // ROW_BLOCK
+    cdef Py_ssize_t nchunks = 0 if down_rows else nchunks_of(I)
     cdef int gate_up_done = 0, act_ready = 0, down_done = 0
     if nchunks == 1:
         parts = out
@@ -89,6 +90,10 @@ cdef void _mlp_small(const float *x, Py_ssize_t T, Py_ssize_t d, Py_ssize_t I, c
                 silu_mul_f32(gate, up, T * I)   # T * I floats: microseconds
                 set_flag(&act_ready)
         wait_flag(&act_ready)
+        for b in prange(nd if down_rows else 0, schedule="static"):   # down's row blocks
+            n0 = b * ROW_BLOCK
+            n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < d else d
+            gemv_rows(gate, <int>T, I, wd, I, n0, n1, out, d, bf)
         for ch in prange(nchunks, schedule="static"):
             gemvt_rows(gate, <int>T, I, wd, d, I * ch // nchunks, I * (ch + 1) // nchunks,
                        parts + ch * T * d, bf)
@@ -180,4 +185,4 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):
     cdef Py_ssize_t Tc = T, dc = d, Ic = I_r
     cdef int bf = w_gate.dtype == BF16
     with nogil:
-        _mlp_small(xp, Tc, dc, Ic, wg, wu, wd, gp, up_p, op, &pv[0], bf, num_threads)
+        _mlp_small(xp, Tc, dc, Ic, wg, wu, wd, gp, up_p, op, &pv[0], bf, 0, num_threads)
