@@ -22,6 +22,7 @@ offset, shape and axis). The embedding stays bf16 and the norms float32; the man
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import shutil
 import sys
@@ -133,7 +134,19 @@ def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dty
             else:
                 for block in ckpt.blocks(spec.hf_name, spec.transpose, stored):
                     out.write(memoryview(block).cast("B"))
+        settle(f)
     return {"size": out.offset, "sha256": out.h.hexdigest()}
+
+
+def settle(f) -> None:
+    """Put a written file on disk and out of the page cache. On disk: the manifest that names it
+    is renamed into place after it. Out of the cache: the cache holds what a write put there in
+    small folios, mapped one 4 KiB page per TLB entry; read back through the reader's map, the
+    file comes in as 2 MiB folios (docs/design-notes.md#huge-folios)."""
+    f.flush()
+    os.fsync(f.fileno())
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def write_quantized(ckpt: Checkpoint, spec: layout.TensorSpec, out: HashedFile) -> dict:

@@ -18,6 +18,8 @@ those of a transposed one (wo_t, w_down_t) run over its columns, so every rank g
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -102,7 +104,7 @@ class Export:
         self.tokenizer_path: Path | None = path / tok if tok else None
         quantized = EXPORT_DTYPES[manifest["dtype"]].quantized  # read_manifest checked the name
         self._specs = {s.name: s for s in layout.tensor_specs(cfg, own_head=quantized)}
-        self._maps: dict[str, np.memmap] = {}  # one read-only map per file, made on first use
+        self._maps: dict[str, np.ndarray] = {}  # one read-only map per file, made on first use
 
     @property
     def dtype_name(self) -> str:
@@ -213,10 +215,23 @@ class Export:
         raw = self._map(fname)[entry["offset"]: entry["offset"] + count * dtype.itemsize]
         return raw.view(dtype).reshape(entry["shape"])
 
-    def _map(self, fname: str) -> np.memmap:
+    def _map(self, fname: str) -> np.ndarray:
         if fname not in self._maps:
-            self._maps[fname] = np.memmap(self.path / fname, dtype=np.uint8, mode="r")
+            self._maps[fname] = map_file(self.path / fname)
         return self._maps[fname]
+
+
+def map_file(path: Path) -> np.ndarray:
+    """The file as a read-only uint8 array over a shared map, advised for 2 MiB pages: what a
+    decode step reads faults in as 2 MiB page-cache folios, mapped with one TLB entry each
+    (docs/design-notes.md#huge-folios). A no-op where the OS has no such advice."""
+    with open(path, "rb") as f:
+        if not os.fstat(f.fileno()).st_size:
+            return np.zeros(0, np.uint8)   # mmap refuses an empty file
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(m, np.uint8)
 
 
 def open_export(path: str | Path, verify: bool = False, dtype: str | None = None) -> Export:

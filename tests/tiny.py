@@ -12,3 +12,14 @@ TINY_GQA4_TIED = dict(TINY_BASE, num_attention_heads=8, num_key_value_heads=2, h
 TINY_CONFIGS = {"gqa1_tied": TINY_GQA1_TIED, "gqa2_untied": TINY_GQA2, "gqa4_tied": TINY_GQA4_TIED}
 
 QWEN3_06B_PARAMS = 596_049_920  # Qwen/Qwen3-0.6B, tied embedding counted once
+
+
+def file_mapped(a) -> bool:
+    """a is a view of a file's memory map (the export reader's), not a copy."""
+    import mmap
+
+    import numpy as np
+
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)

@@ -26,7 +26,7 @@ from model_export.reader import Export, open_export
 from pipeline.cells import MANIFEST_DTYPES, CellId
 from pipeline.engine.comm import Comm
 from pipeline.engine.launch import threads_per_rank, validated
-from pipeline.engine.machine import machine_facts, placement, shared_cpus, topology
+from pipeline.engine.machine import huge_page_share, machine_facts, placement, shared_cpus, topology
 from pipeline.engine.model import Qwen3Engine, check_job
 from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
@@ -136,9 +136,10 @@ def environment(comm: Comm, threads: int) -> dict:
     return {**machine_facts(comm.size, threads), "blas": blas_info()}
 
 
-def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0) -> dict:
+def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0, export_path=None) -> dict:
     """Peak resident set (VmHWM), private anonymous memory now (RssAnon), the attention
-    kernels' largest working memory and the weights the rank multiplies with (from the engine), in MB."""
+    kernels' largest working memory and the weights the rank multiplies with (from the engine), in MB;
+    the share of the export's resident pages mapped as 2 MiB pages."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     anon = 0.0
     try:
@@ -149,7 +150,8 @@ def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0) -> dict:
     except OSError:
         pass
     return {"peak_rss_mb": peak, "anon_mb": anon, "attention_scratch_mb": attention_scratch_bytes / 1e6,
-            "weights_mb": weight_bytes / 1e6}
+            "weights_mb": weight_bytes / 1e6,
+            "weights_in_2mib_pages": None if export_path is None else huge_page_share(export_path)}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -285,7 +287,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
     """Slowest rank per timed region, then statistics over iterations (on rank 0)."""
     local, steps, bytes_sent = slowest_rank(comm, runs)
     split = time_split(comm, runs)
-    mem = comm.comm.gather(memory_mb(attention_scratch_bytes, weight_bytes), root=0)
+    mem = comm.comm.gather(memory_mb(attention_scratch_bytes, weight_bytes, export.path), root=0)
     ranks = comm.comm.gather(placement(), root=0)  # ranks on other (emulated) nodes show here
     if comm.rank:
         return None
@@ -307,7 +309,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
                   decode_extra={**comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1]),
                                 **split_books(split["decode"])}),
         "memory": {key: [m[key] for m in mem]
-                   for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb")},
+                   for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb",
+                               "weights_in_2mib_pages")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "top1_margins": last["margins"],
                    "prefill_logits": last["prefill_digest"], "final_logits": last["final_digest"]},

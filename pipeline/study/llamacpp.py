@@ -41,7 +41,7 @@ from types import ModuleType
 import numpy as np
 
 from model_export.atomic import write_json_atomic
-from pipeline.engine.machine import cpu_model
+from pipeline.engine.machine import cpu_model, huge_page_share
 from pipeline.engine.prompts import random_prompt
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> dict:
         "model": {"gguf": gguf_facts(args.gguf), "n_vocab": session.n_vocab},
         **timings([r["prefill_s"] for r in runs], [r["decode_s"] for r in runs],
                   [s for r in runs for s in r["steps"]], args.prompt_len, args.gen_len),
-        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "weights_in_2mib_pages": huge_page_share(args.gguf)},
         "output": {"prompt_ids": prompt, "greedy_tokens": last["tokens"],
                    "prefill_logits": logits_digest(last["first"]),
                    "final_logits": logits_digest(last["final"])},
