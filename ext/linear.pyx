@@ -112,8 +112,9 @@ ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per o
 ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 2}
 # Weights oneDNN multiplies in its blocked layout: a reordered copy of each weight, made at its
 # first product and kept (one per weight: every M and thread count here wants the same layout).
-# int8: 2.2-2.9x at one token; otherwise 5-18% (docs/design-notes.md#onednn), not worth a copy.
-ONEDNN_PACKED = {np.dtype(np.float32): False, BF16: False, INT8: True}
+# int8: 2.2-2.9x at one token; bf16: the engine's prefill x0.88-0.90 of plain at 1 and 2 threads
+# (docs/design-notes.md#bf16-packed); float32: 5-18% per product, not worth a copy.
+ONEDNN_PACKED = {np.dtype(np.float32): False, BF16: True, INT8: True}
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
 # packs its operands again for every block, so blocks must be big enough for that to be cheap:

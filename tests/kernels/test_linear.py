@@ -197,7 +197,8 @@ def _rss_kb():
 def test_no_float32_copy_of_the_weights(T):
     """A 3072 x 8192 weight (96 MiB in float32, 48 MiB as bf16): neither NumPy allocations
     (tracemalloc) nor the process's resident memory grow by more than a small fraction of its
-    float32 size: the kernels widen O(block) at a time."""
+    float32 size, beside the bf16 copies oneDNN packs (one per product, where it runs): the
+    kernels widen O(block) at a time."""
     rng = np.random.default_rng(3)
     N, K = 3072, 8192
     w = rng.integers(0x3C00, 0x3D00, size=(N, K), dtype=np.uint16)   # bf16 in [2^-7, 2^-6)
@@ -217,7 +218,9 @@ def test_no_float32_copy_of_the_weights(T):
     finally:
         tracemalloc.stop()
     grown = (_rss_kb() - rss0) * 1024
-    assert peak < f32_bytes / 8, f"NumPy allocations peaked at {peak / 2**20:.1f} MiB"
-    assert grown < f32_bytes / 8, f"resident memory grew by {grown / 2**20:.1f} MiB"
+    packed = L.ONEDNN_PACKED[BF16] and L.implementation(BF16, T, K, N, False, 2).startswith("onednn")
+    allowed = f32_bytes / 8 + (2 * w.nbytes if packed else 0)   # linear's and linear_t's copies
+    assert peak < allowed, f"NumPy allocations peaked at {peak / 2**20:.1f} MiB"
+    assert grown < allowed, f"resident memory grew by {grown / 2**20:.1f} MiB"
     close(out[:, :5], x_seen(x, w) @ widened(w[:5]).T)
     close(out_t[:, :7], x_seen(x_t, w, True) @ widened(w[:, :7]))
