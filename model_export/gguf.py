@@ -36,6 +36,7 @@ import numpy as np
 
 from model_export.checkpoint import Checkpoint, open_checkpoint
 from model_export.config import CheckpointError
+from model_export.export import settle
 
 DTYPES = ("f32", "bf16", "q8_0")
 Q8_0_BLOCK = 32  # values per Q8_0 block (one float16 scale + 32 int8)
@@ -165,7 +166,7 @@ def atomic_file(out: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            settle(f)   # on disk, and read back in 2 MiB folios (docs/design-notes.md#huge-folios)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give what open() would

@@ -41,6 +41,7 @@ from types import ModuleType
 import numpy as np
 
 from model_export.atomic import write_json_atomic
+from model_export.reader import map_file
 from pipeline.engine.machine import cpu_model, huge_page_share
 from pipeline.engine.prompts import random_prompt
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
@@ -207,12 +208,23 @@ def timed_iterations(session: Session, prompt: list[int], args: argparse.Namespa
     return runs
 
 
+def prefault(path: str) -> None:
+    """Read the GGUF once through a map advised for 2 MiB pages, as our reader maps an export:
+    pages not yet cached come in as 2 MiB folios, which llama.cpp's own map (not advised) then
+    finds, so both engines read their weights alike (docs/design-notes.md#huge-folios). The JSON
+    records what llama.cpp got (memory.weights_in_2mib_pages)."""
+    pages = map_file(Path(path))
+    if pages.size:
+        pages[::4096].max()  # one read per 4 KiB page faults the whole file in
+
+
 def run(args: argparse.Namespace) -> dict:
     lib, reason = import_llama()
     if lib is None:
         return unavailable(reason)
     threads = args.threads or os.cpu_count() or 1
     n_ctx = args.prompt_len + args.gen_len + 1
+    prefault(args.gguf)
     session = open_session(lib, args.gguf, threads, n_ctx, max(args.prompt_len, 512), args.kv_type,
                            args.flash_attn)
     try:
