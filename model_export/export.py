@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from model_export import dtypes, layout, quant
 from model_export.atomic import atomic_directory, write_json_atomic
@@ -138,7 +139,7 @@ def write_file(ckpt: Checkpoint, path: Path, group: list[layout.TensorSpec], dty
     return {"size": out.offset, "sha256": out.h.hexdigest()}
 
 
-def settle(f) -> None:
+def settle(f: BinaryIO) -> None:
     """Put a written file on disk and out of the page cache. On disk: the manifest that names it
     is renamed into place after it. Out of the cache: the cache holds what a write put there in
     small folios, mapped one 4 KiB page per TLB entry; read back through the reader's map, the

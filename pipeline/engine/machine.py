@@ -131,15 +131,18 @@ def shared_cpus(placements: list[dict]) -> list[list[int]]:
 def huge_page_share(under: str | Path, smaps: str | Path = "/proc/self/smaps") -> float | None:
     """Share of this process's resident file pages under `under` (an export directory, or a GGUF
     file) that are mapped as 2 MiB pages, from /proc/self/smaps; None where there is no smaps or
-    nothing under `under` is resident. Decode reads its weights ~5% faster in 2 MiB pages
-    (docs/design-notes.md#huge-folios), so every measurement records it for ours and llama.cpp."""
-    prefix, rss, huge, inside = str(Path(under).absolute()), 0, 0, False
+    nothing under `under` is resident. A GEMV probe read weights through a file map ~5% faster in
+    2 MiB pages (docs/design-notes.md#huge-folios), so every measurement records it, ours and
+    llama.cpp's."""
+    path, rss, huge, inside = str(Path(under).absolute()), 0, 0, False
+    folder = path.rstrip("/") + "/"
     try:
         with open(smaps) as f:
             for line in f:
                 head = line.split(maxsplit=5)
                 if "-" in head[0] and ":" not in head[0]:  # a mapping's first line
-                    inside = len(head) > 5 and head[5].startswith(prefix)
+                    name = head[5].rstrip("\n") if len(head) > 5 else ""
+                    inside = name == path or name.startswith(folder)  # not "<path>-old/..."
                 elif inside and head[0] == "Rss:":
                     rss += int(head[1])
                 elif inside and head[0] == "FilePmdMapped:":

@@ -136,7 +136,8 @@ def environment(comm: Comm, threads: int) -> dict:
     return {**machine_facts(comm.size, threads), "blas": blas_info()}
 
 
-def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0, export_path=None) -> dict:
+def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0,
+              export_path: str | os.PathLike | None = None) -> dict:
     """Peak resident set (VmHWM), private anonymous memory now (RssAnon), the attention
     kernels' largest working memory and the weights the rank multiplies with (from the engine), in MB;
     the share of the export's resident pages mapped as 2 MiB pages."""
