@@ -80,6 +80,8 @@ rule synthetic_checkpoint:
     params:
         preset=config["synthetic_preset"],
         seed=config["seed"],
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/synthetic_checkpoint.log",
     benchmark:
@@ -98,6 +100,8 @@ rule export:
         directory(get_export_dir("{dtype}")),
     params:
         checkpoint=get_checkpoint_param,
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/export_{dtype}.log",
     benchmark:
@@ -114,6 +118,8 @@ rule build:
         get_kernel_sources(),
     output:
         get_kernel_libraries(),
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/build.log",
     benchmark:
@@ -144,7 +150,7 @@ rule bench:
         tasks=get_tasks,
         cpus_per_task=get_cpus_per_task,
         job_threads=get_job_threads,
-        bench=1,
+        machine=MEASUREMENT,
     log:
         "results/logs/bench/{strategy}_{algo}_np{nranks}_p{prompt_len}{dtype_suffix}.log",
     benchmark:
@@ -170,6 +176,8 @@ rule verify:
     params:
         atol=config["verify_atol"],
         rtol=config["verify_rtol"],
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/verify.log",
     conda:
@@ -202,6 +210,8 @@ rule report:
         not_applicable=get_not_applicable(),
         workflow_config=get_workflow_config_json(),
         logs="results/logs/bench",
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/report.log",
     conda:

@@ -22,6 +22,12 @@ RUNS = "results/runs"
 COMPARISONS = ("dtype", "ranks", "ceilings", "baselines")  # the named comparisons of rules/compare.smk
 GGUF_DTYPES = ("f32", "bf16", "q8_0")  # the GGUF files llama.cpp runs on (rule gguf)
 COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison measures at it
+# profiles/default/config.yaml gives the workflow machine=100: a measurement (bench, compare, commbench,
+# netcal, baseline) holds every share, so it runs alone; any other job holds one, so exports, GGUF
+# writes and builds run side by side but never beside a measurement (the `bench` resource alone let
+# one run beside a benchmark under --cores 8)
+MEASUREMENT = 100
+BESIDE = 1
 COMPARE_ALGO = "online_softmax"  # the ranks and ceilings comparisons' attention, as the others' (compare.py)
 
 

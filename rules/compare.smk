@@ -1,7 +1,7 @@
 # Back-to-back comparisons: `python -m pipeline compare NAME` runs a comparison's variants one
 # after the other, in alternating (ABBA) rounds, and writes results/compare/{name}.json (the
 # rounds' own JSONs in results/compare/{name}/). The config's `comparisons:` block turns each
-# on; the report shows every one that ran. Like the benchmarks they hold the `bench` resource.
+# on; the report shows every one that ran. Like the benchmarks they run alone (`machine` resource).
 # The get_compare_* helpers are in rules/common.smk. The baselines comparison also reads the
 # checkpoint (torch) and the GGUF files rule gguf writes from it (llama.cpp).
 
@@ -30,7 +30,7 @@ rule compare:
     resources:
         mpi=MPI_LAUNCHER,  # a resource, as in rule bench: a launcher change alone reruns nothing
         job_threads=get_compare_threads,  # a resource, not a param: --cores alone reruns nothing
-        bench=1,
+        machine=MEASUREMENT,
     log:
         "results/logs/compare/{name}.log",
     benchmark:
@@ -53,6 +53,8 @@ rule gguf:
         gguf_dtype="|".join(GGUF_DTYPES),
     params:
         checkpoint=get_checkpoint_param,
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/gguf/{gguf_dtype}.log",
     benchmark:

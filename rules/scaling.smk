@@ -1,7 +1,7 @@
 # Beyond the matrix: the MPI latency/bandwidth sweep, the network calibration (sweep, tiny model
 # and held-out cells on shared memory and across emulated nodes per link speed), the cost model
 # calibrated on them and on the single-rank cells, and the optional Hugging Face baseline. All
-# feed the report. The measurements hold the `bench` resource, so they never run beside a benchmark.
+# feed the report. The measurements hold every share of the `machine` resource, so nothing runs beside them.
 
 
 rule commbench:
@@ -14,7 +14,7 @@ rule commbench:
     resources:
         mpi=MPI_LAUNCHER,
         tasks=2,
-        bench=1,
+        machine=MEASUREMENT,
     log:
         "results/logs/commbench.log",
     benchmark:
@@ -45,7 +45,7 @@ rule netcal:
         mpiexec=config["mpi_launcher"],
     threads: get_machine_cores()
     resources:
-        bench=1,
+        machine=MEASUREMENT,
     log:
         "results/logs/netcal/{link}.log",
     benchmark:
@@ -72,6 +72,8 @@ rule costmodel:
         emulated=get_emulated_link_arg(),
         ranks=config["cluster"]["predict_ranks"],
         lengths=config["cluster"]["predict_prompt_lengths"],
+    resources:
+        machine=BESIDE,
     log:
         "results/logs/costmodel.log",
     conda:
@@ -96,7 +98,7 @@ rule baseline:
         timeout=get_timeout_prefix(),
     threads: get_baseline_threads
     resources:
-        bench=1,
+        machine=MEASUREMENT,
     log:
         "results/logs/baseline/hf_p{prompt_len}.log",
     benchmark:

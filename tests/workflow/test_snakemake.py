@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,11 +201,35 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
         "iters=1",
         "warmup=0",
     ]
-    proc = snakemake("--cores", "2", "report", *config, cwd=work, timeout=900)
+    # --cores 8 on this 2-core machine, as README's command: cores to spare beside each benchmark
+    proc = snakemake("--cores", "8", "report", *config, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_measurements_ran_alone(proc.stdout + proc.stderr)
     results = work / "results"
     check_complete_run(results)
     check_partial_run_then_completion(work, results, config)
+
+
+MEASUREMENTS = {"bench", "compare", "commbench", "netcal", "baseline"}
+
+
+def assert_measurements_ran_alone(log: str) -> None:
+    """In Snakemake's log of a run, no job starts while a measurement runs, and no measurement
+    starts while another job runs (profiles/default's `machine` resource)."""
+    running: dict[str, str] = {}  # jobid -> rule
+    rule, measured = None, 0
+    for line in log.splitlines():
+        if m := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = m[1]
+        elif (m := re.match(r"\s+jobid: (\d+)$", line)) and rule:
+            others = set(running.values())
+            assert not (rule in MEASUREMENTS and others), f"{rule} started beside {others}"
+            assert not (others & MEASUREMENTS), f"{rule} started beside {others & MEASUREMENTS}"
+            measured += rule in MEASUREMENTS
+            running[m[1]], rule = rule, None
+        elif m := re.match(r"Finished jobid: (\d+)", line):
+            running.pop(m[1], None)
+    assert measured > 20  # the log was read: the cells, comparisons, sweep, calibration, baseline
 
 
 def check_complete_run(results: Path) -> None:
