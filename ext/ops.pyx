@@ -1,4 +1,5 @@
-"""Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE.
+"""Fused elementwise ops around the GEMMs: RMSNorm, residual add + RMSNorm, q/k norm + RoPE; and
+the streaming read a decode step is measured against (stream_read).
 
 Each is one pass over a row, parallel over rows; sums of squares go through VL float lanes whose
 partial sums are added in double (vectorised, and well inside the 1e-5 relative contract).
@@ -7,6 +8,7 @@ partial sums are added in double (vectorised, and well inside the 1e-5 relative 
 import numpy as np
 
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport uint64_t, uintptr_t
 
 from ext.rows cimport norm_row as _norm_row
 from ext.rows cimport rope_row
@@ -115,3 +117,56 @@ def _check_rows(T, d, dw, To, do, num_threads):
         raise ValueError(f"rmsnorm shapes: x {(T, d)}, w {(dw,)}, out {(To, do)}")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+
+
+cdef extern from *:
+    """
+    /* 64-byte vectors (one zmm under AVX-512, two ymm under AVX2), 8-byte aligned, so unaligned
+       loads; four accumulators, 256 bytes a step, as a plain streaming loop is written. */
+    typedef uint64_t stream_v8 __attribute__((vector_size(64), aligned(8)));
+    static uint64_t stream_words(const uint64_t *p, Py_ssize_t n) {
+        stream_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const stream_v8 *v = (const stream_v8 *)p;
+        Py_ssize_t i = 0, nv = n / 32;
+        for (; i < nv; i++) {
+            a0 += v[4 * i]; a1 += v[4 * i + 1]; a2 += v[4 * i + 2]; a3 += v[4 * i + 3];
+        }
+        a0 += a1 + a2 + a3;
+        uint64_t s = 0;
+        for (int j = 0; j < 8; j++) s += a0[j];
+        for (Py_ssize_t k = 32 * nv; k < n; k++) s += p[k];
+        return s;
+    }
+    """
+    uint64_t stream_words(const uint64_t *p, Py_ssize_t n) nogil
+
+
+cdef uint64_t _sum_words(const uint64_t *p, Py_ssize_t n, int threads) noexcept nogil:
+    """Each thread one contiguous block of the words (a static split)."""
+    cdef uint64_t s = 0
+    cdef Py_ssize_t t, per = (n + threads - 1) // threads
+    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+        s += stream_words(p + min(n, t * per), min(n, (t + 1) * per) - min(n, t * per))
+    return s
+
+def stream_read(arrays, int num_threads=1) -> int:
+    """Read every 8-byte-aligned word of each C-contiguous array once with `num_threads` threads (a
+    static split, as the decode kernels split their rows); returns the words' sum modulo 2^64, so
+    the reads happen. The memory a decode step streams, read by nothing but loads: its ceiling."""
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cdef uint64_t total = 0
+    cdef const unsigned char[::1] b
+    cdef uintptr_t start, stop
+    for a in arrays:
+        if not a.flags.c_contiguous:
+            raise ValueError(f"stream_read needs C-contiguous arrays, got one of strides {a.strides}")
+        if a.nbytes < 8:
+            continue
+        b = a.reshape(-1).view(np.uint8)
+        start = (<uintptr_t>&b[0] + 7) & ~(<uintptr_t>7)
+        stop = (<uintptr_t>&b[0] + <uintptr_t>b.shape[0]) & ~(<uintptr_t>7)
+        if stop > start:
+            with nogil:
+                total += _sum_words(<const uint64_t *>start, <Py_ssize_t>((stop - start) // 8), num_threads)
+    return total

@@ -65,12 +65,13 @@ class Qwen3Engine:
         self.lm_head = export.lm_head()[self.strategy.vocab_rows]  # (V_r, d) rows of this rank
         scale = export.lm_head_scale()  # (V,) in an int8 export, sliced with the rows; else None
         self.lm_head_scale = None if scale is None else scale[self.strategy.vocab_rows]
-        # bytes of the weights this rank multiplies with: its layers and lm_head rows (the
-        # embedding is a memory-mapped table of which each step reads one row)
-        self.weight_bytes = self.lm_head.nbytes + sum(
-            a.nbytes for w in self.layers.values() for a in vars(w).values() if isinstance(a, np.ndarray))
+        # the weights this rank multiplies with: its layers and lm_head rows (the embedding is a
+        # memory-mapped table of which each step reads one row); a decode step reads each once
+        self.weight_arrays = [self.lm_head, *(a for w in self.layers.values() for a in vars(w).values()
+                                              if isinstance(a, np.ndarray))]
         if self.lm_head_scale is not None:
-            self.weight_bytes += self.lm_head_scale.nbytes
+            self.weight_arrays.append(self.lm_head_scale)
+        self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
         self.algo, self.block = algo, block
@@ -94,6 +95,11 @@ class Qwen3Engine:
         return decode_kernels.DecodeStack(layers, s.k_cache, s.v_cache, self.cos, self.sin,
                                           self.cfg.rms_norm_eps, float(self.cfg.head_dim) ** -0.5,
                                           self.algo, self.threads, scales)
+
+    def read_weights(self) -> int:
+        """Read every byte of this rank's weights once with its threads, nothing but loads (the
+        streaming ceiling of a decode step, which reads each once); returns their checksum."""
+        return ops.stream_read(self.weight_arrays, self.threads)
 
     def _allocate(self, T: int) -> None:
         cfg, w = self.cfg, next(iter(self.layers.values()))

@@ -34,10 +34,13 @@ from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import blas_info, set_threads
 from pipeline.study.lowprec import MIN_STEPS, measures, teacher_forced_logits
-from pipeline.study.roofline import measure_ceilings, roofline_fractions
+from pipeline.study.roofline import measure_ceilings, roofline_fractions, stream_fractions
 from pipeline.study.stats import logits_digest, timings, top1_margin
 
 SCHEMA_VERSION = 1
+# a read of the weights after every STREAM_EVERY-th decode step (and after the last, if none):
+# the median of an iteration's reads is its streaming ceiling, sampled across its decode steps
+STREAM_EVERY = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,16 +91,31 @@ def timed_run(engine: Qwen3Engine, comm: Comm, prompt: np.ndarray, gen_len: int)
     comm.barrier()
     comm.reset_counters()
     steps = np.zeros(gen_len)
+    reads: list[float] = []
     for i in range(gen_len):
         t = MPI.Wtime()
         logits = engine.decode(tokens[-1])
         tokens.append(int(np.argmax(logits)))
         steps[i] = MPI.Wtime() - t
         margins.append(top1_margin(logits))  # after the step's clock: not in the timing
-    return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, margins=margins,
+        if (i + 1) % STREAM_EVERY == 0 or (i + 1 == gen_len < STREAM_EVERY):
+            reads.append(weights_read(engine, comm))
+    stream_s = float(np.median(reads))
+    return dict(prefill_s=prefill_s, steps=steps, tokens=tokens, margins=margins, stream_s=stream_s,
                 prefill_digest=prefill_digest, final_digest=logits_digest(logits), prefill_comm=prefill_comm,
                 decode_comm=(comm.seconds, comm.bytes_sent), prefill_split=prefill_split,
                 decode_split=comm.arrival_split())
+
+
+def weights_read(engine: Qwen3Engine, comm: Comm) -> float:
+    """Seconds this rank takes to read its weights' bytes once with its threads, every rank at
+    once: the streaming ceiling of the decode steps around it, on the same memory and between
+    them, so both see the machine in the same state (a shared host's bandwidth moves by x1.5
+    within minutes; docs/design-notes.md#stream-ceiling). Outside the steps' clocks."""
+    comm.barrier()
+    t = MPI.Wtime()
+    engine.read_weights()
+    return MPI.Wtime() - t
 
 
 def time_split(comm: Comm, runs: list[dict]) -> dict[str, dict]:
@@ -264,16 +282,21 @@ def roofline(export: Export, args: argparse.Namespace, result: dict, ceilings: d
     fractions = roofline_fractions(export.cfg, ceilings, prompt_len=args.prompt_len, gen_len=args.gen_len,
                                    prefill_s=result["prefill"]["median_s"],
                                    decode_s=result["decode"]["median_s"], dtype_bytes=dtype_bytes)
+    d = result["decode"]
+    fractions["gemv_decode_fraction"] = fractions["decode_fraction"]  # against NumPy's GEMV set
+    fractions.update(stream_fractions(export.cfg, dtype_bytes, args.prompt_len, args.gen_len, d["seconds"],
+                                      d["weights_stream_s"], d["weights_stream_bytes"]))
     result["prefill"]["roofline_fraction"] = fractions["prefill_fraction"]
     result["decode"]["roofline_fraction"] = fractions["decode_fraction"]
     return {**fractions, "ceilings": ceilings}
 
 
 def slowest_rank(comm: Comm, runs: list[dict]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Every timed region's slowest rank: (iters, 4) prefill s, decode s, prefill comm s, decode
-    comm s; (iters, gen_len) decode steps; the bytes sent in the last iteration (prefill, decode)."""
-    local = np.array([[r["prefill_s"], r["steps"].sum(), r["prefill_comm"][0], r["decode_comm"][0]]
-                      for r in runs])
+    """Every timed region's slowest rank: (iters, 5) prefill s, decode s, prefill comm s, decode
+    comm s, the median of its reads of the weights (weights_read); (iters, gen_len) decode steps;
+    the bytes sent in the last iteration (prefill, decode)."""
+    local = np.array([[r["prefill_s"], r["steps"].sum(), r["prefill_comm"][0], r["decode_comm"][0],
+                       r["stream_s"]] for r in runs])
     steps = np.array([r["steps"] for r in runs])  # (iters, gen_len)
     if comm.size > 1:
         comm.comm.Allreduce(MPI.IN_PLACE, local, op=MPI.MAX)
@@ -290,6 +313,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
     split = time_split(comm, runs)
     mem = comm.comm.gather(memory_mb(attention_scratch_bytes, weight_bytes, export.path), root=0)
     ranks = comm.comm.gather(placement(), root=0)  # ranks on other (emulated) nodes show here
+    stream_bytes = comm.comm.allreduce(weight_bytes, op=MPI.SUM)  # what every rank's read took in
     if comm.rank:
         return None
     prefill_s, decode_s = list(local[:, 0]), list(local[:, 1])
@@ -308,7 +332,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
                   prefill_extra={**comm_books(prefill_s, args.prompt_len, list(local[:, 2]), bytes_sent[0]),
                                  **split_books(split["prefill"])},
                   decode_extra={**comm_books(decode_s, args.gen_len, list(local[:, 3]), bytes_sent[1]),
-                                **split_books(split["decode"])}),
+                                **split_books(split["decode"]),
+                                "weights_stream_s": list(local[:, 4]), "weights_stream_bytes": stream_bytes}),
         "memory": {key: [m[key] for m in mem]
                    for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb",
                                "weights_in_2mib_pages")},
@@ -341,7 +366,8 @@ def print_summary(result: dict) -> None:
         r = result["roofline"]
         print(f"roofline: prefill {r['prefill_gflops']:.0f} GFLOP/s = {100 * r['prefill_fraction']:.0f}% "
               f"of GEMM {r['gemm_gflops']:.0f}; decode {r['decode_gb_s']:.1f} GB/s = "
-              f"{100 * r['decode_fraction']:.0f}% of streaming {r['gemv_gb_s']:.1f} GB/s")
+              f"{100 * r['decode_fraction']:.0f}% of reading the weights at {r['stream_gb_s']:.1f} GB/s "
+              f"(NumPy's GEMV streams {r['gemv_gb_s']:.1f})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -194,6 +194,26 @@ def roofline_fractions(cfg: Qwen3Config, ceilings: dict, *, prompt_len: int, gen
             "dtype_bytes": dtype_bytes}
 
 
+def stream_fractions(cfg: Qwen3Config, dtype_bytes: float, prompt_len: int, gen_len: int,
+                     decode_s: list[float], stream_s: list[float], stream_bytes: int) -> dict:
+    """Each iteration's decode rate over the rate at which the ranks read their weights right after
+    it (bench.weights_read: `stream_bytes` in all, the slowest rank's `stream_s`); the median of
+    those paired fractions is the cell's decode fraction, and replaces the GEMV one.
+
+    The read ceiling is the node's: under `sequence` every rank reads a whole copy, under `layer`
+    the stages read at once where decode runs them in turn, so those fractions show what the layout
+    leaves of the node's bandwidth.
+    """
+    if len(decode_s) != len(stream_s) or not decode_s:
+        raise ValueError(f"{len(decode_s)} decode times against {len(stream_s)} weight reads")
+    step_bytes = decode_bytes(cfg, dtype_bytes, prompt_len, gen_len)
+    stream = [stream_bytes / s / 1e9 for s in stream_s]
+    paired = [step_bytes / d / 1e9 / g for d, g in zip(decode_s, stream, strict=True)]
+    return {"stream_gb_s": statistics.median(stream),
+            "stream_gb_s_best": max(stream), "stream_bytes": stream_bytes,
+            "decode_fraction": statistics.median(paired), "decode_fraction_rounds": paired}
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m pipeline ceilings (--preset qwen3-0.6b | --export DIR) [--prompt-len 128] [--threads 2]
     [--out F.json]: measure the ceilings at the model's shapes; print them, or write them (atomically)."""

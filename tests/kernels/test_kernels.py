@@ -360,3 +360,27 @@ def test_vector_width_matches_the_cpu():
         pytest.skip("no /proc/cpuinfo flags on this platform")
     expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     assert O.vector_lanes() == expected
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_stream_read_sums_every_aligned_word(threads):
+    """ext.ops.stream_read reads each array's 8-byte-aligned words once: their sum modulo 2^64, as
+    NumPy's uint64 sum of the same words, over arrays of odd sizes, offsets and dtypes."""
+    rng = np.random.default_rng(threads)
+    raw = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    arrays = [raw[3:3 + 4099], raw[:0], raw[:5], raw.view(np.float32)[7:2000],
+              raw.view(np.uint16).reshape(128, -1)[1:9], raw]
+    expected = np.uint64(0)
+    for a in arrays:
+        b = a.reshape(-1).view(np.uint8)
+        start = -b.ctypes.data % 8
+        words = b[start:start + (b.nbytes - start) // 8 * 8].view(np.uint64) if b.nbytes >= 8 else b[:0]
+        expected += words.sum(dtype=np.uint64)
+    assert O.stream_read(arrays, threads) == int(expected)
+
+
+def test_stream_read_rejects_strided_arrays():
+    with pytest.raises(ValueError, match="C-contiguous"):
+        O.stream_read([np.zeros((8, 8), np.float32)[:, ::2]], 1)
+    with pytest.raises(ValueError, match="num_threads"):
+        O.stream_read([np.zeros(8)], 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cells import CellId
 from tests.report.fakes import matrix_runs
 from tests.report.inputs import fake_costmodel, long_runs, run_report, write_json
 
@@ -58,6 +59,8 @@ def test_roofline_memory_and_communication(tmp_path):
         r["memory"]["attention_scratch_mb"] = [0.5] * r["cell"]["nranks"]
         r["cell"]["sequence_layout"] = "zigzag"
     runs[-1]["roofline"]["gemm_gflops"] = 10.0  # measured while the machine was busy
+    # a run with the paired read of its weights: that is its decode ceiling, NumPy's GEMV beside it
+    runs[1]["roofline"].update(stream_gb_s=30.0, stream_gb_s_best=33.0, decode_fraction=0.75)
     summary, text, rows = run_report(tmp_path, runs)
     roof = summary["roofline"]
     assert (
@@ -77,8 +80,12 @@ def test_roofline_memory_and_communication(tmp_path):
     assert comm["prefill_comm_share"] == pytest.approx(0.1)  # fakes: 10% of the median in MPI
     assert comm["decode_compute_ms"] == pytest.approx(0.9 * 400.0)  # 4 tokens at 10 tokens/s
     assert (
-        "| headwise_standard_np1_p16 | 200 | 250 (best 270) | 80% | 22.5 | 25.0 (best 26.0) | 90% |" in text
+        "| headwise_standard_np1_p16 | 200 | 250 (best 270) | 80% | 22.5 | 25.0 (best 26.0) | 90% "
+        "| 25.0 (best 26.0) |" in text
     )
+    paired = CellId.of_run(runs[1]).name
+    assert f"| {paired} | 200 | 250 (best 270) | 80% | 22.5 | 30.0 (best 33.0) | 75% | 25.0 (best 26.0) |" \
+        in text
     assert "% of GEMM ceiling |" in text and "% of streaming bandwidth |" in text
     assert "fractions are not trustworthy): sequence_online_softmax_np2_p16." in text
     assert rows[0]["roofline.prefill_fraction"] == "0.8" and rows[0]["anon_mb_per_rank"] == "12.5"

@@ -14,6 +14,7 @@ from pipeline.study.roofline import (
     model_bytes,
     model_flops,
     roofline_fractions,
+    stream_fractions,
 )
 from tests.tiny import QWEN3_06B_PARAMS
 
@@ -73,3 +74,18 @@ def test_roofline_fractions():
     f = roofline_fractions(HAND, ceilings, prompt_len=5, gen_len=2, prefill_s=24640 / 50e9,
                            decode_s=decode_bytes(HAND, 4, 5, 2) / 10e9, dtype_bytes=4)
     assert f["prefill_fraction"] == pytest.approx(0.5) and f["decode_fraction"] == pytest.approx(0.5)
+
+
+def test_stream_fractions_pair_each_iteration_with_its_reads():
+    """The decode fraction is the median over iterations of the iteration's decode rate over the
+    rate of the reads of the weights beside it, not the ratio of the two medians."""
+    step_bytes = decode_bytes(HAND, 4, 5, 2)
+    # iteration rates 10, 20, 30 GB/s against reads at 20, 20, 60 GB/s: fractions 0.5, 1.0, 0.5
+    decode_s = [step_bytes / r / 1e9 for r in (10.0, 20.0, 30.0)]
+    stream_s = [1e9 / r / 1e9 for r in (20.0, 20.0, 60.0)]
+    f = stream_fractions(HAND, 4, 5, 2, decode_s, stream_s, stream_bytes=10**9)
+    assert f["decode_fraction_rounds"] == pytest.approx([0.5, 1.0, 0.5])
+    assert f["decode_fraction"] == pytest.approx(0.5)  # the medians' ratio would say 1.0
+    assert f["stream_gb_s"] == pytest.approx(20.0) and f["stream_gb_s_best"] == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="against"):
+        stream_fractions(HAND, 4, 5, 2, decode_s, stream_s[:2], stream_bytes=10**9)
