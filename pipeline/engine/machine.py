@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ext.ops import vector_lanes
+from model_export.reader import map_file
 
 
 def cpu_model() -> str:
@@ -150,3 +151,36 @@ def huge_page_share(under: str | Path, smaps: str | Path = "/proc/self/smaps") -
     except OSError:
         return None
     return huge / rss if rss else None
+
+
+# Below this share of 2 MiB pages, weights are dropped from the page cache and read in again.
+REFOLD_BELOW = 0.9
+
+
+def fold_into_huge_pages(files: list[Path], under: str | Path) -> tuple[float | None, float | None]:
+    """Fault `files` (the weights under `under`) into the page cache through maps advised for
+    2 MiB pages; where less than REFOLD_BELOW of them land in 2 MiB pages (the cache kept small
+    folios from a plain read or write, which no advice changes), drop them from the cache and read
+    them again the same way. Returns the share (before, after): after is before where nothing was
+    dropped. Call it where no other process maps the files, before this one maps them
+    (docs/design-notes.md#huge-folios)."""
+    before = _touch_share(files, under)
+    if before is None or before >= REFOLD_BELOW or not hasattr(os, "posix_fadvise"):
+        return before, before
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return before, _touch_share(files, under)
+
+
+def _touch_share(files: list[Path], under: str | Path) -> float | None:
+    """Read one byte per 4 KiB page of each file through the reader's advised map; the share of
+    them in 2 MiB pages while mapped. The maps are closed on return."""
+    maps = [map_file(Path(f)) for f in files]
+    for m in maps:
+        if m.size:
+            m[::4096].max()
+    return huge_page_share(under)

@@ -41,8 +41,7 @@ from types import ModuleType
 import numpy as np
 
 from model_export.atomic import write_json_atomic
-from model_export.reader import map_file
-from pipeline.engine.machine import cpu_model, huge_page_share
+from pipeline.engine.machine import cpu_model, fold_into_huge_pages, huge_page_share
 from pipeline.engine.prompts import random_prompt
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
@@ -208,14 +207,13 @@ def timed_iterations(session: Session, prompt: list[int], args: argparse.Namespa
     return runs
 
 
-def prefault(path: str) -> None:
-    """Read the GGUF once through a map advised for 2 MiB pages, as our reader maps an export:
-    pages not yet cached come in as 2 MiB folios, which llama.cpp's own map (not advised) then
-    finds, so both engines read their weights alike (docs/design-notes.md#huge-folios). The JSON
-    records what llama.cpp got (memory.weights_in_2mib_pages)."""
-    pages = map_file(Path(path))
-    if pages.size:
-        pages[::4096].max()  # one read per 4 KiB page faults the whole file in
+def prefault(path: str) -> tuple[float | None, float | None]:
+    """Read the GGUF once through a map advised for 2 MiB pages, as bench does our export: its
+    pages come in as 2 MiB folios (re-read where the cache held small ones), which llama.cpp's own
+    map (not advised) then finds, so both engines read their weights alike
+    (docs/design-notes.md#huge-folios). The JSON records the (before, after) share and what
+    llama.cpp got (memory.weights_in_2mib_pages)."""
+    return fold_into_huge_pages([Path(path)], path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -224,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
         return unavailable(reason)
     threads = args.threads or os.cpu_count() or 1
     n_ctx = args.prompt_len + args.gen_len + 1
-    prefault(args.gguf)
+    folded = prefault(args.gguf)
     session = open_session(lib, args.gguf, threads, n_ctx, max(args.prompt_len, 512), args.kv_type,
                            args.flash_attn)
     try:
@@ -246,7 +244,8 @@ def run(args: argparse.Namespace) -> dict:
         **timings([r["prefill_s"] for r in runs], [r["decode_s"] for r in runs],
                   [s for r in runs for s in r["steps"]], args.prompt_len, args.gen_len),
         "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "weights_in_2mib_pages": huge},
+                   "weights_in_2mib_pages": huge,
+                   "weights_refolded": {"before": folded[0], "after": folded[1]}},
         "output": {"prompt_ids": prompt, "greedy_tokens": last["tokens"],
                    "prefill_logits": logits_digest(last["first"]),
                    "final_logits": logits_digest(last["final"])},

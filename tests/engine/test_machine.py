@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 from model_export.reader import open_export
-from pipeline.engine.machine import huge_page_share
+from pipeline.engine import machine
+from pipeline.engine.machine import REFOLD_BELOW, fold_into_huge_pages, huge_page_share
 
 SMAPS = """\
 7f0000000000-7f0000400000 r--s 00000000 fe:00 11 /data/ex/layer000.mlp.bin
@@ -41,3 +45,32 @@ def test_share_of_a_read_export_is_a_fraction(synthetic_tiny_export):
     assert int(export.lm_head().view(np.uint8).max()) >= 0  # fault the pages in
     share = huge_page_share(synthetic_tiny_export)
     assert share is not None and 0.0 <= share <= 1.0
+
+
+@pytest.mark.parametrize("shares, dropped", [((0.5, 0.97), True), ((REFOLD_BELOW, None), False),
+                                              ((None, None), False)])
+def test_fold_drops_and_rereads_only_files_in_small_pages(tmp_path, monkeypatch, shares, dropped):
+    """Under REFOLD_BELOW of 2 MiB pages the files leave the page cache and are read again; at or
+    over it (or where smaps says nothing) they are left as they are."""
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for f in files:
+        f.write_bytes(os.urandom(3 * 4096 + 5))
+    seen, advised = iter(shares), []
+    monkeypatch.setattr(machine, "huge_page_share", lambda under: next(seen))
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append(advice))
+    before, after = fold_into_huge_pages(files, tmp_path)
+    assert advised == ([os.POSIX_FADV_DONTNEED] * 2 if dropped else [])
+    assert (before, after) == (shares if dropped else (shares[0], shares[0]))
+
+
+def test_fold_of_written_files_leaves_them_readable_and_no_less_folded(tmp_path):
+    """On this machine's kernel: a plain write's pages re-read through the advised maps; the data
+    unchanged and the share after at least the share before."""
+    data = np.random.default_rng(0).integers(0, 255, 6 << 20, dtype=np.uint8)
+    f = tmp_path / "w.bin"
+    f.write_bytes(data.tobytes())
+    before, after = fold_into_huge_pages([f], f)
+    if before is None:
+        pytest.skip("no /proc/self/smaps here: the share cannot be read")
+    assert after is not None and after >= before
+    assert np.array_equal(np.fromfile(f, np.uint8), data)
