@@ -38,6 +38,71 @@ cdef extern from * nogil:
         }
     }
 
+    /* ---- bf16 on the bf16 units (AVX512_BF16), one token ------------------------------------
+       With 2 MiB pages (docs/design-notes.md#huge-folios) a bf16 row read through vdpbf16ps (the
+       activations rounded to bf16 once per product, 64 bytes of weights per instruction) streamed
+       x1.09-1.24 faster than widening each weight to float32 for an FMA (#bf16-units). Products
+       of two bf16 are exact in float32, so the only new rounding is the activations', which
+       oneDNN's bf16 matmul makes too. At one token every bf16 product (rows and transposed)
+       rounds its activations where the CPU has the units, so the fused decode stack and the per-op
+       path stay within float32 rounding of each other; elsewhere (2-7 tokens, no units) the
+       weights are widened against float32 activations. */
+    static int bf16_units(void) {
+    #if defined(__x86_64__) && defined(__GNUC__)
+        static int have = -1;
+        if (have < 0) {
+            __builtin_cpu_init();
+            have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                   && __builtin_cpu_supports("avx512bf16");
+        }
+        return have;
+    #else
+        return 0;
+    #endif
+    }
+    /* f rounded to the nearest bf16 (ties to even), as VCVTNEPS2BF16 does: denormals to zero. */
+    static inline unsigned short bf16_bits(float f) {
+        unsigned int u;
+        memcpy(&u, &f, 4);
+        if ((u & 0x7F800000u) == 0) return (unsigned short)((u >> 16) & 0x8000u);
+        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (unsigned short)((u >> 16) | 0x40u);  /* NaN */
+        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    static inline float bf16_round(float f) { return bf16f(bf16_bits(f)); }
+
+    #if defined(__x86_64__) && defined(__GNUC__)
+    #include <immintrin.h>
+    /* out[n] = sum_k bf16(x[k]) w[n*K + k] for n0 <= n < n1: x rounded into xb once, then each row
+       one sequential stream, 64 weights per step in two accumulators. */
+    __attribute__((target("avx512f,avx512bw,avx512bf16")))
+    static void gemv_rows_bf16_units(const float *x, const unsigned short *w, Py_ssize_t K,
+                                     Py_ssize_t n0, Py_ssize_t n1, float *out) {
+        unsigned short xb[K + 1];   /* K <= the model's widest input: a few KiB of stack */
+        Py_ssize_t k = 0;
+        for (; k + 32 <= K; k += 32)
+            _mm512_storeu_si512(xb + k, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16),
+                                                                    _mm512_loadu_ps(x + k)));
+        for (; k < K; k++) xb[k] = bf16_bits(x[k]);
+        const Py_ssize_t K64 = K & ~(Py_ssize_t)63, K32 = K & ~(Py_ssize_t)31;
+        for (Py_ssize_t n = n0; n < n1; n++) {
+            const unsigned short *r = w + n * K;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+            for (k = 0; k < K64; k += 64) {
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(r + k),
+                                      (__m512bh)_mm512_loadu_si512(xb + k));
+                a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(r + k + 32),
+                                      (__m512bh)_mm512_loadu_si512(xb + k + 32));
+            }
+            for (; k < K32; k += 32)
+                a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(r + k),
+                                      (__m512bh)_mm512_loadu_si512(xb + k));
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            for (; k < K; k++) s += bf16f(xb[k]) * bf16f(r[k]);
+            out[n] = s;
+        }
+    }
+    #endif
+
     /* VL weights from element i of w, widened to float32; bf: the weights are bf16 bits. */
     ALWAYS_INLINE vf ldw(const void *w, Py_ssize_t i, const int bf) {
         return bf ? ldbfv((const unsigned short *)w + i) : vld((const float *)w + i);
@@ -112,6 +177,12 @@ cdef extern from * nogil:
             switch (T - t0 < 8 ? T - t0 : 8) {
                 case 1: {
                     Py_ssize_t n = n0;
+    #if defined(__x86_64__) && defined(__GNUC__)
+                    if (bf && bf16_units()) {
+                        gemv_rows_bf16_units(x, (const unsigned short *)w, K, n0, n1, out);
+                        break;
+                    }
+    #endif
                     if (!bf)
                         for (; n + 8 <= n1; n += 8) gemv_8rows(x, (const float *)w + n * K, K, out + n);
                     for (; n < n1; n++) gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, 1, 4, bf);
@@ -164,11 +235,17 @@ cdef extern from * nogil:
                                      Py_ssize_t N, Py_ssize_t k0, Py_ssize_t k1, float *p,
                                      const int bf) {
         memset(p, 0, (size_t)T * N * sizeof(float));
+        const int round = T == 1 && bf && bf16_units();   /* as gemv_rows_bf16_units rounds x */
         if (T == 1)   /* bf16 too: x1.24 over one row at a time on Zen 4 (#gemv-8rows) */
-            for (; k0 + 8 <= k1; k0 += 8) axpy_8rows(x + k0, w_at(w, k0 * N, bf), N, p, bf);
+            for (; k0 + 8 <= k1; k0 += 8) {
+                float a[8];
+                for (int r = 0; r < 8; r++) a[r] = round ? bf16_round(x[k0 + r]) : x[k0 + r];
+                axpy_8rows(a, w_at(w, k0 * N, bf), N, p, bf);
+            }
         for (Py_ssize_t k = k0; k < k1; k++)
             for (int t = 0; t < T; t++)
-                axpy_w(x[t * ldx + k], w_at(w, k * N, bf), N, p + (Py_ssize_t)t * N, bf);
+                axpy_w(round ? bf16_round(x[k]) : x[t * ldx + k], w_at(w, k * N, bf), N,
+                       p + (Py_ssize_t)t * N, bf);
     }
     static void gemvt_rows(const float *x, int T, Py_ssize_t ldx, const void *w, Py_ssize_t N,
                            Py_ssize_t k0, Py_ssize_t k1, float *p, int bf) {
@@ -187,6 +264,7 @@ cdef extern from * nogil:
         }
     }
     """
+    bint bf16_units()
     bint last_done(int *counter, int total)
     void set_flag(int *flag)
     void wait_flag(int *flag)

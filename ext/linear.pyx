@@ -30,7 +30,7 @@ cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t
 
-from ext.gemv cimport (ROW_BLOCK, SMALL_T, gemv_rows, gemvt_rows, last_done, nchunks_of,
+from ext.gemv cimport (ROW_BLOCK, SMALL_T, bf16_units, gemv_rows, gemvt_rows, last_done, nchunks_of,
                        reduce_parts)
 from ext.qgemv cimport Q8_GENERIC, Q8_VNNI, q8_cols, q8_cpu_vnni, q8_quantize, q8_reduce, q8_rows
 from ext.simd cimport widen_bf16
@@ -386,7 +386,8 @@ def _onednn(x, w, out, int num_threads, bint transposed, scale):
 def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint transposed=False,
                    int num_threads=1) -> str:
     """What computes x (T, K) @ W (K, N) with weights of w_dtype: "onednn:<its implementation
-    name>", "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "sgemm" (BLAS's on
+    name>", "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "gemv-bf16:avx512_bf16"
+    (our bf16 GEMV on the bf16 units, one token), "sgemm" (BLAS's on
     our OpenMP threads), "numpy" (numpy.matmul), with "+dequant" for int8 weights widened to
     float32 first (for the bench JSON)."""
     dt = np.dtype(w_dtype)
@@ -398,6 +399,8 @@ def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint trans
             return f"onednn:{impl}"
     if dt == INT8 and T == 1:
         return f"gemv-int8:{Q8_KERNELS[_q8_isa]}"
+    if dt == BF16 and T == 1 and bf16_units():   # activations rounded to bf16 (ext/gemv.pxd)
+        return "gemv-bf16:avx512_bf16"
     base = "gemv" if T <= SMALL_T else ("sgemm" if _sgemm != NULL else "numpy")
     return base + ("+dequant" if dt == INT8 else "")
 

@@ -58,7 +58,14 @@ class Tolerance:
 # 2 ranks against 1: 3.2e-3 on the digests, 9.1e-3 anywhere in the row (6.4e-3 per unit of scale),
 # 7.9e-6 on the L2 norm; sequence and layer 2 ranks <= 1e-6. 1e-2 per unit covers the whole row's;
 # a real bug (a shard's wrong block, a missed Allreduce) moves these logits by O(0.1) or more.
+# Since one-token bf16 products run on the bf16 units too (ext/gemv.pxd), decode and the lm_head
+# round their input activations as well: on that model (32 steps) head-wise 2 ranks then moved the
+# prefill digests by 3.0e-3 and the logits row's L2 norm by 3.3e-4 (the lm_head's input rounded
+# after the Allreduce), and sequence's decode parts from its reference too: both part at step 7,
+# where the reference's margin is 1.2e-3, a near-tie.
 BF16_ATOL = 1e-2
+# the row's L2 norm: 3.3e-4 at most (above); bugs move it by O(1e-2) or more.
+BF16_RTOL = 2e-3
 # int8: activations are quantized per token to 8 bits (step max|x| / 127). Under a head-wise level
 # o_proj's and down_proj's input scale is taken over a rank's block of heads / features, and elsewhere
 # a float32 summation-order difference flips an 8-bit rounding now and then: either way the layouts
@@ -81,7 +88,8 @@ def tolerances(atol: float, rtol: float) -> dict[str, Tolerance]:
     """Per dtype, written once: float32 takes the configured atol/rtol, the others their own."""
     return {
         "float32": Tolerance(atol, rtol, False, "float32: only summation order differs between layouts"),
-        "bf16": Tolerance(BF16_ATOL, rtol, True, "bf16 activations: layouts differ by bf16 roundings", True),
+        "bf16": Tolerance(BF16_ATOL, BF16_RTOL, True, "bf16 activations: layouts differ by bf16 roundings",
+                          True),
         "int8": Tolerance(INT8_ATOL, INT8_RTOL, True, "int8 activations: layouts differ by 8-bit roundings",
                           True),
     }

@@ -6,8 +6,9 @@ tests/engine then run through it. Here, in one process, the same engine decodes 
 and with it switched off: every logit must be identical for float32 and int8 (both take the
 one-token int8 GEMV, ext/qgemv.h, whose int32 sums are exact, also over the stack's row copies of
 o_proj and down_proj), within float32 rounding for bf16 (whose row copies sum those two products
-in another order), for both attention algorithms, 1 and 2 threads, past one block of
-DECODE_KEYS = 128 keys.
+in another order; on the bf16 units both paths round the activations alike and the products are
+exact, so the tiny model's logits may come out identical), for both attention algorithms, 1 and
+2 threads, past one block of DECODE_KEYS = 128 keys.
 """
 
 from __future__ import annotations
@@ -51,9 +52,8 @@ def test_fused_decode_is_the_per_op_path_bit_for_bit(synthetic_tiny_export, synt
     per_op.decode_stack = None
     tokens_f, logits_f = fused.generate(PROMPT, 21, keep_logits=True)
     tokens_p, logits_p = per_op.generate(PROMPT, 21, keep_logits=True)
-    if dtype == "bf16":  # float32 sums in another order: a few ulps of the largest logit
+    if dtype == "bf16":  # float32 sums in another order: a few ulps of the largest logit, or none
         np.testing.assert_allclose(logits_f, logits_p, rtol=0, atol=1e-5 * np.abs(logits_p).max())
-        assert not np.array_equal(logits_f, logits_p)  # the row copies did run
     else:
         np.testing.assert_array_equal(logits_f, logits_p)
     assert tokens_f == tokens_p

@@ -26,8 +26,9 @@ from ext import mlp as M
 from model_export.dtypes import bf16_to_float32, float32_to_bf16
 
 RTOL = {"float32": 1e-5, "bf16": 1e-5, "int8": 1e-5}
-# implementations that quantize the activations (oneDNN's int8 matmul, our one-token int8 GEMV)
-QUANTIZING = ("onednn", "gemv-int8")
+# implementations that quantize or round the activations (oneDNN's matmul, our one-token int8 GEMV,
+# our one-token bf16 GEMV on the bf16 units)
+QUANTIZING = ("onednn", "gemv-int8", "gemv-bf16")
 needs_dnnl = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN absent: {dnnl.load_error()}")
 # M not a multiple of the kernels' blocks, K and N small and odd, and Qwen3-like
 SHAPES = ((1, 64, 48), (3, 21, 37), (17, 1031, 515), (130, 1024, 1000), (5, 1, 3))

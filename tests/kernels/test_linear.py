@@ -2,8 +2,9 @@
 
 bf16 references widen the bits with model_export.dtypes.bf16_to_float32 (exact) and compute in
 float64, so the only error left is the kernels' float32 rounding. Where a product runs on
-oneDNN's bf16 matmul (L.implementation says so), the kernel rounds the activations to bf16 first,
-and so does the reference: the same inputs, not a looser tolerance. Token counts cover every path:
+oneDNN's bf16 matmul or our one-token GEMV on the bf16 units (L.implementation says which), the
+kernel rounds the activations to bf16 first, and so does the reference: the same inputs, not a
+looser tolerance. Token counts cover every path:
 our GEMV (T <= 16) and the GEMM (oneDNN, or BLAS's sgemm on our OpenMP threads). Tolerance as in test_kernels:
 1e-5 relative to the output's scale (sums of up to a few thousand float32 terms leave ~100 ulp of
 headroom; a wrong row, column or tail is off by O(1)).
@@ -53,10 +54,12 @@ def widened(w):
 
 
 def x_seen(x, w, transposed=False):
-    """x as the kernel multiplies it, float64: rounded to bf16 when oneDNN's bf16 matmul runs."""
+    """x as the kernel multiplies it, float64: rounded to bf16 where a bf16 product runs on the
+    bf16 units (oneDNN's matmul, our one-token GEMV on AVX512_BF16)."""
     T, K = x.shape
     N = w.shape[1] if transposed else w.shape[0]
-    if w.dtype == BF16 and L.implementation(w.dtype, T, K, N, transposed, 1).startswith("onednn"):
+    impl = L.implementation(w.dtype, T, K, N, transposed, 1)
+    if w.dtype == BF16 and impl.startswith(("onednn", "gemv-bf16")):
         x = bf16_to_float32(float32_to_bf16(x))
     return x.astype(np.float64)
 
