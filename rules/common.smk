@@ -161,7 +161,10 @@ def get_cell_reference_export(wildcards):
 
 
 def get_reference_option(wildcards, input):
-    return f" --reference-export {input.reference}" if input.reference else ""  # after --export
+    """--reference-export, and the cache of its float32 runs that the cells share (refcache.py)."""
+    if not input.reference:
+        return ""
+    return f" --reference-export {input.reference} --reference-cache results/work/reference-runs"  # after --export
 
 
 def get_compare_files():

@@ -42,6 +42,7 @@ from pipeline.engine.strategies.layer import MICRO_BATCH
 from pipeline.engine.strategies.sequence import LAYOUTS
 from pipeline.engine.threads import blas_info, set_threads
 from pipeline.study.lowprec import MIN_STEPS, measures, teacher_forced_logits
+from pipeline.study.refcache import reference_key, reference_run
 from pipeline.study.roofline import measure_ceilings, roofline_fractions, stream_fractions
 from pipeline.study.stats import logits_digest, timings, top1_margin
 
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-export", default=None, metavar="DIR",
                    help="float32 export of the same checkpoint: record the logits' NMSE, KL and "
                         f"top-1 agreement against it over max(gen-len, {MIN_STEPS}) teacher-forced steps")
+    p.add_argument("--reference-cache", default=None, metavar="DIR",
+                   help="keep the float32 reference run here and reuse it in later cells of the same "
+                        "reference export, prompt, steps, algorithm and engine code (study/refcache.py)")
     args = p.parse_args(argv)
     for name in ("prompt_len", "gen_len", "iters"):
         if getattr(args, name) < 1:
@@ -223,7 +227,7 @@ def run(args: argparse.Namespace) -> dict | None:
     if result is not None:
         result["implementations"] = implementations(engine, args.prompt_len, threads)
     if reference is not None:  # after the timing: the float32 engine's memory is not in it
-        low = low_precision(make_engine(reference), engine, prompt, steps)
+        low = low_precision(comm, args, reference, make_engine, engine, prompt, steps)
         if result is not None:
             result["low_precision"] = {"reference_export": os.path.abspath(args.reference_export), **low}
     return result
@@ -235,13 +239,11 @@ def fold_weights(comm: Comm, export: Export) -> tuple[float | None, float | None
     whatever read the files before. The node's (before, after) share of 2 MiB pages."""
     node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED)
     shares: tuple[float | None, float | None] = (None, None)
-    try:
-        if node.Get_rank() == 0:
-            files = sorted(f for f in Path(export.path).iterdir() if f.is_file())
-            shares = fold_into_huge_pages(files, export.path)
-        node.Barrier()
-    finally:
-        node.Free()
+    if node.Get_rank() == 0:  # an error here aborts the job (python -m mpi4py), no rank hangs
+        files = sorted(f for f in Path(export.path).iterdir() if f.is_file())
+        shares = fold_into_huge_pages(files, export.path)
+    node.Barrier()
+    node.Free()
     return shares
 
 
@@ -276,11 +278,18 @@ def reference_export(args: argparse.Namespace, export: Export) -> Export | None:
     return ref
 
 
-def low_precision(ref_engine: Qwen3Engine, engine: Qwen3Engine, prompt: np.ndarray, steps: int) -> dict:
+def low_precision(comm: Comm, args: argparse.Namespace, reference: Export, make_engine, engine: Qwen3Engine,
+                  prompt: np.ndarray, steps: int) -> dict | None:
     """NMSE, KL and top-1 of the engine's logits against the float32 engine's greedy run, the
-    engine fed the float32 run's tokens (teacher forcing: one context for both at every step)."""
-    tokens, ref_logits = ref_engine.generate(prompt, steps, keep_logits=True)
-    return measures(teacher_forced_logits(engine, prompt, tokens), ref_logits)
+    engine fed the float32 run's tokens (teacher forcing: one context for both at every step);
+    the float32 run read from --reference-cache where an earlier cell left it (on rank 0)."""
+    key = reference_key(reference.path, prompt, steps, args.attention_algo)
+    cell = f"{args.parallel_strategy}_{args.attention_algo}_np{comm.size}"
+    tokens, ref_logits, source = reference_run(
+        comm, args.reference_cache, key, cell,
+        lambda: make_engine(reference).generate(prompt, steps, keep_logits=True))
+    logits = teacher_forced_logits(engine, prompt, tokens)  # collective
+    return {**measures(logits, ref_logits), **source} if comm.rank == 0 else None
 
 
 def ceilings_on_rank0(comm: Comm, cfg: Qwen3Config, prompt_len: int, threads: int) -> dict | None:
