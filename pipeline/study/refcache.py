@@ -4,8 +4,8 @@ Every bf16 and int8 cell is measured against the float32 export's greedy run of 
 (pipeline.study.lowprec): its tokens, which the cell is then fed, and its logits. That run is the
 same for every cell of one attention algorithm, up to float32 rounding between layouts (what
 verify holds float32 cells to: 1e-3 absolute, against bf16's and int8's differences of 1e-2 and
-more), so the first cell that needs it computes it and later cells read it: in the default matrix
-24 cells, each ~5 s of float32 prefill and 32 decode steps on the 0.6B.
+more), so the first cell that needs it computes it and later cells read it (the default matrix's
+24 low-precision cells ran it 24 times before: docs/design-notes.md#reference-runs).
 
 The key is a digest of everything the run depends on: the reference export's manifest (its
 files' checksums), the prompt ids, the step count, the attention algorithm, and the engine's code
