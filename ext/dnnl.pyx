@@ -33,6 +33,7 @@ from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t, uint32_t
 from openmp cimport omp_get_max_threads, omp_set_num_threads
 
 from ext.dnnl_api cimport *
+from ext.simd cimport bf16_bits
 
 cnp.import_array()
 
@@ -278,18 +279,8 @@ cdef class Matmul:
         return status
 
 
-cdef inline uint32_t f2u(float f) noexcept nogil:
-    return (<uint32_t *>&f)[0]
-
-
 cdef inline float u2f(uint32_t u) noexcept nogil:
     return (<float *>&u)[0]
-
-
-cdef inline uint16_t bf16_bits(float f) noexcept nogil:
-    """Round to nearest even (as model_export.dtypes.float32_to_bf16; activations are finite)."""
-    cdef uint32_t u = f2u(f)
-    return <uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
 
 
 cdef void to_bf16(const float *x, uint16_t *y, Py_ssize_t n, int threads) noexcept nogil:

@@ -60,14 +60,7 @@ cdef extern from * nogil:
         return 0;
     #endif
     }
-    /* f rounded to the nearest bf16 (ties to even), as VCVTNEPS2BF16 does: denormals to zero. */
-    static inline unsigned short bf16_bits(float f) {
-        unsigned int u;
-        memcpy(&u, &f, 4);
-        if ((u & 0x7F800000u) == 0) return (unsigned short)((u >> 16) & 0x8000u);
-        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (unsigned short)((u >> 16) | 0x40u);  /* NaN */
-        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    }
+    /* f rounded to bf16 and back (ext/simd.pxd's bf16_bits, the rounding oneDNN's path makes too) */
     static inline float bf16_round(float f) { return bf16f(bf16_bits(f)); }
 
     #if defined(__x86_64__) && defined(__GNUC__)

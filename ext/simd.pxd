@@ -99,6 +99,15 @@ cdef extern from * nogil:
     static inline float bf16f(unsigned short b) {
         unsigned int u = (unsigned int)b << 16; float f; memcpy(&f, &u, 4); return f;
     }
+    /* f rounded to the nearest bf16 (ties to even), as model_export.dtypes.float32_to_bf16: the
+       activations' rounding of every bf16 product, oneDNN's (ext/dnnl.pyx) and our GEMV's
+       (ext/gemv.pxd). Activations are finite; denormals are kept, where vcvtne2ps2bf16 and the
+       bf16 units read them as zero (a difference below 2^-126). */
+    static inline unsigned short bf16_bits(float f) {
+        unsigned int u;
+        memcpy(&u, &f, 4);
+        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
     /* dst[i] = bf16 bits src[i] widened to float32, i < n. */
     static inline void widen_bf16(const unsigned short *src, float *dst, Py_ssize_t n) {
         Py_ssize_t i = 0;
@@ -130,5 +139,6 @@ cdef extern from * nogil:
     ctypedef float vf "vf"
     enum: VL
     void widen_bf16(const unsigned short *src, float *dst, Py_ssize_t n)
+    unsigned short bf16_bits(float f)
     void silu_mul_f32(float *g, const float *u, Py_ssize_t n)
     double sumsq_f32(const float *x, Py_ssize_t n)
