@@ -170,6 +170,7 @@ def fold_into_huge_pages(files: list[Path], under: str | Path) -> tuple[float | 
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
+            os.fsync(fd)  # the cache keeps dirty pages: a file written moments ago is not dropped
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
