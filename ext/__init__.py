@@ -1,5 +1,6 @@
 """Cython/OpenMP kernels: attention, linear (GEMV/GEMM), mlp, ops, decode (a decode step's layers
-in one call). Arrays in, arrays out: nothing here imports the rest of the project.
+in one call), hugepages (private weight copies in 2 MiB pages). Arrays in, arrays out: nothing
+here imports the rest of the project.
 
 All the kernels' threads are one OpenMP pool: even BLAS's sgemm runs single-threaded on our
 OpenMP threads (ext/linear.pyx), so no second pool takes turns with it on the cores

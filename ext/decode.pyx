@@ -34,6 +34,7 @@ from ext.qgemv cimport q8_quantize
 from ext.rows cimport norm_row, rope_row
 from ext.simd cimport silu_mul_f32
 
+from ext.hugepages import copies as huge_copies
 from ext.linear import BF16, INT8, WEIGHT_DTYPES, check_array
 
 cnp.import_array()
@@ -213,8 +214,11 @@ cdef class DecodeStack:
         # transposed matrices: read as one sequential stream per thread, 1.7x the transposed
         # kernel's speed for int8, 1.2x the layers' for bf16 (docs/design-notes.md#int8-gemv,
         # #bf16-rows); (H*D*d + I*d) * itemsize bytes per layer of private memory
-        rows = [(np.ascontiguousarray(a[6].T), np.ascontiguousarray(a[10].T)) if self.rows else None
-                for a in layers]
+        rows = [None] * L
+        if self.rows:   # in one huge-page mapping: numpy put them in 4 KiB pages, read 1.2-1.6x slower
+            # (ext/hugepages.py, docs/design-notes.md#huge-copies)
+            flat = huge_copies([m.T for a in layers for m in (a[6], a[10])])
+            rows = [(flat[2 * j], flat[2 * j + 1]) for j in range(L)]
         self.keep = (list(layers), scales, k_cache, v_cache, cos, sin, bufs, rows)
         self.n, self.q, self.att, self.o, self.gate, self.up, self.parts, self.scores = (
             <float *>ptr(bufs[0]), <float *>ptr(bufs[1]), <float *>ptr(bufs[2]),
@@ -251,6 +255,11 @@ cdef class DecodeStack:
 
     def __dealloc__(self):
         free(self.layers)
+
+    @property
+    def row_copies(self) -> list:
+        """int8, bf16: the private (o_proj rows, down_proj rows) copies of each layer; else []."""
+        return list(self.keep[7]) if self.rows else []
 
     def step(self, x, Py_ssize_t pos, reduce=None):
         """x (1, d) float32, in place: the token at position pos through every layer; its keys and

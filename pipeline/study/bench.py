@@ -166,21 +166,29 @@ def environment(comm: Comm, threads: int) -> dict:
     return {**machine_facts(comm.size, threads), "blas": blas_info()}
 
 
+def _kib_field(path: str, key: str) -> float:
+    """A `key: N kB` line of a /proc file, in MB (0 where the file or the line is absent)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def memory_mb(attention_scratch_bytes: int = 0, weight_bytes: int = 0,
               export_path: str | os.PathLike | None = None) -> dict:
-    """Peak resident set (VmHWM), private anonymous memory now (RssAnon), the attention
+    """Peak resident set (VmHWM), private anonymous memory now (RssAnon; in 2 MiB pages: the decode
+    stack's row copies, ext/hugepages.py, and numpy's large buffers), the attention
     kernels' largest working memory and the weights the rank multiplies with (from the engine), in MB;
     the share of the export's resident pages mapped as 2 MiB pages."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    anon = 0.0
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    anon = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {"peak_rss_mb": peak, "anon_mb": anon, "attention_scratch_mb": attention_scratch_bytes / 1e6,
+    anon, anon_huge = _kib_field("/proc/self/status", "RssAnon:"), \
+        _kib_field("/proc/self/smaps_rollup", "AnonHugePages:")
+    return {"peak_rss_mb": peak, "anon_mb": anon, "anon_huge_mb": anon_huge,
+            "attention_scratch_mb": attention_scratch_bytes / 1e6,
             "weights_mb": weight_bytes / 1e6,
             "weights_in_2mib_pages": None if export_path is None else huge_page_share(export_path)}
 
@@ -370,7 +378,7 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
                                 **split_books(split["decode"]),
                                 "weights_stream_s": list(local[:, 4]), "weights_stream_bytes": stream_bytes}),
         "memory": {key: [m[key] for m in mem]
-                   for key in ("peak_rss_mb", "anon_mb", "attention_scratch_mb", "weights_mb",
+                   for key in ("peak_rss_mb", "anon_mb", "anon_huge_mb", "attention_scratch_mb", "weights_mb",
                                "weights_in_2mib_pages")},
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "top1_margins": last["margins"],

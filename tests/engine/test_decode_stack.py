@@ -23,6 +23,7 @@ from model_export.export import export_checkpoint
 from model_export.reader import open_export
 from pipeline.engine.comm import Comm
 from pipeline.engine.model import Qwen3Engine
+from tests.kernels.test_hugepages import vm_flags_of
 
 PROMPT = np.arange(120) * 7 % 500  # 120 prompt tokens + 20 decode steps: two key blocks
 
@@ -75,6 +76,26 @@ def test_int8_kernels_give_the_same_tokens_bit_for_bit(synthetic_tiny_export_int
     for tokens, logits in runs[1:]:
         np.testing.assert_array_equal(logits, runs[0][1])
         assert tokens == runs[0][0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16", "int8"])
+def test_row_copies_are_the_exports_matrices_in_huge_page_memory(synthetic_tiny_export,
+                                                                 synthetic_tiny_export_bf16,
+                                                                 synthetic_tiny_export_int8, dtype):
+    """bf16, int8: o_proj's and down_proj's row copies hold the export's transposed matrices, in
+    one mapping advised for 2 MiB pages (ext/hugepages.py); float32 reads the export's own."""
+    path = {"float32": synthetic_tiny_export, "bf16": synthetic_tiny_export_bf16,
+            "int8": synthetic_tiny_export_int8}[dtype]
+    e = engine(path)
+    copies = e.decode_stack.row_copies
+    if dtype == "float32":
+        assert copies == []
+        return
+    assert len(copies) == len(e.layers)
+    for (o_rows, down_rows), w in zip(copies, e.layers.values(), strict=True):
+        np.testing.assert_array_equal(o_rows, w.wo_t.T)
+        np.testing.assert_array_equal(down_rows, w.w_down_t.T)
+        assert "hg" in vm_flags_of(o_rows.ctypes.data) and "hg" in vm_flags_of(down_rows.ctypes.data)
 
 
 def stack_args(path):
