@@ -23,7 +23,6 @@ from pipeline.engine import partition
 from pipeline.engine.comm import Comm
 from pipeline.engine.strategies import ALGORITHMS, Comms, make_strategy
 from pipeline.engine.strategies.base import Strategy
-from pipeline.engine.strategies.headwise import HeadwiseStrategy
 
 # bf16: the bf16 units (or widened to float32); int8: per-token int8 activations on VNNI
 # (dequantized where oneDNN or VNNI is absent); ext.linear.implementation names what ran
@@ -81,12 +80,13 @@ class Qwen3Engine:
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
         """This rank's layers as one compiled call per decode step, where the strategy does
         nothing between the kernels but the tensor-parallel reduce: attention on the rank's own
-        cache (headwise, layer stages; not sequence), float32, bf16 or int8 weights. It saves the
+        positional cache (headwise, layer stages, sequence on one rank; not a sequence level of
+        several), float32, bf16 or int8 weights. It saves the
         kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
         s, w = self.strategy, next(iter(self.layers.values()))
         # the reduce between a layer's halves: none with one rank per tensor group
         self.stack_reduce = s.reduce if s.comms.tensor.size > 1 else None
-        if (type(s).attend is not HeadwiseStrategy.attend or type(s).reduce is not Strategy.reduce
+        if (not s.positional_cache or type(s).reduce is not Strategy.reduce
                 or w.wq.dtype not in (np.float32, BF16, np.int8)):
             return None
         layers = [tuple(getattr(self.layers[i], f) for f in decode_kernels.FIELDS) for i in s.layers]

@@ -61,6 +61,25 @@ def test_fused_decode_is_the_per_op_path_bit_for_bit(synthetic_tiny_export, synt
     assert fused.attention_scratch_bytes == per_op.attention_scratch_bytes
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_sequence_on_one_rank_decodes_through_the_stack(synthetic_tiny_export, synthetic_tiny_export_int8,
+                                                        dtype):
+    """One rank in the sequence level caches every position in order: its decode runs the fused
+    stack, with the per-op sequence path's logits and the head-wise cell's."""
+    path = {"float32": synthetic_tiny_export, "int8": synthetic_tiny_export_int8}[dtype]
+    fused, per_op = engine(path, layout="sequence"), engine(path, layout="sequence")
+    assert fused.strategy.positional_cache and fused.decode_stack is not None
+    per_op.decode_stack = None
+    tokens_f, logits_f = fused.generate(PROMPT, 21, keep_logits=True)
+    tokens_p, logits_p = per_op.generate(PROMPT, 21, keep_logits=True)
+    np.testing.assert_array_equal(logits_f, logits_p)
+    assert tokens_f == tokens_p
+    tokens_h, logits_h = engine(path).generate(PROMPT, 21, keep_logits=True)
+    np.testing.assert_array_equal(logits_f, logits_h)
+    assert tokens_f == tokens_h
+    assert fused.generate(PROMPT, 3)[0] == tokens_f[:3]  # reset: the next prefill starts again
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_int8_kernels_give_the_same_tokens_bit_for_bit(synthetic_tiny_export_int8, threads):
     """The VNNI and the plain C int8 GEMV sum the same integers: identical logits."""
@@ -128,7 +147,8 @@ def test_bad_arguments_are_refused_with_one_clear_error(synthetic_tiny_export):
         stack.step(e.x[:2], 0)
 
 
-@pytest.mark.parametrize("layout, nranks", [("headwise", 2), ("headwise", 3), ("layer2.headwise2", 4)])
+@pytest.mark.parametrize("layout, nranks", [("headwise", 2), ("headwise", 3), ("layer2.headwise2", 4),
+                                           ("sequence", 2)])
 def test_fused_decode_with_the_allreduce_hook_is_the_per_op_path(tiny_export, layout, nranks):
     """Head-wise over ranks: o_proj's and down_proj's partial sums go through the strategy's
     Allreduce between the compiled halves of each layer; the logits must not change by a bit."""
@@ -138,4 +158,5 @@ def test_fused_decode_with_the_allreduce_hook_is_the_per_op_path(tiny_export, la
     script = REPO / "tests" / "engine" / "decode_stack_mpi.py"
     proc = run_mpi(nranks, [str(script), str(tiny_export(GQA["kv2_ratio4"])), layout])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "identical", proc.stdout
+    expected = "no stack" if layout.startswith("sequence") else "identical"
+    assert proc.stdout.strip().splitlines()[-1] == expected, proc.stdout

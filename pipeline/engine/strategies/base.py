@@ -79,6 +79,14 @@ class Strategy(ABC):
         """Complete the output of a row-sharded matmul (o_proj, down_proj) in place."""
         self.comms.tensor.allreduce_sum(partial)
 
+    @property
+    def positional_cache(self) -> bool:
+        """Whether decode attention is local: this rank's k_cache/v_cache (L_r, S, Hkv_r, D) hold
+        position p at row p and the new token's attention needs nothing from other ranks. Then
+        the engine may run a decode step's layers in one compiled call (ext.decode.DecodeStack),
+        which writes the cache rows itself."""
+        return False
+
     def decode_owner(self) -> int | None:
         """Rank whose decode output is the new token's final activations; None when all ranks'."""
         return None

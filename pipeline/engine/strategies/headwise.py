@@ -24,6 +24,10 @@ class HeadwiseStrategy(Strategy):
         self.k_cache = np.zeros((len(self.layers), max_seq, hkv, cfg.head_dim), np.float32)
         self.v_cache = np.zeros_like(self.k_cache)
 
+    @property
+    def positional_cache(self) -> bool:
+        return True  # its own heads, every position
+
     def plan_prefill(self, T: int) -> np.ndarray:
         return np.arange(T)  # every rank computes every token
 

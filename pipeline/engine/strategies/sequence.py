@@ -53,6 +53,13 @@ class SequenceStrategy(Strategy):
         self.plan: list[tuple[tuple[int, int], slice, np.ndarray, np.ndarray]] = []
         self.T = 0
 
+    @property
+    def positional_cache(self) -> bool:
+        """One rank in the sequence level: it caches every position in order (round-robin over
+        one) and its decode needs no merge. A DecodeStack's steps then leave local_len at the
+        prefill's length, which only a prefill reads, after reset() has cleared it."""
+        return self.sp.size == 1
+
     def _chunks(self, T: int) -> list[list[range]]:
         """Every part's prompt chunks, part by part."""
         return [partition.sequence_chunks(T, self.sp.size, i, self.sequence_layout)
