@@ -81,8 +81,8 @@ class Qwen3Engine:
         """This rank's layers as one compiled call per decode step, where the strategy does
         nothing between the kernels but the tensor-parallel reduce: attention on the rank's own
         positional cache (headwise, layer stages, sequence on one rank; not a sequence level of
-        several), float32, bf16 or int8 weights. It saves the
-        kernels' Python wrappers (docs/design-notes.md#fixed-cost)."""
+        several), float32, bf16 or int8 weights. It saves the kernels' Python wrappers
+        (docs/design-notes.md#fixed-cost)."""
         s, w = self.strategy, next(iter(self.layers.values()))
         # the reduce between a layer's halves: none with one rank per tensor group
         self.stack_reduce = s.reduce if s.comms.tensor.size > 1 else None
