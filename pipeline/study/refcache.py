@@ -10,8 +10,9 @@ more), so the first cell that needs it computes it and later cells read it (the 
 The key is a digest of everything the run depends on: the reference export's manifest (its
 files' checksums), the prompt ids, the step count, the attention algorithm, and the engine's code
 (ext's compiled kernels and pipeline/engine's sources), so no edit of any of them reads a stale
-run. Written atomically by rank 0; a cell records whether it computed the run or read it, and
-which cell computed it.
+run. Written atomically by rank 0, which then removes the entries of other code versions (they
+could never be read again); a cell records whether it computed the run or read it, and which
+cell computed it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from model_export.atomic import write_bytes_atomic
 from pipeline.engine.comm import Comm
 
 ROOT = Path(__file__).resolve().parents[2]
+CODE_CHARS = 12  # of the code digest, leading each key
 
 
 def code_digest() -> str:
@@ -41,12 +43,24 @@ def code_digest() -> str:
 
 
 def reference_key(export_path: str | Path, prompt: np.ndarray, steps: int, algo: str) -> str:
-    """The cache entry's name: what the reference run depends on, hashed."""
+    """The cache entry's name, `<code>-<inputs>`: the engine's code digest, then what else the
+    reference run depends on, hashed (the code prefix is what `prune` keeps)."""
+    code = code_digest()
     h = hashlib.sha256()
     h.update((Path(export_path) / "manifest.json").read_bytes())
     h.update(np.asarray(prompt, np.int64).tobytes())
-    h.update(json.dumps({"steps": steps, "algo": algo, "code": code_digest()}).encode())
-    return h.hexdigest()[:32]
+    h.update(json.dumps({"steps": steps, "algo": algo, "code": code}).encode())
+    return f"{code[:CODE_CHARS]}-{h.hexdigest()[:32]}"
+
+
+def prune(cache: Path, key: str) -> list[Path]:
+    """Remove the entries another version of the engine's code computed (a key's code prefix
+    differs from `key`'s): no later cell can read them. Returns what was removed."""
+    code = key.split("-", 1)[0] + "-"
+    stale = [f for f in cache.glob("*.npz") if f.stem != key and not f.name.startswith(code)]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
 
 
 Run = Callable[[], tuple[list[int], np.ndarray]]  # the reference's greedy tokens and (steps, V) logits
@@ -72,4 +86,5 @@ def reference_run(comm: Comm, cache: str | Path | None, key: str, cell: str,
         np.savez(buf, tokens=np.asarray(tokens, np.int64), logits=logits, cell=np.array(cell))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, buf.getvalue())
+        prune(path.parent, key)
     return tokens, logits if comm.rank == 0 else None, {"reference_run": "computed", "reference_cell": cell}

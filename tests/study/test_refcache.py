@@ -32,6 +32,18 @@ def test_the_first_cell_runs_the_reference_and_later_cells_read_it(tmp_path):
     assert len(calls) == 3
 
 
+def test_a_new_entry_removes_those_of_other_code_versions_only(tmp_path):
+    logits = np.zeros((1, 3), np.float32)
+    comm = Comm(MPI.COMM_SELF)
+    old_code = "aaaaaaaaaaaa-" + "1" * 32
+    refcache.reference_run(comm, tmp_path, old_code, "x", lambda: ([1], logits))
+    (tmp_path / "0123abcd.npz").write_bytes(b"an entry of the format before code prefixes")
+    same_code = ["bbbbbbbbbbbb-" + c * 32 for c in "23"]
+    for key in same_code:
+        refcache.reference_run(comm, tmp_path, key, "x", lambda: ([1], logits))
+    assert sorted(f.name for f in tmp_path.glob("*.npz")) == sorted(f"{k}.npz" for k in same_code)
+
+
 def test_the_key_changes_with_everything_the_run_depends_on(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
@@ -39,6 +51,7 @@ def test_the_key_changes_with_everything_the_run_depends_on(tmp_path):
     prompt = np.arange(5)
     base = refcache.reference_key(export, prompt, 32, "standard")
     assert refcache.reference_key(export, prompt, 32, "standard") == base
+    assert base.startswith(refcache.code_digest()[:refcache.CODE_CHARS] + "-")
     assert refcache.reference_key(export, prompt[::-1], 32, "standard") != base
     assert refcache.reference_key(export, prompt, 33, "standard") != base
     assert refcache.reference_key(export, prompt, 32, "online_softmax") != base
