@@ -93,6 +93,7 @@ def memory(cells: list[Cell]) -> list[dict]:
                 "peak_rss_mb": mem["peak_rss_mb"],
                 "peak_rss_mb_max": max(mem["peak_rss_mb"]),
                 "anon_mb": mem.get("anon_mb"),
+                "anon_huge_mb": mem.get("anon_huge_mb"),
                 "attention_scratch_mb_max": max(scratch) if scratch else None,
                 "weights_mb": mem.get("weights_mb"),
             }
@@ -261,12 +262,14 @@ def memory_lines(recs: list[dict]) -> list[str]:
     if not recs:
         return []
     anon = any(r["anon_mb"] for r in recs)
+    huge = anon and any(r.get("anon_huge_mb") for r in recs)
     scratch = any(r["attention_scratch_mb_max"] for r in recs)
     weights = any(r.get("weights_mb") for r in recs)
     head = (
         ["cell", "peak RSS max MB", "peak RSS per rank MB"]
         + (["weights per rank MB"] if weights else [])
         + (["private (anon) per rank MB"] if anon else [])
+        + (["of it in 2 MiB pages MB"] if huge else [])
         + (["attention working memory MB (largest rank)"] if scratch else [])
     )
     body = []
@@ -276,6 +279,8 @@ def memory_lines(recs: list[dict]) -> list[str]:
             row.append(", ".join(fnum(x) for x in r.get("weights_mb") or []) or "—")
         if anon:
             row.append(", ".join(fnum(x) for x in r["anon_mb"] or []) or "—")
+        if huge:
+            row.append(", ".join(fnum(x) for x in r.get("anon_huge_mb") or []) or "—")
         if scratch:
             row.append(fnum(r["attention_scratch_mb_max"], 2))
         body.append(row)
@@ -286,7 +291,10 @@ def memory_lines(recs: list[dict]) -> list[str]:
            "divides" if weights else "")
         + ")"
         + (
-            "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds."
+            "; the private anonymous memory (KV cache, activations, buffers) is what each rank adds"
+            + ("; of it in 2 MiB pages: the decode stack's bf16/int8 row copies (read every step) and "
+               "numpy's buffers of 4 MiB and more" if huge else "")
+            + "."
             if anon
             else "."
         )

@@ -56,6 +56,7 @@ def test_roofline_memory_and_communication(tmp_path):
             "ceilings": {"gemm_gflops_best": 270.0, "gemv_gb_s_best": 26.0},
         }
         r["memory"]["anon_mb"] = [12.5] * r["cell"]["nranks"]
+        r["memory"]["anon_huge_mb"] = [4.0] * r["cell"]["nranks"]
         r["memory"]["attention_scratch_mb"] = [0.5] * r["cell"]["nranks"]
         r["cell"]["sequence_layout"] = "zigzag"
     runs[-1]["roofline"]["gemm_gflops"] = 10.0  # measured while the machine was busy
@@ -89,7 +90,9 @@ def test_roofline_memory_and_communication(tmp_path):
     assert "% of GEMM ceiling |" in text and "% of streaming bandwidth |" in text
     assert "fractions are not trustworthy): sequence_online_softmax_np2_p16." in text
     assert rows[0]["roofline.prefill_fraction"] == "0.8" and rows[0]["anon_mb_per_rank"] == "12.5"
-    assert "| headwise_standard_np1_p16 | 101 | 101 | 12.5 | 0.5 |" in text  # peak RSS max, per rank, anon
+    # peak RSS max, per rank, anon, of it in 2 MiB pages, attention scratch
+    assert "| headwise_standard_np1_p16 | 101 | 101 | 12.5 | 4.0 | 0.5 |" in text
+    assert "of it in 2 MiB pages MB" in text and mem["anon_huge_mb"] == [4.0, 4.0]
     assert {r["sequence_layout"] for r in rows if r["strategy"] == "sequence"} == {"zigzag"}
     assert summary["machine"]["sequence_layout"] == ["zigzag"] and "| sequence layout | zigzag |" in text
 
