@@ -66,10 +66,10 @@ class Qwen3Engine:
         self.lm_head_scale = None if scale is None else scale[self.strategy.vocab_rows]
         # the weights this rank multiplies with: its layers and lm_head rows (the embedding is a
         # memory-mapped table of which each step reads one row); a decode step reads each once
-        self.weight_arrays = [self.lm_head, *(a for w in self.layers.values() for a in vars(w).values()
-                                              if isinstance(a, np.ndarray))]
-        if self.lm_head_scale is not None:
-            self.weight_arrays.append(self.lm_head_scale)
+        self.layer_arrays = [a for w in self.layers.values() for a in vars(w).values()
+                             if isinstance(a, np.ndarray)]
+        self.head_arrays = [a for a in (self.lm_head, self.lm_head_scale) if a is not None]
+        self.weight_arrays = self.head_arrays + self.layer_arrays
         self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
@@ -96,10 +96,14 @@ class Qwen3Engine:
                                           self.cfg.rms_norm_eps, float(self.cfg.head_dim) ** -0.5,
                                           self.algo, self.threads, scales)
 
-    def read_weights(self) -> int:
+    def read_weights(self, part: str = "all") -> int:
         """Read every byte of this rank's weights once with its threads, nothing but loads (the
-        streaming ceiling of a decode step, which reads each once); returns their checksum."""
-        return ops.stream_read(self.weight_arrays, self.threads)
+        streaming ceiling of a decode step, which reads each once); returns their checksum.
+        `part`: "all", "layers" (its decoder layers') or "head" (its lm_head rows)."""
+        arrays = {"all": self.weight_arrays, "layers": self.layer_arrays, "head": self.head_arrays}
+        if part not in arrays:
+            raise ValueError(f"unknown part {part!r} of the weights; choose from {list(arrays)}")
+        return ops.stream_read(arrays[part], self.threads)
 
     def _allocate(self, T: int) -> None:
         cfg, w = self.cfg, next(iter(self.layers.values()))

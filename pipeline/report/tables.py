@@ -29,7 +29,23 @@ DECODE_HEAD = [
     "tokens/s median (min–max)",
     "step p50 / p90 ms",
 ]
-ROOFLINE_HEAD = {"prefill": "% of GEMM ceiling", "decode": "% of streaming bandwidth"}
+# per phase: (column, roofline key); decode's second is the layout's own read (a step's order)
+ROOFLINE_COLUMNS = {
+    "prefill": [("% of GEMM ceiling", "prefill_fraction")],
+    "decode": [("% of streaming bandwidth", "decode_fraction"),
+               ("% of its layout's read", "decode_fraction_in_order")],
+}
+
+ROOFLINE_WORDS = (
+    "% of streaming bandwidth: against the node's read of the ranks' weights, all ranks at once (what "
+    "the layout leaves of the machine's bandwidth); % of its layout's read: a step's time over reading "
+    "the same weights in the step's order, pipeline stages in turn (how close the engine comes to what "
+    "its layout allows). See Roofline.")
+
+
+def roofline_columns(rows: list[dict], phase: str) -> list[tuple[str, str]]:
+    """The roofline columns of a phase's table that some row has (older runs lack the second)."""
+    return [(head, key) for head, key in ROOFLINE_COLUMNS[phase] if any(f"roofline.{key}" in r for r in rows)]
 
 
 def dagger(row: dict) -> str:
@@ -48,9 +64,9 @@ def status_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def cell_row(row: dict, phase: str, roofline: bool, bold: bool) -> list[str]:
+def cell_row(row: dict, phase: str, roofline: list[tuple[str, str]], bold: bool) -> list[str]:
     if row["status"] != "ok":
-        width = len(PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + roofline
+        width = len(PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + len(roofline)
         return [row["strategy"], row["algorithm"], row["status"], *(["—"] * (width - 3))]
     out = [
         row["strategy"],
@@ -70,8 +86,7 @@ def cell_row(row: dict, phase: str, roofline: bool, bold: bool) -> list[str]:
     else:
         p50 = row.get("decode_step_p50_ms")
         out += [f"{fnum(p50, 2)} / {fnum(row.get('decode_step_p90_ms'), 2)}" if p50 is not None else "—"]
-    if roofline:
-        out.append(pct(row.get(f"roofline.{phase}_fraction")))
+    out += [pct(row.get(f"roofline.{key}")) for _, key in roofline]
     return [f"**{x}**" for x in out] if bold else out
 
 
@@ -109,11 +124,11 @@ def phase_tables(
     given); `fastest` maps a rank count to its fastest cell (bold when the rank count has more than one
     measured cell)."""
     sub = [r for r in rows if r["prompt_len"] == prompt_len]
-    roofline = any(f"roofline.{phase}_fraction" in r for r in sub)
-    head = (PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + (
-        [ROOFLINE_HEAD[phase]] if roofline else []
-    )
+    roofline = roofline_columns(sub, phase)
+    head = (PREFILL_HEAD if phase == "prefill" else DECODE_HEAD) + [h for h, _ in roofline]
     lines = phase_intro(sub, prompt_len, phase, dtype)
+    if len(roofline) > 1:
+        lines += [ROOFLINE_WORDS, ""]
     for p in sorted({r["nranks"] for r in sub} | ({1} if baseline else set())):
         body = [cell_row(r, phase, roofline, r["cell"] == fastest.get(p)) for r in sub if r["nranks"] == p]
         if baseline and p == 1:

@@ -195,23 +195,33 @@ def roofline_fractions(cfg: Qwen3Config, ceilings: dict, *, prompt_len: int, gen
 
 
 def stream_fractions(cfg: Qwen3Config, dtype_bytes: float, prompt_len: int, gen_len: int,
-                     decode_s: list[float], stream_s: list[float], stream_bytes: int) -> dict:
+                     decode_s: list[float], stream_s: list[float], stream_bytes: int,
+                     in_order_s: list[float] | None = None) -> dict:
     """Each iteration's decode rate over the rate at which the ranks read their weights right after
     it (bench.weights_read: `stream_bytes` in all, the slowest rank's `stream_s`); the median of
     those paired fractions is the cell's decode fraction, and replaces the GEMV one.
 
     The read ceiling is the node's: under `sequence` every rank reads a whole copy, under `layer`
     the stages read at once where decode runs them in turn, so those fractions show what the layout
-    leaves of the node's bandwidth.
+    leaves of the node's bandwidth. `in_order_s` (bench.weights_read_in_order) reads the same bytes
+    in a step's order, the layout's own ceiling: `decode_fraction_in_order` is gen_len such reads
+    over the iteration's decode time (the KV cache left out, so it errs low), how close the engine
+    comes to what its layout allows.
     """
     if len(decode_s) != len(stream_s) or not decode_s:
         raise ValueError(f"{len(decode_s)} decode times against {len(stream_s)} weight reads")
     step_bytes = decode_bytes(cfg, dtype_bytes, prompt_len, gen_len)
     stream = [stream_bytes / s / 1e9 for s in stream_s]
     paired = [step_bytes / d / 1e9 / g for d, g in zip(decode_s, stream, strict=True)]
-    return {"stream_gb_s": statistics.median(stream),
-            "stream_gb_s_best": max(stream), "stream_bytes": stream_bytes,
-            "decode_fraction": statistics.median(paired), "decode_fraction_rounds": paired}
+    out = {"stream_gb_s": statistics.median(stream),
+           "stream_gb_s_best": max(stream), "stream_bytes": stream_bytes,
+           "decode_fraction": statistics.median(paired), "decode_fraction_rounds": paired}
+    if in_order_s is not None:
+        if len(in_order_s) != len(decode_s):
+            raise ValueError(f"{len(decode_s)} decode times against {len(in_order_s)} reads in order")
+        own = [gen_len * r / d for d, r in zip(decode_s, in_order_s, strict=True)]
+        out.update(decode_fraction_in_order=statistics.median(own), decode_fraction_in_order_rounds=own)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,9 @@ def test_bench_json_validates_against_schema(synthetic_tiny_export, tmp_path):
     per_rank = 4 * (L * (proj + 2 * d + 2 * D) + V // 2 * d)
     assert result["memory"]["weights_mb"] == [pytest.approx(per_rank / 1e6)] * 2
     assert len(result["output"]["greedy_tokens"]) == 5
+    d = result["decode"]  # one pipeline stage: a step's order is the node's read, all ranks at once
+    assert d["weights_in_order_s"] == d["weights_stream_s"] and len(d["weights_in_order_s"]) == 2
+    assert result["roofline"]["decode_fraction_in_order"] > 0
     for phase in ("prefill", "decode"):  # each rank's phase = compute + transfer + waiting
         split = result[phase]["per_rank"]
         assert all(len(split[k]) == 2 for k in ("compute_s", "transfer_s", "wait_s"))

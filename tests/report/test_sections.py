@@ -61,7 +61,8 @@ def test_roofline_memory_and_communication(tmp_path):
         r["cell"]["sequence_layout"] = "zigzag"
     runs[-1]["roofline"]["gemm_gflops"] = 10.0  # measured while the machine was busy
     # a run with the paired read of its weights: that is its decode ceiling, NumPy's GEMV beside it
-    runs[1]["roofline"].update(stream_gb_s=30.0, stream_gb_s_best=33.0, decode_fraction=0.75)
+    runs[1]["roofline"].update(stream_gb_s=30.0, stream_gb_s_best=33.0, decode_fraction=0.75,
+                               decode_fraction_in_order=0.875)  # and the read in a step's order
     summary, text, rows = run_report(tmp_path, runs)
     roof = summary["roofline"]
     assert (
@@ -81,13 +82,14 @@ def test_roofline_memory_and_communication(tmp_path):
     assert comm["prefill_comm_share"] == pytest.approx(0.1)  # fakes: 10% of the median in MPI
     assert comm["decode_compute_ms"] == pytest.approx(0.9 * 400.0)  # 4 tokens at 10 tokens/s
     assert (
-        "| headwise_standard_np1_p16 | 200 | 250 (best 270) | 80% | 22.5 | 25.0 (best 26.0) | 90% "
+        "| headwise_standard_np1_p16 | 200 | 250 (best 270) | 80% | 22.5 | 25.0 (best 26.0) | 90% | — "
         "| 25.0 (best 26.0) |" in text
     )
     paired = CellId.of_run(runs[1]).name
-    assert f"| {paired} | 200 | 250 (best 270) | 80% | 22.5 | 30.0 (best 33.0) | 75% | 25.0 (best 26.0) |" \
-        in text
-    assert "% of GEMM ceiling |" in text and "% of streaming bandwidth |" in text
+    assert f"| {paired} | 200 | 250 (best 270) | 80% | 22.5 | 30.0 (best 33.0) | 75% | 88% " \
+           "| 25.0 (best 26.0) |" in text
+    assert "% of GEMM ceiling |" in text and "% of streaming bandwidth | % of its layout's read |" in text
+    assert "| **75%** | **88%** |\n" in text and "| 90% | — |\n" in text  # decode tables: both columns
     assert "fractions are not trustworthy): sequence_online_softmax_np2_p16." in text
     assert rows[0]["roofline.prefill_fraction"] == "0.8" and rows[0]["anon_mb_per_rank"] == "12.5"
     # peak RSS max, per rank, anon, of it in 2 MiB pages, attention scratch
