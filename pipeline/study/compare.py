@@ -283,17 +283,26 @@ def round_files(raw: Path, variants: list[Variant], rounds: int) -> dict[str, li
 
 
 def run_rounds(plan: Plan, run: RunSettings, files: dict[str, list[Path]],
-               rounds: int) -> tuple[dict[str, list[Measured]], list[list[str]]]:
-    """Every variant once per round, in ABBA order: the measurements by variant, and each round's order."""
+               rounds: int) -> tuple[dict[str, list[Measured]], list[list[str]], dict[str, str]]:
+    """Every variant once per round, in ABBA order: the measurements by variant, each round's order,
+    and the baselines that failed (name: why), each left out of the rounds after its failure. A
+    baseline is another project's program and may crash on a CPU it was built for (llama.cpp's AMX
+    kernels do on some Xeons, docs/design-notes.md#baseline-crash); our own variants may not fail."""
     got: dict[str, list[Measured]] = {v.name: [] for v in plan.variants}
-    order = []
+    order, failed = [], {}
     for rnd in range(rounds):
         print(f"[compare] round {rnd + 1} of {rounds}", file=sys.stderr, flush=True)
-        turn = in_turn(plan.variants, rnd)
+        turn = [v for v in in_turn(plan.variants, rnd) if v.name not in failed]
         order.append([v.name for v in turn])
         for v in turn:
-            got[v.name].append(measure(v, run, files[v.name][rnd]))
-    return got, order
+            try:
+                got[v.name].append(measure(v, run, files[v.name][rnd]))
+            except RuntimeError as e:
+                if v.kind not in BASELINE_LABELS:
+                    raise
+                failed[v.name] = f"{v.label}: {getattr(e, 'why', e)} in round {rnd + 1}, left out"
+                print(f"[compare] {failed[v.name]}\n{e}", file=sys.stderr, flush=True)
+    return got, order, failed
 
 
 def tokens_agree(runs: list[Measured], reference: list[Measured]) -> bool | None:
@@ -345,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = round_files(Path(args.out).with_suffix(""), plan.variants, args.rounds)
     try:
-        got, order = run_rounds(plan, run, files, args.rounds)
-    except RuntimeError as e:  # a variant's program failed: its command and stderr
+        got, order, failed = run_rounds(plan, run, files, args.rounds)
+    except RuntimeError as e:  # one of our variants failed: its command and stderr
         print(f"error: {e}", file=sys.stderr)
         return 1
+    plan = replace(plan, variants=[v for v in plan.variants if v.name not in failed],
+                   skipped=[*plan.skipped, *failed.values()])
     doc = result(args.name, plan, run, got, order, files)
     write_json_atomic(args.out, doc)
     for v in doc["variants"]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,17 +85,37 @@ def kind(name: str, *, metrics: tuple[str, ...], check: Callable[[Variant, RunSe
     return register
 
 
+class ProgramFailed(RuntimeError):
+    """A variant's program failed, timed out or wrote nothing; `why` says how in a few words."""
+
+    def __init__(self, why: str, cmd: list[str], stderr: str = "") -> None:
+        super().__init__(f"{why}: {shlex.join(cmd)}" + (f"\n{stderr[-2000:]}" if stderr else ""))
+        self.why = why
+
+
+def exit_words(returncode: int) -> str:
+    """How a program ended: "exit status 1", or "killed by SIGILL (illegal instruction)"."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        sig = signal.Signals(-returncode)
+    except ValueError:
+        return f"killed by signal {-returncode}"
+    return f"killed by {sig.name} ({signal.strsignal(sig).lower()})"
+
+
 def run_program(cmd: list[str], out: Path, timeout: float) -> dict:
-    """Run `cmd`, which writes the JSON `out`; that JSON. RuntimeError with the command and its
+    """Run `cmd`, which writes the JSON `out`; that JSON. ProgramFailed with the command and its
     stderr's tail when it fails, times out or writes nothing."""
     out.unlink(missing_ok=True)  # a file left by an earlier run must not pass for this run's
     print("[compare] " + shlex.join(cmd), file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"timed out after {timeout:g} s: {shlex.join(cmd)}") from None
+        raise ProgramFailed(f"timed out after {timeout:g} s", cmd) from None
     if proc.returncode or not out.is_file():
-        raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+        why = exit_words(proc.returncode) if proc.returncode else "exit status 0 but no output"
+        raise ProgramFailed(f"failed ({why})", cmd, proc.stderr)
     return json.loads(out.read_text())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -119,3 +120,47 @@ def test_no_gguf_files_skips_llamacpp_and_bad_pairs_fail_first(inputs, tmp_path,
     missing = [*no_gguf, "--gguf", f"f32={tmp_path / 'none.gguf'}"]
     assert compare.main(["baselines", *missing, "--baselines", "llamacpp", "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_crashing_baseline_is_left_out_with_how_it_ended(inputs, tmp_path, monkeypatch):
+    """llama.cpp q8_0 dies of SIGILL in round 2 (as its AMX kernels do on some Xeons): the comparison
+    goes on without it, and says so in one line; the others keep all their rounds."""
+    calls = []
+    fake = fake_program(calls)
+    real_run = variants.run_program
+
+    def run_program(cmd, out, timeout):
+        q8 = "llamacpp" in cmd and cmd[cmd.index("--gguf") + 1].endswith("q8_0.gguf")
+        if q8 and out.stem.endswith("_r1"):
+            die = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+            return real_run(die, out, timeout)  # a real process, killed by the signal
+        return fake(cmd, out, timeout)
+
+    monkeypatch.setattr(variants, "run_program", run_program)
+    monkeypatch.setattr(importlib.util, "find_spec", installed(set()))
+    out = tmp_path / "baselines.json"
+    assert compare.main(["baselines", *inputs, "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert "llamacpp_q8_0" not in {v["name"] for v in doc["variants"]} and len(doc["variants"]) == 6
+    assert doc["skipped"] == ["llama.cpp q8_0, 2 threads: failed (killed by SIGILL (illegal instruction)) "
+                              "in round 2, left out"]
+    assert all(len(v["rounds"]["prefill"]) == 3 for v in doc["variants"])
+    assert "llamacpp_q8_0" not in doc["order"][2]  # not run again after its failure
+    assert doc["skipped"][0] in "\n".join(comparisons.section([doc]))
+
+
+def test_our_own_variant_failing_fails_the_comparison(inputs, tmp_path, monkeypatch, capsys):
+    def run_program(cmd, out, timeout):
+        raise variants.ProgramFailed("failed (exit status 1)", cmd, "Traceback: boom")
+
+    monkeypatch.setattr(variants, "run_program", run_program)
+    monkeypatch.setattr(importlib.util, "find_spec", installed(set()))
+    out = tmp_path / "baselines.json"
+    assert compare.main(["baselines", *inputs, "--out", str(out)]) == 1
+    assert not out.exists() and "boom" in capsys.readouterr().err
+
+
+def test_exit_words():
+    assert variants.exit_words(2) == "exit status 2"
+    assert variants.exit_words(-9) == "killed by SIGKILL (killed)"
+    assert variants.exit_words(-200) == "killed by signal 200"
