@@ -15,6 +15,7 @@
    where __builtin_cpu_supports says so. Pasted into each cimporting module: static functions. */
 #include <stdint.h>
 #include <string.h>
+#include "prefetch.h"
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define Q8_X86 1
@@ -71,12 +72,14 @@ static void q8_rows_generic(const int8_t *xq, float sx, const int8_t *q, Py_ssiz
 
 #ifdef Q8_X86
 /* One row at a time, four accumulators: one sequential stream per thread, which the hardware
-   prefetchers follow. Four rows at once (four streams 1 KiB apart) read 2x slower, and a software
-   prefetch gained nothing here (docs/design-notes.md#int8-gemv). */
+   prefetchers follow. Four rows at once (four streams 1 KiB apart) read 2x slower on Zen 4, and a
+   software prefetch gained nothing there (docs/design-notes.md#int8-gemv); on Intel it does
+   (prefetch.h: pf bytes ahead, 0 = none). */
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 static void q8_rows_vnni(const int8_t *xq, float sx, const int8_t *q, Py_ssize_t K,
                          Py_ssize_t n0, Py_ssize_t n1, const float *scale, float *out) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const long pf = rows_prefetch_bytes();
     const Py_ssize_t K64 = K & ~(Py_ssize_t)63, K256 = K & ~(Py_ssize_t)255;
     int32_t xsum = 0;   /* 128 * sum of xq over the vector part: the offset of q + 128 */
     for (Py_ssize_t k = 0; k < K64; k++) xsum += xq[k];
@@ -86,6 +89,8 @@ static void q8_rows_vnni(const int8_t *xq, float sx, const int8_t *q, Py_ssize_t
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
         Py_ssize_t k = 0;
         for (; k < K256; k += 256) {
+            if (pf)
+                for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)w + k + pf + l, _MM_HINT_T0);
             a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(w + k), flip),
                                      _mm512_loadu_si512(xq + k));
             a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(w + k + 64), flip),

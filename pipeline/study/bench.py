@@ -284,7 +284,7 @@ def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict
     """What multiplied each of rank 0's products (ext.linear.implementation: "onednn:<name>",
     "gemv", "sgemm", ...) at the prompt's rows and at one token, and whether decode ran the
     layers in one call (ext.decode) or op by op."""
-    from ext.linear import implementation
+    from ext.linear import gemv_prefetch_bytes, implementation
 
     w = next(iter(engine.layers.values()))
     products = {"qkv": (w.wq, False), "o_proj": (w.wo_t, True), "gate_up": (w.w_gate, False),
@@ -296,6 +296,7 @@ def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict
                       for name, (a, tr) in products.items()}
     head = engine.lm_head  # (V_r, d), one row of activations in either phase
     out["lm_head"] = implementation(head.dtype, 1, head.shape[1], head.shape[0], False, threads)
+    out["gemv_prefetch_bytes"] = gemv_prefetch_bytes()  # the one-token int8/bf16 rows kernels'
     return out
 
 

@@ -67,3 +67,46 @@ def test_zero_activations_give_zero(kernel):
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="choose from"):
         L.set_int8_kernel("avx9")
+
+
+PREFETCH_SCRIPT = """
+import sys, numpy as np
+import pipeline
+from ext import linear as L
+from model_export.dtypes import BF16
+rng = np.random.default_rng(3)
+x = rng.standard_normal((1, 1030)).astype(np.float32)
+q = rng.integers(-128, 128, (70, 1030), dtype=np.int8)
+scale = rng.random(70).astype(np.float32)
+wb = (rng.standard_normal((70, 1030)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(BF16)
+a, b = np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32)
+L.linear(x, q, a, 2, scale=scale)
+L.linear(x, wb, b, 2)
+np.save(sys.argv[1], np.concatenate([a, b]))
+print(L.gemv_prefetch_bytes())
+"""
+
+
+def test_the_rows_prefetch_is_set_by_its_variable_and_changes_no_bit(tmp_path):
+    """QWEN3_GEMV_PREFETCH sets how far ahead the int8 and bf16 rows kernels prefetch (ext/prefetch.h);
+    the products are the same bits at every distance, and the int8 one is the exact product."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.mpi import REPO
+
+    outs = {}
+    for pf in ("0", "64", "8192"):
+        env = dict(os.environ, QWEN3_GEMV_PREFETCH=pf, PYTHONPATH=str(REPO))
+        proc = subprocess.run([sys.executable, "-c", PREFETCH_SCRIPT, str(tmp_path / f"{pf}.npy")], env=env,
+                              capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[-1] == pf
+        outs[pf] = np.load(tmp_path / f"{pf}.npy")
+    assert np.array_equal(outs["0"], outs["64"]) and np.array_equal(outs["0"], outs["8192"])
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 1030)).astype(np.float32)
+    q = rng.integers(-128, 128, (70, 1030), dtype=np.int8)
+    scale = rng.random(70).astype(np.float32)
+    np.testing.assert_array_equal(outs["0"][0], reference(x, q, scale, False)[0])
