@@ -262,11 +262,17 @@ def get_cells():
     for dtype in dtypes:
         for n in LENGTHS:
             for strategy, p in layouts:
-                for algo in config["algorithms"]:
+                for algo in get_algorithms(dtype):
                     name = CellId(strategy, algo, p, n, dtype).name
                     reason = get_not_applicable_reason(strategy, p, n)
                     cells.append((name, reason is None, reason))
     return cells
+
+
+def get_algorithms(dtype):
+    """The attention algorithms of a dtype's cells: `algorithms` for float32, else
+    `low_precision_algorithms` (attention is float32 in every dtype)."""
+    return config["algorithms"] if dtype == "float32" else config["low_precision_algorithms"]
 
 
 def get_not_applicable_reason(strategy, nranks, prompt_len):

@@ -43,8 +43,9 @@ def test_dry_run_default_matrix():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     counts = {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
-    # Qwen3-0.6B: 3 dtypes x 3 strategies at 1 and 2 ranks x 2 algorithms; one export per dtype
-    assert counts["bench"] == "36" and counts["export"] == "3"
+    # Qwen3-0.6B: 3 strategies at 1 and 2 ranks, both algorithms on float32, online_softmax on bf16
+    # and int8 (low_precision_algorithms); one export per dtype
+    assert counts["bench"] == str(6 * 2 + 6 + 6) and counts["export"] == "3"
     assert counts["commbench"] == counts["costmodel"] == "1" and "baseline" not in counts
     proc = plan("--quiet", "rules", "--configfile", "config/full.yaml",
                 "--config", "prompt_lengths=[128,1024]")
