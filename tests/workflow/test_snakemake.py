@@ -194,6 +194,7 @@ def test_end_to_end_tiny_with_a_crashing_cell(tmp_path):
         "strategies=[headwise,layer]",  # and layer2.headwise2: 10 cells per dtype
         "layouts=[layer2.headwise2]",
         "dtypes=[float32,int8]",
+        "low_precision_algorithms=[standard,online_softmax]",  # both on int8 too, as before
         "ranks=[1,2]",
         'comparisons={"dtype": true, "ranks": true, "ceilings": true}',
         "baseline=true",
