@@ -287,7 +287,7 @@ def run_rounds(plan: Plan, run: RunSettings, files: dict[str, list[Path]],
     """Every variant once per round, in ABBA order: the measurements by variant, each round's order,
     and the baselines that failed (name: why), each left out of the rounds after its failure. A
     baseline is another project's program and may crash on a CPU it was built for (llama.cpp's AMX
-    kernels do on some Xeons, docs/design-notes.md#baseline-crash); our own variants may not fail."""
+    kernels did on a Xeon, docs/design-notes.md#baseline-crash); our own variants may not fail."""
     got: dict[str, list[Measured]] = {v.name: [] for v in plan.variants}
     order, failed = [], {}
     for rnd in range(rounds):

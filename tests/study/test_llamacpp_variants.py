@@ -123,7 +123,7 @@ def test_no_gguf_files_skips_llamacpp_and_bad_pairs_fail_first(inputs, tmp_path,
 
 
 def test_a_crashing_baseline_is_left_out_with_how_it_ended(inputs, tmp_path, monkeypatch):
-    """llama.cpp q8_0 dies of SIGILL in round 2 (as its AMX kernels do on some Xeons): the comparison
+    """llama.cpp q8_0 dies of SIGILL in round 2 (as its AMX kernels did on a Xeon): the comparison
     goes on without it, and says so in one line; the others keep all their rounds."""
     calls = []
     fake = fake_program(calls)
