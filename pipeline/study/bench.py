@@ -140,19 +140,19 @@ def weights_read_in_order(engine: Qwen3Engine, comm: Comm) -> float:
     step), then every rank reads its lm_head rows at once (the vocabulary-parallel head). The
     ceiling of the layout itself, where weights_read is the node's. Outside the steps' clocks."""
     stages = engine.strategy.comms.stages
-    layers = np.zeros(stages.size + 1)  # per stage, then the head
+    seconds = np.zeros(stages.size + 1)  # per stage, then the head
     for s in range(stages.size):
         comm.barrier()
         if stages.rank == s:
             t = MPI.Wtime()
             engine.read_weights("layers")
-            layers[s] = MPI.Wtime() - t
+            seconds[s] = MPI.Wtime() - t
     comm.barrier()
     t = MPI.Wtime()
     engine.read_weights("head")
-    layers[-1] = MPI.Wtime() - t
-    comm.comm.Allreduce(MPI.IN_PLACE, layers, op=MPI.MAX)  # each stage's slowest rank, the head's
-    return float(layers.sum())
+    seconds[-1] = MPI.Wtime() - t
+    comm.comm.Allreduce(MPI.IN_PLACE, seconds, op=MPI.MAX)  # each stage's slowest rank, the head's
+    return float(seconds.sum())
 
 
 def time_split(comm: Comm, runs: list[dict]) -> dict[str, dict]:
