@@ -8,10 +8,8 @@ read-only memmaps of the export, never copied whole:
   turns with the OpenMP one (see ext/__init__.py for why that matters).
 - more tokens (prefill): BLAS's sgemm, called single-threaded from our OpenMP threads, one
   block of GEMM_COLS output columns per work item (bf16 blocks widened first into a per-thread
-  float32 scratch of O(block) size). So prefill too runs on the one OpenMP pool: no second pool
-  (OpenBLAS's pthreads) whose idle threads spin on the cores ours need, or sleep when ours want
-  them awake. The sgemm is numpy's own OpenBLAS (scipy-openblas, found through threadpoolctl);
-  where it cannot be found, numpy.matmul with BLAS's own threads does the same products.
+  float32 scratch of O(block) size): one OpenMP pool, no OpenBLAS pthreads spinning on our cores.
+  The sgemm is numpy's own OpenBLAS (found through threadpoolctl); else numpy.matmul.
 - oneDNN's matmul (ext/dnnl.pyx), where it loaded and its implementation is not `ref`: the
   prefill products of every dtype (bf16 on the bf16 units, float32 at the CPU's GEMM peak rather
   than the OpenBLAS core the environment may force) and the int8 products of 2 tokens or more
@@ -36,6 +34,8 @@ from ext.qgemv cimport Q8_GENERIC, Q8_VNNI, q8_cols, q8_cpu_vnni, q8_quantize, q
 from ext.simd cimport widen_bf16
 
 from ext import dnnl
+from ext.routing import ONEDNN_MIN_T, ONEDNN_PACKED, packs  # noqa: F401 (ext.mlp, tests)
+from ext.routing import onednn as _onednn
 
 cnp.import_array()
 
@@ -103,18 +103,6 @@ BF16 = np.dtype(np.uint16)
 INT8 = np.dtype(np.int8)
 WEIGHT_DTYPES = (np.dtype(np.float32), BF16)   # our GEMV's and sgemm's
 ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per output channel
-
-# The fewest tokens at which oneDNN's matmul does a dtype's products (when it loaded and offers
-# more than its `ref` implementation): fewer run on our GEMV, which streams plain weights faster
-# at 1-2 tokens and ties at 4; from 8 oneDNN is 1.1-2.2x (docs/design-notes.md#onednn). int8 at
-# one token runs our int8 GEMV (ext/qgemv.h), so that int8 decode runs in one compiled call too and
-# the per-op path has its bits (docs/design-notes.md#int8-gemv).
-ONEDNN_MIN_T = {np.dtype(np.float32): 8, BF16: 8, INT8: 2}
-# Weights oneDNN multiplies in its blocked layout: a reordered copy of each weight, made at its
-# first product and kept (one per weight: every M and thread count here wants the same layout).
-# int8: 2.2-2.9x at one token; bf16: the engine's prefill x0.88-0.90 of plain at 1 and 2 threads
-# (docs/design-notes.md#bf16-packed); float32: 5-18% per product, not worth a copy.
-ONEDNN_PACKED = {np.dtype(np.float32): False, BF16: True, INT8: True}
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
 # packs its operands again for every block, so blocks must be big enough for that to be cheap:
@@ -381,22 +369,10 @@ def _check_linear(fn, x, w, out, num_threads, transposed, scale=None):
     return T, K, N
 
 
-def _onednn(x, w, out, int num_threads, bint transposed, scale):
-    """out = x @ w.T (or x @ w_t) on oneDNN when the routing table says so and it can; True if it ran."""
-    T, K = x.shape[0], x.shape[1]
-    if T < ONEDNN_MIN_T[w.dtype] or not dnnl.available():
-        return False
-    try:
-        dnnl.matmul(x, w, out, num_threads, transposed, scale, ONEDNN_PACKED[w.dtype])
-    except dnnl.Unsupported:   # `ref` only here (bf16 on an AVX2 CPU, say): our paths below
-        return False
-    return True
-
-
 def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint transposed=False,
-                   int num_threads=1) -> str:
-    """What computes x (T, K) @ W (K, N) with weights of w_dtype: "onednn:<its implementation
-    name>", "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "gemv-bf16:avx512_bf16"
+                   int num_threads=1, bint rows=False) -> str:
+    """What computes x (T, K) @ W (K, N) with weights of w_dtype (rows: linear_t given rows=):
+    "onednn:<its implementation name>" (":packed" on its packed copy), "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "gemv-bf16:avx512_bf16"
     (our bf16 GEMV on the bf16 units, one token), "sgemm" (BLAS's on
     our OpenMP threads), "numpy" (numpy.matmul), with "+dequant" for int8 weights widened to
     float32 first (for the bench JSON)."""
@@ -404,9 +380,11 @@ def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint trans
     if dt not in ALL_DTYPES:
         raise ValueError(f"implementation: weights float32, uint16 (bf16) or int8, got {dt}")
     if T >= ONEDNN_MIN_T[dt]:
-        impl = dnnl.implementation(dt, T, K, N, transposed, num_threads, ONEDNN_PACKED[dt])
+        transposed = transposed and not (rows and not packs(dt, False))   # linear_t's rows=
+        packed = packs(dt, transposed)
+        impl = dnnl.implementation(dt, T, K, N, transposed, num_threads, packed)
         if impl is not None:
-            return f"onednn:{impl}"
+            return f"onednn:{impl}" + (":packed" if packed else "")
     if dt == INT8 and T == 1:
         return f"gemv-int8:{Q8_KERNELS[_q8_isa]}"
     if dt == BF16 and T == 1 and bf16_units():   # activations rounded to bf16 (ext/gemv.pxd)
@@ -486,12 +464,13 @@ cdef _gemv_list(x, ws, outs, int num_threads):
         _gemv_many(xp, <int>T, K, m, wp, Ns, op, bf, num_threads)
 
 
-def linear_t(x, w_t, out, int num_threads=1, scale=None):
+def linear_t(x, w_t, out, int num_threads=1, scale=None, rows=None):
     """out = x @ w_t: x (T, K) float32, w_t (K, N) float32, bf16 bits (uint16) or int8 with scale
-    (N,) float32 (w_t = q * scale[None, :]), out (T, N) float32.
+    (N,) float32 (w_t = q * scale[None, :]), out (T, N) float32. rows: the caller's copy of the
+    same weights as rows, w_t.T (N, K) C-contiguous, if it holds one (ext.decode's).
 
     For the transposed (row-sharded) weights, o_proj and down_proj. oneDNN where ONEDNN_MIN_T
-    says; else T <= SMALL_T: SIMD GEMV over
+    says (on rows, where packs() keeps (N, K) weights in place); else T <= SMALL_T: SIMD GEMV over
     fixed chunks of rows of w_t (partial sums added in order, so any num_threads gives the same
     bits); larger T: BLAS (bf16: row blocks of w_t widened into scratch, out += x[:, block] @ block).
     """
@@ -502,10 +481,15 @@ def linear_t(x, w_t, out, int num_threads=1, scale=None):
     cdef int bf
     cdef Py_ssize_t T, K, N
     T, K, N = _check_linear("linear_t", x, w_t, out, num_threads, True, scale)
+    if rows is not None:
+        check_array("linear_t: rows", rows, (w_t.dtype,), (N, K))
     if T == 0 or N == 0:
         return
     if K == 0:
         out[...] = 0
+    elif rows is not None and not packs(w_t.dtype, False) and _onednn(x, rows, out, num_threads,
+                                                                       False, scale):
+        pass
     elif _onednn(x, w_t, out, num_threads, True, scale):
         pass
     elif w_t.dtype == INT8 and T == 1:

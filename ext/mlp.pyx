@@ -139,12 +139,13 @@ cdef void _q8_mlp(const int8_t *xq, float sx, Py_ssize_t d, Py_ssize_t I, const 
             n1 = n0 + ROW_BLOCK if n0 + ROW_BLOCK < d else d
             q8_rows(gq, gs[0], wd, I, n0, n1, sd, out, isa)
 
-def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):
+def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None, down_rows=None):
     """out = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down_t  (a rank's partial sum under TP).
 
     x, out (T, d) float32; w_gate, w_up, w_down_t (I_r, d), all float32, all bf16 bits (uint16,
     model_export.reader.BF16) or all int8 with scales = (s_gate (I_r,), s_up (I_r,), s_down (d,))
-    float32; ws an MLPWorkspace with I_r columns (grown once if max_T < T).
+    float32; ws an MLPWorkspace with I_r columns (grown once if max_T < T); down_rows: the
+    caller's copy of w_down_t.T (d, I_r), if it holds one (ext.linear.linear_t's rows).
     Few tokens (float32, bf16): our GEMV, one OpenMP region; else the products via ext.linear.
     """
     if x.ndim != 2 or w_gate.ndim != 2:
@@ -170,7 +171,7 @@ def mlp(x, w_gate, w_up, w_down_t, out, ws, int num_threads=1, scales=None):
         linear(x, w_gate, gate, num_threads, sg)
         linear(x, w_up, up, num_threads, su)
         silu_mul(gate, up, num_threads)
-        linear_t(gate, w_down_t, out, num_threads, sd)
+        linear_t(gate, w_down_t, out, num_threads, sd, down_rows)
         return
     if T == 0:
         return

@@ -75,6 +75,10 @@ class Qwen3Engine:
         self._allocate(max_seq)
         self.algo, self.block = algo, block
         self.decode_stack = self._decode_stack()  # None: decode runs layer by layer, op by op
+        # its private copies of o_proj and down_proj as rows (int8, bf16), which prefill's
+        # products take where oneDNN multiplies rows faster (ext.linear.linear_t's rows)
+        rows = [] if self.decode_stack is None else self.decode_stack.row_copies
+        self.row_copies = dict(zip(self.strategy.layers, rows, strict=True)) if rows else {}
         self.pos = 0  # tokens in the cache
 
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
@@ -202,11 +206,13 @@ class Qwen3Engine:
         ops.qk_norm_rope(q, w.q_norm, eps, cos, sin, pos0, nt)
         ops.qk_norm_rope(k, w.k_norm, eps, cos, sin, pos0, nt)
         self.strategy.attend(i, q, k, v, att, pos, prefill)
-        linear_t(att.reshape(T, -1), w.wo_t, o, nt, scale=w.wo_t_scale)
+        wo_rows, down_rows = self.row_copies.get(i, (None, None))
+        linear_t(att.reshape(T, -1), w.wo_t, o, nt, scale=w.wo_t_scale, rows=wo_rows)
         self.strategy.reduce(o)  # o_proj is row-sharded under headwise
         ops.add_rmsnorm(x, o, w.mlp_norm, eps, n, nt)  # x = h; n = rms(h)
         mlp_kernels.mlp(n, w.w_gate, w.w_up, w.w_down_t, o, self.mlp_ws, nt,
-                        scales=(w.w_gate_scale, w.w_up_scale, w.w_down_t_scale) if int8 else None)
+                        scales=(w.w_gate_scale, w.w_up_scale, w.w_down_t_scale) if int8 else None,
+                        down_rows=down_rows)
         self.strategy.reduce(o)  # down_proj is row-sharded under headwise
         np.add(x, o, out=x)
 

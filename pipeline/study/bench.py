@@ -281,9 +281,9 @@ def fold_weights(comm: Comm, export: Export) -> tuple[float | None, float | None
 
 
 def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict:
-    """What multiplied each of rank 0's products (ext.linear.implementation: "onednn:<name>",
-    "gemv", "sgemm", ...) at the prompt's rows and at one token, and whether decode ran the
-    layers in one call (ext.decode) or op by op."""
+    """What multiplied each of rank 0's products (ext.linear.implementation: "onednn:<name>"
+    with ":packed" on its packed copy, "gemv", "sgemm", ...) at the prompt's rows and at one
+    token, and whether decode ran the layers in one call (ext.decode) or op by op."""
     from ext.linear import gemv_prefetch_bytes, implementation
 
     w = next(iter(engine.layers.values()))
@@ -291,8 +291,10 @@ def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict
                 "down": (w.w_down_t, True)}
     out: dict = {"prefill_rows": prompt_rows,
                  "decode_layers": "one call" if engine.decode_stack is not None else "per op"}
+    rows = bool(engine.row_copies)  # o_proj and down_proj also held as rows (linear_t's rows)
     for phase, T in (("prefill", prompt_rows), ("decode", 1)):
-        out[phase] = {name: implementation(a.dtype, T, *(a.shape if tr else a.shape[::-1]), tr, threads)
+        out[phase] = {name: implementation(a.dtype, T, *(a.shape if tr else a.shape[::-1]), tr,
+                                           threads, tr and rows)
                       for name, (a, tr) in products.items()}
     head = engine.lm_head  # (V_r, d), one row of activations in either phase
     out["lm_head"] = implementation(head.dtype, 1, head.shape[1], head.shape[0], False, threads)

@@ -260,3 +260,26 @@ def test_one_packed_copy_per_weight():
         dnnl.matmul(x[:T].copy(), w[:], out, 2, False, scale, True)
         close(out, xs[:T] @ w64, RTOL["int8"])
     assert dnnl.packed_bytes() - before == w.nbytes
+
+
+@needs_dnnl
+@pytest.mark.parametrize("dtype", ("bf16", "int8"))
+@pytest.mark.parametrize("T", (1, 9, 130))
+def test_linear_t_on_rows(T, dtype):
+    """linear_t given the same weights as rows (rows=w_t.T, ext.decode's copies): the product of
+    w_t still, multiplied from the rows where packs() keeps rows in place (AMX), with no packed
+    copy made then; a rows array of another shape or dtype is refused."""
+    K, N = 1100, 300
+    x, w_t, scale, xs, w64 = operands(dtype, T, K, N, True, T + 7)
+    rows = np.ascontiguousarray(w_t.T)
+    out = np.full((T, N), np.nan, np.float32)
+    before = dnnl.packed_bytes()
+    L.linear_t(x, w_t, out, 2, scale, rows=rows)
+    impl = L.implementation(w_t.dtype, T, K, N, True, 2, True)
+    close(out, (xs if impl.startswith(QUANTIZING) else x.astype(np.float64)) @ w64, RTOL[dtype])
+    if impl.startswith("onednn") and not L.packs(w_t.dtype, False):
+        assert dnnl.packed_bytes() == before, "multiplied from a packed copy, not from the rows"
+        assert not impl.endswith(":packed")
+    for bad in (rows[:, :-1], rows.astype(np.float32), w_t):
+        with pytest.raises(ValueError, match="rows"):
+            L.linear_t(x, w_t, out, 2, scale, rows=bad)

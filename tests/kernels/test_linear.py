@@ -221,8 +221,9 @@ def test_no_float32_copy_of_the_weights(T):
     finally:
         tracemalloc.stop()
     grown = (_rss_kb() - rss0) * 1024
-    packed = L.ONEDNN_PACKED[BF16] and L.implementation(BF16, T, K, N, False, 2).startswith("onednn")
-    allowed = f32_bytes / 8 + (2 * w.nbytes if packed else 0)   # linear's and linear_t's copies
+    onednn = L.implementation(BF16, T, K, N, False, 2).startswith("onednn")
+    copies = sum(L.packs(BF16, transposed) for transposed in (False, True)) if onednn else 0
+    allowed = f32_bytes / 8 + copies * w.nbytes   # linear's and linear_t's packed copies, if any
     assert peak < allowed, f"NumPy allocations peaked at {peak / 2**20:.1f} MiB"
     assert grown < allowed, f"resident memory grew by {grown / 2**20:.1f} MiB"
     close(out[:, :5], x_seen(x, w) @ widened(w[:5]).T)
