@@ -372,10 +372,10 @@ def _check_linear(fn, x, w, out, num_threads, transposed, scale=None):
 def implementation(w_dtype, Py_ssize_t T, Py_ssize_t K, Py_ssize_t N, bint transposed=False,
                    int num_threads=1, bint rows=False) -> str:
     """What computes x (T, K) @ W (K, N) with weights of w_dtype (rows: linear_t given rows=):
-    "onednn:<its implementation name>" (":packed" on its packed copy), "gemv" (ours), "gemv-int8:<kernel>" (our int8 GEMV, one token), "gemv-bf16:avx512_bf16"
-    (our bf16 GEMV on the bf16 units, one token), "sgemm" (BLAS's on
-    our OpenMP threads), "numpy" (numpy.matmul), with "+dequant" for int8 weights widened to
-    float32 first (for the bench JSON)."""
+    "onednn:<its implementation name>" (":packed" on its packed copy), "gemv" (ours),
+    "gemv-int8:<kernel>" (our int8 GEMV, one token), "gemv-bf16:avx512_bf16" (our bf16 GEMV on
+    the bf16 units, one token), "sgemm" (BLAS's on our OpenMP threads), "numpy" (numpy.matmul),
+    with "+dequant" for int8 weights widened to float32 first (for the bench JSON)."""
     dt = np.dtype(w_dtype)
     if dt not in ALL_DTYPES:
         raise ValueError(f"implementation: weights float32, uint16 (bf16) or int8, got {dt}")
