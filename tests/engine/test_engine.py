@@ -207,6 +207,31 @@ def test_bf16_weights_match_the_float64_reference_of_the_same_weights(bf16_expor
     assert tokens == ref_tokens
 
 
+def test_bf16_prefill_from_the_row_copies_matches_the_float64_reference(bf16_exports, monkeypatch):
+    """Where oneDNN keeps weights stored as rows in place (AMX: ext.routing.packs), prefill
+    multiplies o_proj and down_proj from the decode stack's row copies of each layer. Forced here
+    on any CPU whose oneDNN runs bf16; a layer given another layer's rows is off by O(0.1)."""
+    from mpi4py import MPI
+
+    from ext import dnnl, routing
+    from pipeline.engine.comm import Comm
+    from pipeline.engine.model import Qwen3Engine
+    from pipeline.study.lowprec import nmse
+
+    monkeypatch.setitem(routing._on_amx, routing.BF16, True)
+    bf16, f32 = bf16_exports
+    engine = Qwen3Engine(open_export(bf16), "headwise", "online_softmax", Comm(MPI.COMM_SELF), 2,
+                         max_seq=32)
+    assert sorted(engine.row_copies) == sorted(engine.layers)
+    before = dnnl.packed_bytes()
+    logits = engine.prefill(np.asarray(PROMPT))
+    want = ReferenceModel(open_export(f32)).forward(PROMPT)[-1]
+    assert nmse(logits[None], want[None]) < BF16_NMSE
+    np.testing.assert_allclose(logits, want, rtol=0, atol=3e-3)
+    if dnnl.implementation(routing.BF16, len(PROMPT), 8, 8, False, 2) is not None:
+        assert dnnl.packed_bytes() == before, "a packed copy was made: the rows were not used"
+
+
 def test_generate_with_a_tokenizer_prints_the_text(synthetic_tiny_checkpoint, tmp_path):
     """A checkpoint with tokenizer.json: --prompt is encoded, the export carries the tokenizer,
     and the generated text is printed (a word-level tokenizer over the tiny vocabulary)."""
