@@ -34,7 +34,7 @@ from ext.qgemv cimport Q8_GENERIC, Q8_VNNI, q8_cols, q8_cpu_vnni, q8_quantize, q
 from ext.simd cimport widen_bf16
 
 from ext import dnnl
-from ext.routing import ONEDNN_MIN_T, ONEDNN_PACKED, packs  # noqa: F401 (ext.mlp, tests)
+from ext.routing import BF16, F32, INT8, ONEDNN_MIN_T, ONEDNN_PACKED, packs  # noqa: F401 (ext.mlp, tests)
 from ext.routing import onednn as _onednn
 
 cnp.import_array()
@@ -99,9 +99,7 @@ def gemm_in_openmp():
     return _sgemm != NULL
 
 
-BF16 = np.dtype(np.uint16)
-INT8 = np.dtype(np.int8)
-WEIGHT_DTYPES = (np.dtype(np.float32), BF16)   # our GEMV's and sgemm's
+WEIGHT_DTYPES = (F32, BF16)   # our GEMV's and sgemm's
 ALL_DTYPES = WEIGHT_DTYPES + (INT8,)           # int8 with a float32 scale per output channel
 
 # BLAS path for bf16 (T > SMALL_T): float32 elements of one widened scratch block (2 MiB). BLAS
