@@ -68,7 +68,7 @@ cdef extern from * nogil:
     #include "prefetch.h"
     /* out[n] = sum_k bf16(x[k]) w[n*K + k] for n0 <= n < n1: x rounded into xb once, then each row
        one sequential stream, 64 weights per step in two accumulators, prefetched pf bytes ahead
-       where that helps (prefetch.h: on Intel, 8 KiB). */
+       where that helps (prefetch.h: on Intel, into L2 4 KiB ahead). */
     __attribute__((target("avx512f,avx512bw,avx512bf16")))
     static void gemv_rows_bf16_units(const float *x, const unsigned short *w, Py_ssize_t K,
                                      Py_ssize_t n0, Py_ssize_t n1, float *out) {
@@ -85,8 +85,8 @@ cdef extern from * nogil:
             __m512 a0 = _mm512_setzero_ps(), a1 = a0;
             for (k = 0; k < K64; k += 64) {
                 if (pf) {   /* the two 64-byte lines this step reads, pf bytes on */
-                    _mm_prefetch((const char *)(r + k) + pf, _MM_HINT_T0);
-                    _mm_prefetch((const char *)(r + k) + pf + 64, _MM_HINT_T0);
+                    ROWS_PREFETCH((const char *)(r + k) + pf);
+                    ROWS_PREFETCH((const char *)(r + k) + pf + 64);
                 }
                 a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(r + k),
                                       (__m512bh)_mm512_loadu_si512(xb + k));

@@ -195,8 +195,8 @@ cdef extern from "prefetch.h" nogil:
 
 
 def gemv_prefetch_bytes() -> int:
-    """How far ahead (bytes) the one-token int8 and bf16 rows kernels prefetch their weights: 8192
-    on Intel CPUs, 0 elsewhere, or QWEN3_GEMV_PREFETCH (ext/prefetch.h)."""
+    """How far ahead (bytes) the one-token int8 and bf16 rows kernels prefetch their weights (into
+    L2): 4096 on Intel CPUs, 0 elsewhere, or QWEN3_GEMV_PREFETCH (ext/prefetch.h)."""
     return rows_prefetch_bytes()
 
 

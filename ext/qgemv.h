@@ -90,7 +90,7 @@ static void q8_rows_vnni(const int8_t *xq, float sx, const int8_t *q, Py_ssize_t
         Py_ssize_t k = 0;
         for (; k < K256; k += 256) {
             if (pf)
-                for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)w + k + pf + l, _MM_HINT_T0);
+                for (int l = 0; l < 256; l += 64) ROWS_PREFETCH((const char *)w + k + pf + l);
             a0 = _mm512_dpbusd_epi32(a0, _mm512_xor_si512(_mm512_loadu_si512(w + k), flip),
                                      _mm512_loadu_si512(xq + k));
             a1 = _mm512_dpbusd_epi32(a1, _mm512_xor_si512(_mm512_loadu_si512(w + k + 64), flip),
