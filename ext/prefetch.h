@@ -1,9 +1,9 @@
 /* The software prefetch of the one-token row kernels (qgemv.h's q8_rows_vnni, gemv.pxd's
    gemv_rows_bf16_units): each 64-byte line is prefetched into L2 (_MM_HINT_T1), 4 KiB ahead of the
-   row being read, on Intel CPUs; none elsewhere. On one Intel Xeon (2026-12-02, 15 GB/s) a decode
+   row being read, on Intel CPUs; none elsewhere. On one Intel Xeon (2026-12-02, ~17 GB/s) a decode
    step's layers took 1.43-1.59x a plain read of their bytes without it and 1.12-1.29x with an L1
    prefetch 8 KiB ahead; on another (2026-12-02 later, 30 GB/s) that L1 prefetch made bf16 decode
-   x0.79-0.91 of this L2 one, which was the fastest there (4 KiB was within 5% of 8 KiB on the
+   x0.79-0.91 of this L2 one, which was the fastest there (4 KiB was within 6% of 8 KiB on the
    first); on Zen 4 a prefetch gained nothing for int8
    (docs/design-notes.md#row-prefetch, #prefetch-l2, #int8-gemv). QWEN3_GEMV_PREFETCH=<bytes>
    (0: none) overrides the distance, read once. Pasted into each module that includes it: static
