@@ -7,8 +7,8 @@ may pass it as a reusable workspace (`scores`, standard_scores_size floats); oth
 allocated per call. `online_softmax` streams over blocks of keys with a running max and sum and
 holds one (block x rows) score tile per thread: O(block) memory, whatever T and S.
 
-One query (T = 1: decode) takes its own path, split over blocks of DECODE_KEYS keys instead
-(flash-decoding): the KV cache is (S, Hkv, D), so a block of keys for all heads is one
+One query (T = 1: decode) takes its own path, split over an even number of equal blocks of at
+most DECODE_KEYS keys instead (flash-decoding): the KV cache is (S, Hkv, D), so a block of keys for all heads is one
 contiguous stretch of memory, streamed in order, where one head's keys are 512-byte pieces 4 KiB
 apart. online_softmax: each block's partial (max, sum, output) per head, merged in block order.
 standard: the whole (H, S) score row materialised, one softmax, then P V by blocks.
@@ -46,8 +46,9 @@ cdef extern from "attention_tiles.h" nogil:
                       float *alpha)
 
 cdef enum:
-    # Keys per work item of one-query (decode) attention (docs/design-notes.md#decode-attention):
-    # fixed, so results do not depend on the thread count; 128 keys x 8 KV heads x 128 dims: 512 KiB.
+    # Most keys per work item of one-query (decode) attention (docs/design-notes.md#decode-attention):
+    # the blocks depend on the length only, so results not on the thread count; 128 keys x 8 KV
+    # heads x 128 dims: 512 KiB.
     DECODE_KEYS = 128
     # Rows of one work item (query block x group heads): 32 fills the 2-vector register tile.
     ROWS = 32
@@ -144,6 +145,15 @@ cdef inline Py_ssize_t _padded_rows(Py_ssize_t H, Py_ssize_t Hkv) noexcept nogil
     return ((_block_queries(H, Hkv) * (H // Hkv) + ROWS - 1) // ROWS) * ROWS
 
 
+cdef inline Py_ssize_t _decode_blocks(Py_ssize_t kend) noexcept nogil:
+    """Blocks of one query's kend keys: an even number (two threads take equal halves) of equal
+    blocks of at most DECODE_KEYS keys, by the length alone (the same bits for any thread count).
+    Blocks of DECODE_KEYS with a ragged last one left a thread 128 keys and the other 32 at 160."""
+    if kend < 2:
+        return 1
+    return 2 * ((kend + 2 * DECODE_KEYS - 1) // (2 * DECODE_KEYS))
+
+
 cdef int _attention_decode(const float *q, const float *k, const float *v, float *out,
                            float *m_out, float *l_out, Py_ssize_t kend, int H, int Hkv, int D,
                            float scale, bint online, float *scores, int n) noexcept nogil:
@@ -154,7 +164,7 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
     standard: the (H, kend) scores in `scores` (NULL: allocated), one softmax per head over all of
     them, then the blocks' P V partials summed in block order. Returns 1 if out of memory.
     """
-    cdef Py_ssize_t nb = (kend + DECODE_KEYS - 1) // DECODE_KEYS, b, c0
+    cdef Py_ssize_t nb = _decode_blocks(kend), bs = (kend + nb - 1) // nb, b, c0
     cdef Py_ssize_t per = <Py_ssize_t>H * D + 2 * H   # o_b (H, D), m_b (H), l_b (H)
     cdef float *parts = <float *>malloc(<size_t>nb * per * sizeof(float))
     cdef float *owned = NULL
@@ -177,8 +187,8 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
             p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))
             failed = p == NULL
         for b in range(nb if not failed else 0):
-            c0 = b * DECODE_KEYS
-            nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+            c0 = b * bs
+            nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
             if online:
                 decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
                 softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
@@ -189,8 +199,8 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
         if not online and not failed:
             softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
             for b in range(nb):
-                c0 = b * DECODE_KEYS
-                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                c0 = b * bs
+                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
                 decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
         free(p)
         p = NULL
@@ -198,8 +208,8 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
         with nogil, parallel(num_threads=n):
             p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))   # this thread's scores
             for b in prange(nb, schedule="static"):
-                c0 = b * DECODE_KEYS
-                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                c0 = b * bs
+                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
                 if p != NULL:
                     decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
                     softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
@@ -211,15 +221,15 @@ cdef int _attention_decode(const float *q, const float *k, const float *v, float
     else:
         with nogil, parallel(num_threads=n):
             for b in prange(nb, schedule="static"):
-                c0 = b * DECODE_KEYS
-                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                c0 = b * bs
+                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
                 decode_scores(q, k, H, Hkv, D, c0, nk, scale, scores + c0, kend)
         # The whole row's softmax, H x kend exponentials: microseconds. Its m, l go to block 0.
         softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
         with nogil, parallel(num_threads=n):
             for b in prange(nb, schedule="static"):
-                c0 = b * DECODE_KEYS
-                nk = <int>(DECODE_KEYS if c0 + DECODE_KEYS <= kend else kend - c0)
+                c0 = b * bs
+                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
                 decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
     if failed:
         free(parts)
@@ -262,7 +272,7 @@ def scratch_floats(algo, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t 
         return 0
     online = algo == "online_softmax"
     if T == 1:   # decode: per-block partials; online: a block of scores per thread; standard: (H, S)
-        nb = (S + DECODE_KEYS - 1) // DECODE_KEYS
+        nb = _decode_blocks(S)
         return nb * (H * D + 2 * H) + (num_threads * H * DECODE_KEYS if online else H * S)
     Rp = _padded_rows(H, Hkv)
     tile = 2 * Rp * D + 4 * Rp + PV_PACK * D   # Q tile, accumulator, row stats, packed V

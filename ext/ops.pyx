@@ -9,6 +9,7 @@ import numpy as np
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
 
 from ext.rows cimport norm_row as _norm_row
 from ext.rows cimport rope_row
@@ -141,32 +142,73 @@ cdef extern from *:
     uint64_t stream_words(const uint64_t *p, Py_ssize_t n) nogil
 
 
-cdef uint64_t _sum_words(const uint64_t *p, Py_ssize_t n, int threads) noexcept nogil:
-    """Each thread one contiguous block of the words (a static split)."""
-    cdef uint64_t s = 0
-    cdef Py_ssize_t t, per = (n + threads - 1) // threads
-    for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
-        s += stream_words(p + min(n, t * per), min(n, (t + 1) * per) - min(n, t * per))
-    return s
+cdef class StreamSet:
+    """A fixed set of C-contiguous arrays to read once per call with nothing but loads: the memory
+    a decode step streams, its ceiling. Each array's 8-byte-aligned words are split statically over
+    the threads (thread t reads block t of every array, as the decode kernels split their rows), in
+    one OpenMP region: per-call Python and a region per array cost ~1.5 us each, 0.5 ms over a
+    0.6B model's 300 arrays, which lowered the ceiling (docs/design-notes.md#stream-ceiling)."""
+    cdef const uint64_t **starts
+    cdef Py_ssize_t *words
+    cdef Py_ssize_t n
+    cdef object keep   # the arrays, alive as long as this object
+
+    def __cinit__(self):
+        self.starts, self.words, self.n = NULL, NULL, 0
+
+    def __init__(self, arrays):
+        cdef const unsigned char[::1] b
+        cdef uintptr_t start, stop
+        spans = []
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError(f"stream_read needs C-contiguous arrays, got one of strides {a.strides}")
+            if a.nbytes < 8:
+                continue
+            b = a.reshape(-1).view(np.uint8)
+            start = (<uintptr_t>&b[0] + 7) & ~(<uintptr_t>7)
+            stop = (<uintptr_t>&b[0] + <uintptr_t>b.shape[0]) & ~(<uintptr_t>7)
+            if stop > start:
+                spans.append((start, (stop - start) // 8))
+        self.starts = <const uint64_t **>malloc(max(1, len(spans)) * sizeof(uint64_t *))
+        self.words = <Py_ssize_t *>malloc(max(1, len(spans)) * sizeof(Py_ssize_t))
+        if self.starts == NULL or self.words == NULL:
+            raise MemoryError("StreamSet: no memory for the table of arrays")
+        for j, (start, count) in enumerate(spans):
+            self.starts[j], self.words[j] = <const uint64_t *><uintptr_t>start, count
+        self.n, self.keep = len(spans), list(arrays)
+
+    def __dealloc__(self):
+        free(self.starts)
+        free(self.words)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one read() loads: every array's aligned words."""
+        return 8 * sum(self.words[j] for j in range(self.n))
+
+    def read(self, int num_threads=1) -> int:
+        """Read every word once with `num_threads` threads; returns their sum modulo 2^64, so the
+        reads happen."""
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        cdef uint64_t s = 0
+        cdef Py_ssize_t t, j, lo, hi
+        if self.n == 0:
+            return 0
+        with nogil:
+            for t in prange(num_threads, num_threads=num_threads, schedule="static", chunksize=1):
+                for j in range(self.n):
+                    lo = self.words[j] * t // num_threads
+                    hi = self.words[j] * (t + 1) // num_threads
+                    s += stream_words(self.starts[j] + lo, hi - lo)
+        return s
+
 
 def stream_read(arrays, int num_threads=1) -> int:
-    """Read every 8-byte-aligned word of each C-contiguous array once with `num_threads` threads (a
-    static split, as the decode kernels split their rows); returns the words' sum modulo 2^64, so
-    the reads happen. The memory a decode step streams, read by nothing but loads: its ceiling."""
+    """Read every 8-byte-aligned word of each C-contiguous array once with `num_threads` threads
+    (StreamSet(arrays).read: keep a StreamSet to read the same arrays again without its set-up);
+    returns the words' sum modulo 2^64."""
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    cdef uint64_t total = 0
-    cdef const unsigned char[::1] b
-    cdef uintptr_t start, stop
-    for a in arrays:
-        if not a.flags.c_contiguous:
-            raise ValueError(f"stream_read needs C-contiguous arrays, got one of strides {a.strides}")
-        if a.nbytes < 8:
-            continue
-        b = a.reshape(-1).view(np.uint8)
-        start = (<uintptr_t>&b[0] + 7) & ~(<uintptr_t>7)
-        stop = (<uintptr_t>&b[0] + <uintptr_t>b.shape[0]) & ~(<uintptr_t>7)
-        if stop > start:
-            with nogil:
-                total += _sum_words(<const uint64_t *>start, <Py_ssize_t>((stop - start) // 8), num_threads)
-    return total
+    return StreamSet(arrays).read(num_threads)

@@ -71,6 +71,9 @@ class Qwen3Engine:
         self.head_arrays = [a for a in (self.lm_head, self.lm_head_scale) if a is not None]
         self.weight_arrays = self.head_arrays + self.layer_arrays
         self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
+        # read_weights' sets, built once: a read then costs one OpenMP region, not one per array
+        self.weight_reads = {part: ops.StreamSet(arrays) for part, arrays in (
+            ("all", self.weight_arrays), ("layers", self.layer_arrays), ("head", self.head_arrays))}
         self.cos, self.sin = ops.rope_table(max_seq, cfg.head_dim, cfg.rope_theta)
         self._allocate(max_seq)
         self.algo, self.block = algo, block
@@ -104,10 +107,9 @@ class Qwen3Engine:
         """Read every byte of this rank's weights once with its threads, nothing but loads (the
         streaming ceiling of a decode step, which reads each once); returns their checksum.
         `part`: "all", "layers" (its decoder layers') or "head" (its lm_head rows)."""
-        arrays = {"all": self.weight_arrays, "layers": self.layer_arrays, "head": self.head_arrays}
-        if part not in arrays:
-            raise ValueError(f"unknown part {part!r} of the weights; choose from {list(arrays)}")
-        return ops.stream_read(arrays[part], self.threads)
+        if part not in self.weight_reads:
+            raise ValueError(f"unknown part {part!r} of the weights; choose from {list(self.weight_reads)}")
+        return self.weight_reads[part].read(self.threads)
 
     def _allocate(self, T: int) -> None:
         cfg, w = self.cfg, next(iter(self.layers.values()))

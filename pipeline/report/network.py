@@ -115,6 +115,23 @@ def error_lines(rows: list[dict]) -> list[str]:
             *table(head, body), ""]
 
 
+def fixed_cost_line(fx: dict) -> str:
+    """The fixed cost per forward and, where recorded, the deepest tiny model's step it came from."""
+    step, layer = fnum(1e3 * fx.get("step_s", 0), 2), fnum(1e6 * fx.get("layer_s", 0), 1)
+    line = f"Fixed cost per forward ({fx.get('source', '?')}): {step} ms per step + {layer} µs per layer"
+    measured, read = fx.get("measured_step_s") or {}, fx.get("weights_read_s") or {}
+    if not (measured and read):
+        return line + "."
+    deep = max(measured, key=int)
+    total = fx.get("step_s", 0) + int(deep) * fx.get("layer_s", 0)
+    mb = (fx.get("weights_bytes") or {}).get(deep, 0) / 1e6
+    return (f"{line} beyond reading its weights: {fnum(1e3 * total, 3)} ms per decode step at {deep} "
+            f"layers (goal: ≤ 0.3 ms), from a measured step of {fnum(1e3 * measured[deep], 3)} ms, "
+            f"{fnum(1e3 * read[deep], 3)} ms of which is one read of its {fnum(mb, 1)} MB of float32 "
+            "weights beside the steps (ext.ops.StreamSet, nothing but loads): bandwidth, charged by "
+            "the cost model's memory term.")
+
+
 def lines(rec: dict | None) -> list[str]:
     """The section: networks, fixed cost, the cells beside their predictions, the error."""
     if not rec:
@@ -126,9 +143,7 @@ def lines(rec: dict | None) -> list[str]:
            "(network namespaces of this one machine: their ranks share its cores) per link speed.", "",
            *[network_line(n) for n in rec["networks"]], ""]
     if fx:
-        step, layer = fnum(1e3 * fx.get("step_s", 0), 2), fnum(1e6 * fx.get("layer_s", 0), 1)
-        source = fx.get("source", "?")
-        out += [f"Fixed cost per forward ({source}): {step} ms per step + {layer} µs per layer.", ""]
+        out += [fixed_cost_line(fx), ""]
     if rec["cells"]:
         head = ["cell", "network", "crossed the network", "phase", "measured tok/s", "predicted tok/s",
                 "error", "compute / transfer / waiting ms", "predicted comm / waiting / fixed ms",

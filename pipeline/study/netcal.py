@@ -34,6 +34,7 @@ import argparse
 import json
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,10 @@ def overhead(runner: Runner, workdir: Path, timeout: float, rounds: int, depths:
             out["runs"].append({"round": rnd, "layers": layers, "nranks": P,
                                 "hosts": run["environment"].get("hosts"),
                                 "decode_step_s": dec["median_s"] / OVERHEAD_GEN,
+                                # its weights' bytes read once, beside the steps: what of a step is
+                                # bandwidth (5.5 MB at 28 layers: out of L2), not a fixed cost
+                                "weights_read_step_s": statistics.median(dec["weights_stream_s"]),
+                                "weights_bytes": dec["weights_stream_bytes"],
                                 "decode_transfer_step_s": (dec.get("transfer_s") or 0) / OVERHEAD_GEN,
                                 "decode_wait_step_s": (dec.get("wait_s") or 0) / OVERHEAD_GEN,
                                 "prefill_s": pre["median_s"],

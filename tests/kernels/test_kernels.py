@@ -110,18 +110,21 @@ def test_attention_matches_float64(case):
 
 
 @pytest.mark.parametrize("Hkv, G", [(1, 1), (2, 4), (8, 2)])
-@pytest.mark.parametrize("S, q_start", [(1, 0), (127, 126), (128, 127), (129, 128), (1000, 999),
-                                        (1000, 700), (300, -1)])
+@pytest.mark.parametrize("S, q_start", [(1, 0), (2, 1), (3, 2), (127, 126), (128, 127), (129, 128),
+                                        (257, 256), (513, 512), (1000, 999), (1000, 700), (300, -1)])
 def test_decode_attention_matches_float64(S, q_start, Hkv, G):
-    """One query (the split-over-keys decode path): every block boundary, keys the query does not
-    see (q_start < S - 1: only the first q_start + 1 count), none visible, m and l, threads."""
+    """One query (the split-over-keys decode path: an even number of equal blocks of at most 128
+    keys): every block boundary, keys the query does not see (q_start < S - 1: only the first
+    q_start + 1 count), none visible, m and l; the same bits on 1, 2 and 3 threads."""
     rng = np.random.default_rng(S + q_start + Hkv)
     H, D = Hkv * G, 64
     q, k, v = rand(rng, 1, H, D) * 2, rand(rng, S, Hkv, D) * 2, rand(rng, S, Hkv, D)
     want, wm, wl = ref_attention(q, k, v, q_start, 0, D ** -0.5)
     for algo in ("standard", "online_softmax"):
-        for threads in (1, 2):
+        first = run(q, k, v, q_start, 0, D ** -0.5, algo, threads=1)[0]
+        for threads in (1, 2, 3):
             o, m, l = run(q, k, v, q_start, 0, D ** -0.5, algo, threads=threads)
+            np.testing.assert_array_equal(o, first)
             close(o, want)
             fin = np.isfinite(wm)
             np.testing.assert_array_equal(np.isinf(m), ~fin)
@@ -370,13 +373,17 @@ def test_stream_read_sums_every_aligned_word(threads):
     raw = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
     arrays = [raw[3:3 + 4099], raw[:0], raw[:5], raw.view(np.float32)[7:2000],
               raw.view(np.uint16).reshape(128, -1)[1:9], raw]
-    expected = 0
+    expected, nbytes = 0, 0
     for a in arrays:
         b = a.reshape(-1).view(np.uint8)
         start = -b.ctypes.data % 8
         words = b[start:start + (b.nbytes - start) // 8 * 8].view(np.uint64) if b.nbytes >= 8 else b[:0]
         expected = (expected + int(words.sum(dtype=np.uint64))) % 2**64
+        nbytes += words.nbytes
     assert O.stream_read(arrays, threads) == expected
+    kept = O.StreamSet(arrays)  # the engine's form: set up once, read again and again
+    assert kept.read(threads) == kept.read(threads) == expected and kept.nbytes == nbytes
+    assert O.StreamSet([]).read(threads) == 0
 
 
 def test_stream_read_rejects_strided_arrays():
@@ -384,3 +391,5 @@ def test_stream_read_rejects_strided_arrays():
         O.stream_read([np.zeros((8, 8), np.float32)[:, ::2]], 1)
     with pytest.raises(ValueError, match="num_threads"):
         O.stream_read([np.zeros(8)], 0)
+    with pytest.raises(ValueError, match="num_threads"):
+        O.StreamSet([np.zeros(8)]).read(0)

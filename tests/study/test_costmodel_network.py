@@ -65,6 +65,25 @@ def test_fixed_cost_and_cost_per_call_recovered():
     assert cm.fixed_cost(None)[0] == cm.FixedCost()  # nothing measured: no fixed term
 
 
+def test_fixed_cost_is_beyond_the_weights_read():
+    """A step that also reads its weights (recorded beside it, growing with the depth) has the same
+    fixed cost and cost per call once each run's read is taken out; the report line gives both."""
+    comm = sweep(30e-6, 5e-8, 200e-6, 8e-9)
+    rec = overhead_record(0.1e-3, 4e-6, comm, per_call=12e-6)
+    for r in rec["runs"]:  # 5.6 us per layer of reading at P=1; each of 2 ranks reads half
+        r["weights_read_step_s"] = 5.6e-6 * r["layers"] / r["nranks"]
+        r["weights_bytes"] = 196_000 * r["layers"] // r["nranks"]
+        r["decode_step_s"] += r["weights_read_step_s"]
+    fixed, info = cm.fixed_cost(rec)
+    assert fixed.step_s == pytest.approx(0.1e-3) and fixed.layer_s == pytest.approx(4e-6)
+    assert info["measured_step_s"]["28"] == pytest.approx(0.1e-3 + 28 * 9.6e-6)
+    net, _ = cm.network_from_comm(comm)
+    assert per_call_cost(rec, tiny_calls(rec), net) == pytest.approx(12e-6)
+    line = network_report.fixed_cost_line(info)
+    assert "0.212 ms per decode step at 28 layers" in line and "0.157 ms of which" in line
+    assert "5.5 MB" in line
+
+
 @pytest.mark.parametrize("P", [1, 2, 4, 8])
 def test_headwise_work_splits_the_models_flops_exactly(P):
     """Summed over ranks, head-wise work is the whole model's (roofline.model_flops, computed

@@ -56,32 +56,47 @@ def cores_of(run: dict) -> tuple[int, float]:
     return cores, place.cores_per_rank
 
 
+def beyond_weights(run: dict) -> float:
+    """A tiny-model decode step less the read of its weights measured beside it (older records
+    have none): the cost model charges bytes through the bandwidth term, so the fixed term is what
+    a step pays beyond them."""
+    return max(0.0, run["decode_step_s"] - run.get("weights_read_step_s", 0.0))
+
+
 def fixed_cost(overhead: dict | None) -> tuple[FixedCost, dict]:
     """Per-step and per-layer cost from the tiny model's decode at P=1 at two depths (netcal's
-    `overhead`): the step time is a line in the layer count. None: no fixed term (old model)."""
+    `overhead`), beyond reading its weights: the step time is a line in the layer count. None: no
+    fixed term (old model)."""
     runs = [r for r in (overhead or {}).get("runs", []) if r["nranks"] == 1]
     depths = sorted({r["layers"] for r in runs})
     if len(depths) < 2:
         return FixedCost(), {"source": "none (no tiny-model decode measured)", "step_s": 0.0, "layer_s": 0.0}
-    step = {L: statistics.median(r["decode_step_s"] for r in runs if r["layers"] == L) for L in depths}
+    step = {L: statistics.median(beyond_weights(r) for r in runs if r["layers"] == L) for L in depths}
+    measured = {L: statistics.median(r["decode_step_s"] for r in runs if r["layers"] == L) for L in depths}
+    read = {L: statistics.median(r.get("weights_read_step_s", 0.0) for r in runs if r["layers"] == L)
+            for L in depths}
     lo, hi = depths[0], depths[-1]
     layer_s = max(0.0, (step[hi] - step[lo]) / (hi - lo))
     step_s = max(0.0, step[lo] - lo * layer_s)
     return FixedCost(step_s, layer_s), {
         "source": f"decode of the {overhead.get('preset')} preset at {lo} and {hi} layers, 1 rank",
-        "step_s": step_s, "layer_s": layer_s, "measured_step_s": {str(k): v for k, v in step.items()}}
+        "step_s": step_s, "layer_s": layer_s, "measured_step_s": {str(k): v for k, v in measured.items()},
+        "weights_read_s": {str(k): v for k, v in read.items()},
+        "weights_bytes": {str(L): max(r.get("weights_bytes", 0) for r in runs if r["layers"] == L)
+                          for L in depths}}
 
 
 def per_call_cost(overhead: dict | None, cfg_tiny_calls: int, net: Network) -> float:
     """The engine's cost per collective beyond the sweep's: the tiny model's decode step at P=2
-    minus its step at P=1 and minus the sweep's prediction of its collectives, per call.
+    minus its step at P=1 (each beyond its weights' read: a rank reads half at P=2) and minus the
+    sweep's prediction of its collectives, per call.
 
     `cfg_tiny_calls` is the tiny model's collectives per decode step (2 per layer + the logits).
     """
     runs = (overhead or {}).get("runs", [])
     deep = max((r["layers"] for r in runs), default=0)
-    one = [r["decode_step_s"] for r in runs if r["layers"] == deep and r["nranks"] == 1]
-    two = [r["decode_step_s"] for r in runs if r["layers"] == deep and r["nranks"] == 2]
+    one = [beyond_weights(r) for r in runs if r["layers"] == deep and r["nranks"] == 1]
+    two = [beyond_weights(r) for r in runs if r["layers"] == deep and r["nranks"] == 2]
     if not (one and two and cfg_tiny_calls):
         return 0.0
     hidden, vocab = 64, 512  # the tiny preset's (pipeline.study.netcal.TINY_PRESET)
