@@ -79,7 +79,7 @@ cdef extern from * nogil:
                                                                     _mm512_loadu_ps(x + k)));
         for (; k < K; k++) xb[k] = bf16_bits(x[k]);
         const Py_ssize_t K64 = K & ~(Py_ssize_t)63, K32 = K & ~(Py_ssize_t)31;
-        const long pf = rows_prefetch_bytes();
+        const long pf = rows_prefetch_bytes(ROWS_PF_BF16);
         for (Py_ssize_t n = n0; n < n1; n++) {
             const unsigned short *r = w + n * K;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0;

@@ -191,13 +191,19 @@ cdef int q8_isa() noexcept nogil:
 
 
 cdef extern from "prefetch.h" nogil:
-    long rows_prefetch_bytes()
+    long rows_prefetch_bytes(int kernel)
+    enum:
+        ROWS_PF_BF16
+        ROWS_PF_INT8
 
 
-def gemv_prefetch_bytes() -> int:
-    """How far ahead (bytes) the one-token int8 and bf16 rows kernels prefetch their weights (into
-    L2): 4096 on Intel CPUs, 0 elsewhere, or QWEN3_GEMV_PREFETCH (ext/prefetch.h)."""
-    return rows_prefetch_bytes()
+def gemv_prefetch_bytes(dtype) -> int:
+    """How far ahead (bytes) the one-token rows kernel of weights of `dtype` prefetches them (into
+    L2): on Intel CPUs 16384 for int8, 4096 for bf16, 0 elsewhere and for float32 (whose GEMV has
+    no such prefetch), or QWEN3_GEMV_PREFETCH for both (ext/prefetch.h)."""
+    if dtype == INT8:
+        return rows_prefetch_bytes(ROWS_PF_INT8)
+    return rows_prefetch_bytes(ROWS_PF_BF16) if dtype == BF16 else 0
 
 
 def int8_kernel() -> str:

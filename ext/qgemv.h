@@ -79,7 +79,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni")))
 static void q8_rows_vnni(const int8_t *xq, float sx, const int8_t *q, Py_ssize_t K,
                          Py_ssize_t n0, Py_ssize_t n1, const float *scale, float *out) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    const long pf = rows_prefetch_bytes();
+    const long pf = rows_prefetch_bytes(ROWS_PF_INT8);
     const Py_ssize_t K64 = K & ~(Py_ssize_t)63, K256 = K & ~(Py_ssize_t)255;
     int32_t xsum = 0;   /* 128 * sum of xq over the vector part: the offset of q + 128 */
     for (Py_ssize_t k = 0; k < K64; k++) xsum += xq[k];

@@ -298,7 +298,7 @@ def implementations(engine: Qwen3Engine, prompt_rows: int, threads: int) -> dict
                       for name, (a, tr) in products.items()}
     head = engine.lm_head  # (V_r, d), one row of activations in either phase
     out["lm_head"] = implementation(head.dtype, 1, head.shape[1], head.shape[0], False, threads)
-    out["gemv_prefetch_bytes"] = gemv_prefetch_bytes()  # the one-token int8/bf16 rows kernels'
+    out["gemv_prefetch_bytes"] = gemv_prefetch_bytes(w.wq.dtype)  # its one-token rows kernel's
     return out
 
 

@@ -83,7 +83,7 @@ a, b = np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32)
 L.linear(x, q, a, 2, scale=scale)
 L.linear(x, wb, b, 2)
 np.save(sys.argv[1], np.concatenate([a, b]))
-print(L.gemv_prefetch_bytes())
+print(L.gemv_prefetch_bytes(np.int8), L.gemv_prefetch_bytes(BF16), L.gemv_prefetch_bytes(np.float32))
 """
 
 
@@ -102,9 +102,17 @@ def test_the_rows_prefetch_is_set_by_its_variable_and_changes_no_bit(tmp_path):
         proc = subprocess.run([sys.executable, "-c", PREFETCH_SCRIPT, str(tmp_path / f"{pf}.npy")], env=env,
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.split()[-1] == pf
+        assert proc.stdout.split()[-3:] == [pf, pf, "0"]
         outs[pf] = np.load(tmp_path / f"{pf}.npy")
     assert np.array_equal(outs["0"], outs["64"]) and np.array_equal(outs["0"], outs["8192"])
+    env = {k: v for k, v in os.environ.items() if k != "QWEN3_GEMV_PREFETCH"}  # the defaults
+    proc = subprocess.run([sys.executable, "-c", PREFETCH_SCRIPT, str(tmp_path / "default.npy")],
+                          env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    with open("/proc/cpuinfo") as f:
+        intel = "GenuineIntel" in f.read()
+    assert proc.stdout.split()[-3:] == (["16384", "4096", "0"] if intel else ["0", "0", "0"])
+    assert np.array_equal(np.load(tmp_path / "default.npy"), outs["0"])
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 1030)).astype(np.float32)
     q = rng.integers(-128, 128, (70, 1030), dtype=np.int8)
