@@ -28,6 +28,7 @@ COMPARE_PROMPT_LEN = 128  # the seed study's prompt length: every comparison mea
 # one run beside a benchmark under --cores 8)
 MEASUREMENT = 100
 BESIDE = 1
+REFERENCE_CACHE = "results/work/reference-runs"  # the float32 runs low-precision cells share (refcache.py)
 COMPARE_ALGO = "online_softmax"  # the ranks and ceilings comparisons' attention, as the others' (compare.py)
 
 
@@ -164,7 +165,7 @@ def get_reference_option(wildcards, input):
     """--reference-export, and the cache of its float32 runs that the cells share (refcache.py)."""
     if not input.reference:
         return ""
-    return f" --reference-export {input.reference} --reference-cache results/work/reference-runs"  # after --export
+    return f" --reference-export {input.reference} --reference-cache {REFERENCE_CACHE}"  # after --export
 
 
 def get_compare_files():
@@ -224,8 +225,10 @@ def get_compare_options(wildcards):
     head-wise splits the model, 2; the baselines', their checkpoint, GGUF files and names."""
     if wildcards.name == "baselines":
         ggufs = [f"{d}={get_gguf_file(d)}" for d in GGUF_DTYPES if get_compare_ggufs(wildcards)]
+        # NMSE/KL/top-1 of every variant against the float32 run the matrix's cells share
+        accuracy = ["--reference-cache", REFERENCE_CACHE] if "float32" in config["dtypes"] else []
         return shlex.join(["--checkpoint", get_checkpoint_dir(), "--gguf", *ggufs,
-                           "--baselines", *config["comparisons"]["baselines"]])
+                           "--baselines", *config["comparisons"]["baselines"], *accuracy])
     if wildcards.name in ("ranks", "ceilings"):  # per dtype: one algorithm keeps the run under 30 minutes
         return f"--algos {COMPARE_ALGO}"
     if wildcards.name != "dtype":

@@ -13,7 +13,8 @@ rule compare:
         kernels=get_kernel_libraries(),
         engine=get_engine_sources(),
         code=["pipeline/study/compare.py", "pipeline/study/variants.py", "pipeline/study/bench.py",
-              "pipeline/study/roofline.py", "pipeline/study/llamacpp.py", "pipeline/study/baseline.py"],
+              "pipeline/study/roofline.py", "pipeline/study/llamacpp.py", "pipeline/study/baseline.py",
+              "pipeline/study/lowprec.py", "pipeline/study/refcache.py"],
     output:
         "results/compare/{name}.json",
     wildcard_constraints:

@@ -36,6 +36,9 @@ def load(paths: list[str]) -> list[dict]:
     return docs
 
 
+ACCURACY = ("nmse", "kl_mean", "top1_agreement")  # of a variant's accuracy (compare --reference-cache)
+
+
 def records(docs: list[dict]) -> list[dict]:
     """One flat record per variant of every comparison: its medians, and its ratios over its reference
     (a baseline's also ours over it); one record of kind "skipped" per variant left out, with the reason."""
@@ -57,6 +60,8 @@ def records(docs: list[dict]) -> list[dict]:
                     for key in (f"{phase}_ours_over_baseline", f"{phase}_ours_over_baseline_rounds"):
                         rec[key] = beside[v["name"]][key]
             rec["tokens_agree"] = v.get("tokens_agree")
+            accuracy = v.get("accuracy") or {}  # against the float32 reference run, where measured
+            rec.update({k: accuracy.get(k) for k in ACCURACY})
             out.append(rec)
         out += [{"comparison": doc["name"], "kind": "skipped", "reason": line}
                 for line in doc.get("skipped", [])]

@@ -15,6 +15,7 @@ import re
 
 from pipeline.cells import ALGORITHMS, DTYPES, MANIFEST_DTYPES, REFERENCE_DTYPE
 from pipeline.report.answers import ranked
+from pipeline.report.comparisons import ACCURACY
 from pipeline.report.fmt import PHASES, fnum, ratio, table
 from pipeline.report.load import Cell, dtype_axis, dtype_groups
 
@@ -69,7 +70,8 @@ def baseline_rows(comparisons: list[dict]) -> list[dict]:
         mine = ours[r["reference"]]
         row = {"dtype": ours_dtype(mine["variant"]), "baseline": r["variant"], "baseline_label": r["label"],
                "kind": r["kind"], "ours": mine["variant"], "ours_label": mine["label"],
-               "tokens_agree": r.get("tokens_agree")}
+               "tokens_agree": r.get("tokens_agree"),
+               **{f"{k}_{who}": of.get(k) for k in ACCURACY for who, of in (("ours", mine), ("baseline", r))}}
         for phase in PHASES:  # ours over theirs: comparisons.records inverted the rounds' ratios
             row.update({f"{phase}_ours": mine[f"{phase}_median"], f"{phase}_baseline": r[f"{phase}_median"],
                         f"{phase}_ours_over_baseline_rounds": r.get(f"{phase}_ours_over_baseline_rounds", []),
@@ -156,14 +158,34 @@ def dtype_row(r: dict) -> list[str]:
 def baseline_table(rows: list[dict]) -> list[str]:
     head = ["dtype", "ours (paired run)", "baseline", "prefill tok/s: ours / theirs",
             "decode tok/s: ours / theirs", "prefill: ours over theirs", "decode: ours over theirs",
-            "greedy tokens: theirs = ours"]
+            "greedy tokens: theirs = ours", "NMSE vs float32: ours / theirs",
+            "KL vs float32: ours / theirs", "top-1 = float32: ours / theirs"]
     order = sorted(rows, key=lambda r: DTYPES.index(r["dtype"]) if r["dtype"] in DTYPES else len(DTYPES))
     body = [[r["dtype"] or "?", r["ours_label"], r["baseline_label"],
              *(f"{fnum(r[f'{ph}_ours'])} / {fnum(r[f'{ph}_baseline'])}" for ph in PHASES),
              *(rounds_text(r[f"{ph}_ours_over_baseline"], r[f"{ph}_ours_over_baseline_rounds"])
                for ph in PHASES),
-             {True: "yes", False: "**no**", None: "—"}[r["tokens_agree"]]] for r in order]
+             {True: "yes", False: "**no**", None: "—"}[r["tokens_agree"]],
+             *(" / ".join(show(r.get(f"{k}_{who}")) for who in ("ours", "baseline"))
+               for k, show in (("nmse", sci), ("kl_mean", sci), ("top1_agreement", percent)))]
+            for r in order]
     return table(head, body)
+
+
+def accuracy_note(rows: list[dict]) -> list[str]:
+    """What the NMSE/KL/top-1 columns measure, under the table when any row has them."""
+    if not any(r.get("nmse_baseline") is not None for r in rows):
+        return ["NMSE/KL/top-1: not measured in this comparison (compare baselines --reference-cache).", ""]
+    return ["NMSE, KL and top-1 (pipeline.study.lowprec): every program, ours and theirs, against one "
+            "float32 run of our engine on the float32 export, each fed that run's greedy tokens (teacher "
+            "forcing), so they say how far each one's logits are from float32 where greedy tokens alone "
+            "cannot: on random weights the logits are near-flat and a bf16 or int8 run parts from any "
+            "other's within a few steps. A float32 baseline's row cross-checks its conversion (GGUF) and "
+            "engine against ours.", ""]
+
+
+def percent(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def rounds_text(median: float | None, rounds: list[float]) -> str:
@@ -210,7 +232,7 @@ def lines(rec: dict | None) -> list[str]:
     if rec["baselines"]:
         out += ["Each baseline beside our cell of its dtype, run back to back in the same rounds (ours over "
                 "theirs: the median of the rounds' ratios, then each round's):", "",
-                *baseline_table(rec["baselines"]), ""]
+                *baseline_table(rec["baselines"]), "", *accuracy_note(rec["baselines"])]
     elif not rec["baselines_measured"]:
         out += ["No baselines comparison in this run (config comparisons.baselines).", ""]
     out += [f"- Skipped: {line}." for line in rec["baselines_skipped"]]

@@ -12,6 +12,11 @@ prefill: one forward of the prompt into an empty cache (use_cache=True, logits o
 position only, as `generate` asks for them); decode: gen_len greedy steps on that KV cache.
 Warm-up iterations are excluded; the statistics (pipeline.study.stats) are the bench's.
 
+With `--reference RUN.npz` (a float32 run of our engine on the same prompt, pipeline.study.refcache's
+entry) the JSON also holds `low_precision`: NMSE, KL and top-1 of torch's logits against it, from
+one forward of the prompt and the reference's tokens (teacher forcing, pipeline.study.lowprec),
+after the timing.
+
 Without torch or transformers (or a transformers that has no Qwen3), the output says
 {"available": false, "reason": ...} and the command exits 0: the baseline is optional.
 """
@@ -26,6 +31,7 @@ import resource
 import socket
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -34,6 +40,7 @@ import numpy as np
 from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model
 from pipeline.engine.prompts import random_prompt
+from pipeline.study.lowprec import describe, load_reference, measures
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
 if TYPE_CHECKING:  # only for the annotations: torch and transformers are optional
@@ -54,9 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="Hugging Face Qwen3 checkpoint directory")
     add_run_args(p, "torch intra-op threads (default: all cores)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype in torch")
+    p.add_argument("--reference", default=None, metavar="RUN.npz",
+                   help="also measure NMSE/KL/top-1 against this float32 run of the same prompt "
+                        "(an entry of bench --reference-cache)")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
     check_run_args(p, args)
+    if args.reference is not None and not Path(args.reference).is_file():
+        p.error(f"--reference {args.reference}: no such file")
     return args
 
 
@@ -107,6 +119,16 @@ def one_iteration(model: Qwen3ForCausalLM, torch: ModuleType, ids: torch_module.
             "first": first, "final": out.logits[0, -1].float().numpy()}
 
 
+def teacher_forced(model: Qwen3ForCausalLM, torch: ModuleType, prompt: np.ndarray,
+                   tokens: list[int]) -> np.ndarray:
+    """(len(tokens), V) float32 logits of one forward of the prompt and tokens[:-1]: row i is what
+    the model predicts where the reference predicted tokens[i]."""
+    ids = torch.tensor([[int(t) for t in prompt] + tokens[:-1]], dtype=torch.int64)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=False, logits_to_keep=len(tokens))
+    return out.logits[0].float().numpy()
+
+
 def timed_iterations(model: Qwen3ForCausalLM, torch: ModuleType, prompt: np.ndarray,
                      args: argparse.Namespace) -> list[dict]:
     """args.warmup + args.iters iterations; the timed ones (warm-up excluded)."""
@@ -155,8 +177,13 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, TORCH_DTYPE[args.dtype])
     model = Qwen3ForCausalLM.from_pretrained(args.checkpoint, dtype=dtype).eval()
     prompt = random_prompt(args.seed, model.config.vocab_size, args.prompt_len)
+    reference = None if args.reference is None else load_reference(args.reference, prompt)  # before timing
     runs = timed_iterations(model, torch, prompt, args)
     last = runs[-1]
+    extra = {}
+    if reference is not None:
+        low = measures(teacher_forced(model, torch, prompt, reference[0]), reference[1])
+        extra["low_precision"] = {"reference": os.path.abspath(args.reference), **low}
     return {
         "schema_version": SCHEMA_VERSION,
         "name": NAME,
@@ -172,12 +199,17 @@ def run(args: argparse.Namespace) -> dict:
         "output": {"prompt_ids": [int(t) for t in prompt], "greedy_tokens": last["tokens"],
                    "prefill_logits": logits_digest(last["first"]),
                    "final_logits": logits_digest(last["final"])},
+        **extra,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    try:
+        result = run(args)
+    except ValueError as e:  # a reference run of another prompt or vocabulary: one line, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     write_json_atomic(args.out, result)
     if result["available"]:
         p, d = result["prefill"], result["decode"]
@@ -185,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{NAME} {args.dtype}, {result['cell']['threads']} threads, prompt {args.prompt_len}: prefill "
             f"{p['tokens_per_s']:.1f} tok/s, decode {d['tokens_per_s']:.2f} tok/s"
         )
+        if "low_precision" in result:
+            print(f"{NAME} {args.dtype} {describe(result['low_precision'])}")
     else:
         print(f"{NAME}: not available ({result['reason']}); wrote {args.out}")
     return 0

@@ -322,7 +322,7 @@ def low_precision(comm: Comm, args: argparse.Namespace, reference: Export, make_
     key = reference_key(reference.path, prompt, steps, args.attention_algo)
     cell = f"{args.parallel_strategy}_{args.attention_algo}_np{comm.size}"
     tokens, ref_logits, source = reference_run(
-        comm, args.reference_cache, key, cell,
+        comm, args.reference_cache, key, cell, prompt,
         lambda: make_engine(reference).generate(prompt, steps, keep_logits=True))
     logits = teacher_forced_logits(engine, prompt, tokens)  # collective
     return {**measures(logits, ref_logits), **source} if comm.rank == 0 else None

@@ -8,7 +8,7 @@
         --out results/compare/ceilings.json
     python -m pipeline compare baselines --export F32_DIR BF16_DIR INT8_DIR --checkpoint CKPT \
         --baselines llamacpp torch --gguf f32=F32.gguf bf16=BF16.gguf q8_0=Q8.gguf --threads 2 ... \
-        --out results/compare/baselines.json
+        [--reference-cache results/work/reference-runs] --out results/compare/baselines.json
 
 On a shared machine two things measured minutes apart differ by the load in between; measured
 one right after the other they see the same load, so their ratio holds. A named comparison
@@ -19,24 +19,37 @@ Every round runs each variant once, as a subprocess, in the order of the round b
 between runs adjacent in time, and the figure is the median over the rounds. Each run's own JSON
 is kept in `<out without .json>/{variant}_r{round}.json`; files there from other runs are removed.
 The result, one JSON shape for every comparison, is written atomically to --out.
+
+With --reference-cache (baselines), every variant, ours and theirs, is also measured against one
+float32 run of our engine on the float32 export (NMSE, KL and top-1, pipeline.study.lowprec):
+before the rounds, `pipeline generate` makes it unless the cache holds it already, as the
+refcache entry our bf16 and int8 cells read, and each variant's accuracy is the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from model_export.atomic import write_json_atomic
 from model_export.reader import open_export
 from pipeline.cells import MANIFEST_DTYPES
 from pipeline.engine.launch import threads_per_rank
 from pipeline.engine.machine import machine_facts
+from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS
+from pipeline.study import refcache
+from pipeline.study.lowprec import MIN_STEPS
 from pipeline.study.variants import (
     PHASES,
     UNITS,
@@ -59,6 +72,17 @@ class Plan:
     metric: str  # a key of variants.UNITS: what the rates measure
     variants: list[Variant]
     skipped: list[str] = field(default_factory=list)  # one line per variant left out (Unavailable)
+    reference: Reference | None = None  # the float32 run every variant is also measured against
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A float32 run of our engine: the refcache entry `path`, made from `export` on `prompt`."""
+
+    export: str
+    path: Path
+    prompt: list[int]
+    steps: int
 
 
 COMPARISONS: dict[str, Callable[[argparse.Namespace], Plan]] = {}
@@ -200,8 +224,9 @@ def baseline_variants(args: argparse.Namespace, ours: dict[str, Variant]) -> lis
 def baselines_plan(args: argparse.Namespace) -> Plan:
     """Each baseline (llama.cpp per GGUF dtype, torch float32 and bf16) beside our 1-rank cell of a dtype."""
     cores, where = args.threads, layout(1, args.threads)
+    exports = dict(dtypes_of(args.export, least=1, name="baselines"))
     ours = {dtype: engine_cell(f"ours_{dtype}", f"ours {dtype}, {where}", export, DTYPE_ALGO, 1, cores)
-            for dtype, export in dtypes_of(args.export, least=1, name="baselines")}
+            for dtype, export in exports.items()}
     pairs = baseline_variants(args, ours)
     skipped = []
     if "llamacpp" in args.baselines and not args.gguf:  # the workflow writes none without the packages
@@ -213,7 +238,52 @@ def baselines_plan(args: argparse.Namespace) -> Plan:
         variants += [*theirs[:1], mine, *theirs[1:]]
     question = (f"How fast is the engine ({where}, {STRATEGY} + {DTYPE_ALGO}) beside llama.cpp and torch on "
                 "the same checkpoint, prompt ids, lengths and threads?")
-    return Plan(question, "tokens_per_s", variants, skipped)
+    reference = float32_reference(args, exports)
+    if reference is not None:
+        variants = [measured_against(v, reference, args.reference_cache) for v in variants]
+    return Plan(question, "tokens_per_s", variants, skipped, reference)
+
+
+def float32_reference(args: argparse.Namespace, exports: dict[str, str]) -> Reference | None:
+    """The float32 run of --reference-cache (None without it): the float32 export's, on the
+    bench's prompt, of max(gen_len, MIN_STEPS) steps, keyed as bench keys its own."""
+    if args.reference_cache is None:
+        return None
+    if "float32" not in exports:
+        raise ValueError("--reference-cache measures every variant against the float32 export: pass one "
+                         "with --export")
+    export = exports["float32"]
+    prompt = random_prompt(0, open_export(export).cfg.vocab_size, args.prompt_len)  # the programs' seed 0
+    steps = max(args.gen_len, MIN_STEPS)
+    key = refcache.reference_key(export, prompt, steps, DTYPE_ALGO)
+    return Reference(export, Path(args.reference_cache) / f"{key}.npz", [int(t) for t in prompt], steps)
+
+
+def measured_against(v: Variant, ref: Reference, cache: str) -> Variant:
+    """`v` with the settings that make its program measure itself against `ref` too."""
+    extra = ({"reference_export": ref.export, "reference_cache": cache} if v.kind == "bench"
+             else {"reference": str(ref.path)})
+    return replace(v, settings={**v.settings, **extra})
+
+
+def make_reference(ref: Reference, run: RunSettings, threads: int) -> None:
+    """The float32 run `ref` names, by `pipeline generate` on 1 rank, unless the cache holds it."""
+    if ref.path.exists():
+        print(f"[compare] float32 reference run: {ref.path} (cached)", file=sys.stderr, flush=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = Path(tmp) / "logits.npy"
+        cmd = [*shlex.split(run.mpi), "-n", "1", sys.executable, "-m", "mpi4py", "-m", "pipeline", "generate",
+               "--export", ref.export, "--parallel-strategy", STRATEGY, "--attention-algo", DTYPE_ALGO,
+               "--prompt-ids", ",".join(map(str, ref.prompt)), "--max-new-tokens", str(ref.steps),
+               "--threads", str(threads), "--logits-out", str(npy)]
+        print("[compare] float32 reference run: " + shlex.join(cmd), file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=run.timeout or None)
+        if proc.returncode or not npy.is_file():
+            raise RuntimeError(f"the float32 reference run failed: {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+        logits = np.load(npy)
+    tokens = [int(t) for t in logits.argmax(axis=1)]  # generate's greedy tokens: argmax of each row
+    refcache.store(ref.path, tokens, logits, f"generate_{STRATEGY}_{DTYPE_ALGO}_np1", np.asarray(ref.prompt))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -229,6 +299,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GGUF files by dtype f32, bf16, q8_0 (baselines: llamacpp)")
     p.add_argument("--baselines", nargs="*", default=["llamacpp", "torch"], choices=list(BASELINE_LABELS),
                    help="the baselines to run (baselines)")
+    p.add_argument("--reference-cache", default=None, metavar="DIR",
+                   help="baselines: measure every variant against the float32 export's run kept here "
+                        "(bench --reference-cache's entries; made first when missing)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=32)
     p.add_argument("--iters", type=int, default=3)
@@ -323,6 +396,10 @@ def variant_result(v: Variant, got: dict[str, list[Measured]], metric: str, file
         entry["ratio_rounds"] = ratios
         entry["ratio"] = {ph: statistics.median(ratios[ph]) for ph in PHASES}
         entry["tokens_agree"] = tokens_agree(got[v.name], got[v.reference])
+    measured = [m.accuracy for m in got[v.name] if m.accuracy is not None]
+    if measured:  # the same measurement each round, up to a program's nondeterminism: the median
+        entry["accuracy"] = {k: measured[0][k] if k == "steps" else statistics.median(a[k] for a in measured)
+                             for k in measured[0]}
     return entry
 
 
@@ -354,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = round_files(Path(args.out).with_suffix(""), plan.variants, args.rounds)
     try:
+        if plan.reference is not None:
+            make_reference(plan.reference, run, args.threads)
         got, order, failed = run_rounds(plan, run, files, args.rounds)
     except RuntimeError as e:  # one of our variants failed: its command and stderr
         print(f"error: {e}", file=sys.stderr)

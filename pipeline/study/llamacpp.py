@@ -20,6 +20,10 @@ The JSON records the llama-cpp-python version, llama.cpp's system info (the CPU 
 ggml-cpu was built with) and the buffer types its log reports (e.g. CPU_REPACK for Q8_0 weights
 repacked for the CPU's int8 dot products).
 
+With `--reference RUN.npz` (a float32 run of our engine on the same prompt, pipeline.study.refcache's
+entry) the JSON also holds `low_precision`: NMSE, KL and top-1 of llama.cpp's logits against it,
+llama.cpp fed the reference's tokens (teacher forcing, pipeline.study.lowprec), after the timing.
+
 Without llama-cpp-python the output says {"available": false, "reason": ...} and the command exits 0.
 """
 
@@ -43,6 +47,7 @@ import numpy as np
 from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model, fold_into_huge_pages, huge_page_share
 from pipeline.engine.prompts import random_prompt
+from pipeline.study.lowprec import describe, load_reference, measures
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
 SCHEMA_VERSION = 1
@@ -146,6 +151,17 @@ def generate(session: Session, prompt: list[int], gen_len: int) -> dict:
             "first": first, "final": logits.copy()}
 
 
+def teacher_forced(session: Session, prompt: list[int], tokens: list[int]) -> np.ndarray:
+    """(len(tokens), V) logits after the prompt, then after each of tokens[:-1]: row i is what
+    llama.cpp predicts where the reference predicted tokens[i]."""
+    session.reset()
+    out = np.empty((len(tokens), session.n_vocab), np.float32)
+    out[0] = session.decode(prompt)
+    for i in range(1, len(tokens)):
+        out[i] = session.decode([tokens[i - 1]])
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", required=True, help="GGUF file (python -m pipeline gguf)")
@@ -153,9 +169,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-type", choices=KV_TYPES, default="f16",
                    help="KV cache type (default f16, llama.cpp's)")
     p.add_argument("--flash-attn", choices=FLASH_ATTN, default="auto", help="llama.cpp's default: auto")
+    p.add_argument("--reference", default=None, metavar="RUN.npz",
+                   help="also measure NMSE/KL/top-1 against this float32 run of the same prompt "
+                        "(an entry of bench --reference-cache)")
     p.add_argument("--out", required=True, help="result JSON (written atomically)")
     args = p.parse_args(argv)
     check_run_args(p, args)
+    if args.reference is not None and not Path(args.reference).is_file():
+        p.error(f"--reference {args.reference}: no such file")
     if not Path(args.gguf).is_file():
         p.error(f"--gguf {args.gguf}: no such file (write it with python -m pipeline gguf)")
     return args
@@ -221,15 +242,18 @@ def run(args: argparse.Namespace) -> dict:
     if lib is None:
         return unavailable(reason)
     threads = args.threads or os.cpu_count() or 1
-    n_ctx = args.prompt_len + args.gen_len + 1
+    n_ctx = args.prompt_len + max(args.gen_len, reference_steps(args.reference)) + 1
     folded = prefault(args.gguf)
     session = open_session(lib, args.gguf, threads, n_ctx, max(args.prompt_len, 512), args.kv_type,
                            args.flash_attn)
     try:
         prompt = [int(t) for t in random_prompt(args.seed, session.n_vocab, args.prompt_len)]
+        # the reference is checked before the timing, measured against after it
+        reference = None if args.reference is None else load_reference(args.reference, prompt)
         runs = timed_iterations(session, prompt, args)
         env = environment(lib, session, args)
         huge = huge_page_share(args.gguf)  # while llama.cpp still maps the file
+        low = None if reference is None else against(reference, teacher_forced(session, prompt, reference[0]))
     finally:
         session.close()
     last = runs[-1]
@@ -249,15 +273,35 @@ def run(args: argparse.Namespace) -> dict:
         "output": {"prompt_ids": prompt, "greedy_tokens": last["tokens"],
                    "prefill_logits": logits_digest(last["first"]),
                    "final_logits": logits_digest(last["final"])},
+        **({} if low is None else {"low_precision": {"reference": os.path.abspath(args.reference), **low}}),
     }
+
+
+def reference_steps(path: str | None) -> int:
+    """Steps of the reference run at `path` (0 without one): the context must hold them too."""
+    if path is None:
+        return 0
+    try:
+        with np.load(path) as z:
+            return int(z["tokens"].shape[0])
+    except (OSError, KeyError, ValueError) as e:
+        raise RuntimeError(f"--reference {path}: not a reference run ({e})") from None
+
+
+def against(reference: tuple[list[int], np.ndarray], logits: np.ndarray) -> dict:
+    """pipeline.study.lowprec's measures of teacher-forced `logits` against the reference run's."""
+    ref_logits = reference[1]
+    if logits.shape != ref_logits.shape:
+        raise RuntimeError(f"logits {logits.shape} vs the reference's {ref_logits.shape}: another vocabulary")
+    return measures(logits, ref_logits)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = run(args)
-    except RuntimeError as e:  # the file does not load, or a decode fails: one line, exit 1
-        print(f"error: {e}", file=sys.stderr)
+    except (RuntimeError, ValueError) as e:  # a file that does not load, a failed decode, a reference
+        print(f"error: {e}", file=sys.stderr)  # run of another prompt: one line, exit 1
         return 1
     write_json_atomic(args.out, result)
     if result["available"]:
@@ -266,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NAME} ({kind}), {result['cell']['threads']} threads, prompt {args.prompt_len}: "
               f"prefill {p['tokens_per_s']:.1f} tok/s, "
               f"decode {d['tokens_per_s']:.2f} tok/s")
+        if "low_precision" in result:
+            print(f"{NAME} ({kind}) {describe(result['low_precision'])}")
     else:
         print(f"{NAME}: not available ({result['reason']}); wrote {args.out}")
     return 0

@@ -15,6 +15,7 @@ computed in float64 whatever the inputs' dtype. The issue asks for >= 32 decode 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -73,3 +74,26 @@ def teacher_forced_logits(engine, prompt_ids: np.ndarray, tokens: Sequence[int])
     for i in range(1, len(tokens)):
         out[i] = engine.decode(int(tokens[i - 1]))
     return out
+
+
+def load_reference(path: str | Path, prompt_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """(greedy tokens, (N, V) float32 logits) of a float32 reference run that pipeline.study.refcache
+    stored, for a program outside the engine (the llama.cpp and torch baselines) to be measured
+    against; ValueError when it is not such a run of `prompt_ids` or has fewer than MIN_STEPS steps."""
+    try:
+        with np.load(path) as z:
+            tokens, logits = [int(t) for t in z["tokens"]], np.asarray(z["logits"], np.float32)
+            ran_on = z["prompt_ids"].tolist() if "prompt_ids" in z else None
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a reference run of pipeline.study.refcache ({e})") from None
+    if ran_on is None or ran_on != [int(t) for t in prompt_ids]:
+        raise ValueError(f"{path}: a reference run of another prompt (or of none it records)")
+    if logits.ndim != 2 or logits.shape[0] != len(tokens) or len(tokens) < MIN_STEPS:
+        raise ValueError(f"{path}: need >= {MIN_STEPS} steps of logits, one per token; got {logits.shape}")
+    return tokens, logits
+
+
+def describe(m: dict) -> str:
+    """One line of a measures record, as the programs print it."""
+    return (f"against float32: NMSE {m['nmse']:.2e}, KL {m['kl_mean']:.2e}, "
+            f"top-1 {m['top1_agreement']:.3f} over {m['steps']} steps")

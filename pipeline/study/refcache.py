@@ -12,7 +12,9 @@ files' checksums), the prompt ids, the step count, the attention algorithm, and 
 (ext's compiled kernels and pipeline/engine's sources), so no edit of any of them reads a stale
 run. Written atomically by rank 0, which then removes the entries of other code versions (they
 could never be read again); a cell records whether it computed the run or read it, and which
-cell computed it.
+cell computed it. An entry also holds the prompt ids, so a program outside the engine that is
+measured against it (the llama.cpp and torch baselines, pipeline.study.lowprec.load_reference)
+can check it was run on the same prompt.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model_export.atomic import write_bytes_atomic
-from pipeline.engine.comm import Comm
+
+if TYPE_CHECKING:  # only the annotation: compare writes entries without an MPI job of its own
+    from pipeline.engine.comm import Comm
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE_CHARS = 12  # of the code digest, leading each key
@@ -66,7 +71,17 @@ def prune(cache: Path, key: str) -> list[Path]:
 Run = Callable[[], tuple[list[int], np.ndarray]]  # the reference's greedy tokens and (steps, V) logits
 
 
-def reference_run(comm: Comm, cache: str | Path | None, key: str, cell: str,
+def store(path: Path, tokens: list[int], logits: np.ndarray, cell: str, prompt: np.ndarray) -> None:
+    """Write one entry atomically, then remove the entries of other code versions beside it."""
+    buf = io.BytesIO()
+    np.savez(buf, tokens=np.asarray(tokens, np.int64), logits=logits, cell=np.array(cell),
+             prompt_ids=np.asarray(prompt, np.int64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buf.getvalue())
+    prune(path.parent, path.stem)
+
+
+def reference_run(comm: Comm, cache: str | Path | None, key: str, cell: str, prompt: np.ndarray,
                   run: Run) -> tuple[list[int], np.ndarray | None, dict]:
     """(greedy tokens on every rank, logits on rank 0, provenance) of the reference run: read from
     `cache`/<key>.npz when there, else `run()` (collective) and written there by rank 0. Without a
@@ -82,9 +97,5 @@ def reference_run(comm: Comm, cache: str | Path | None, key: str, cell: str,
         return tokens, logits, {"reference_run": "cached", "reference_cell": comm.comm.bcast(source, root=0)}
     tokens, logits = run()
     if path is not None and comm.rank == 0:
-        buf = io.BytesIO()
-        np.savez(buf, tokens=np.asarray(tokens, np.int64), logits=logits, cell=np.array(cell))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, buf.getvalue())
-        prune(path.parent, key)
+        store(path, tokens, logits, cell, prompt)
     return tokens, logits if comm.rank == 0 else None, {"reference_run": "computed", "reference_cell": cell}

@@ -11,7 +11,11 @@ pipeline.study.llamacpp) and "torch" (Hugging Face transformers, pipeline.study.
 baseline's package is optional: its check raises Unavailable (not a ValueError) when the package is
 not installed, and the comparison then runs without that variant and says why in its result.
 
-    Variant --KINDS[variant.kind].measure(variant, run, out)--> Measured(rates, tokens)
+    Variant --KINDS[variant.kind].measure(variant, run, out)--> Measured(rates, tokens, accuracy)
+
+A variant whose settings name a float32 reference (bench: "reference_export" and
+"reference_cache"; llama.cpp and torch: "reference", that cache's entry) also returns its
+NMSE, KL and top-1 against it (pipeline.study.lowprec), measured after its timing.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ class Variant:
 class Measured:
     rates: dict[str, dict[str, float]]  # metric -> phase -> rate, in UNITS[metric][phase]
     tokens: list[int] | None = None  # greedy tokens, where the program generates
+    accuracy: dict | None = None  # lowprec.measures against the float32 reference, where asked for
+
+
+ACCURACY_KEYS = ("steps", "nmse", "kl_mean", "kl_max", "top1_agreement")
+
+
+def accuracy_of(doc: dict) -> dict | None:
+    """The measures of a program's JSON against its float32 reference (None: it was not asked)."""
+    low = doc.get("low_precision")
+    return None if low is None else {k: low[k] for k in ACCURACY_KEYS}
 
 
 class Kind(NamedTuple):
@@ -137,11 +151,14 @@ def bench(variant: Variant, run: RunSettings, out: Path) -> Measured:
            "--attention-algo", s["algo"], "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len),
            "--iters", str(run.iters), "--warmup", str(run.warmup), "--threads", str(s["threads"]),
            "--out", str(out)]
+    if s.get("reference_export"):
+        cmd += ["--reference-export", str(s["reference_export"]),
+                "--reference-cache", str(s["reference_cache"])]
     doc = run_program(cmd, out, run.timeout)
     roofline = doc["roofline"]  # achieved rates from the phase medians (pipeline.study.roofline)
     return Measured({"tokens_per_s": {phase: doc[phase]["tokens_per_s"] for phase in PHASES},
                      "roofline": {"prefill": roofline["prefill_gflops"], "decode": roofline["decode_gb_s"]}},
-                    doc["output"]["greedy_tokens"])
+                    doc["output"]["greedy_tokens"], accuracy_of(doc))
 
 
 def check_ceilings(variant: Variant, run: RunSettings) -> None:
@@ -177,7 +194,12 @@ def phase_rates(doc: dict) -> Measured:
     if not doc.get("available", True):  # installed but not importable (a library that fails to load)
         raise RuntimeError(f"baseline {doc.get('name')}: not available ({doc.get('reason')})")
     return Measured({"tokens_per_s": {phase: doc[phase]["tokens_per_s"] for phase in PHASES}},
-                    doc["output"]["greedy_tokens"])
+                    doc["output"]["greedy_tokens"], accuracy_of(doc))
+
+
+def reference_option(settings: dict) -> list[str]:
+    """A baseline's --reference, where its settings name the float32 run to be measured against."""
+    return ["--reference", str(settings["reference"])] if settings.get("reference") else []
 
 
 def check_llamacpp(variant: Variant, run: RunSettings) -> None:
@@ -195,7 +217,8 @@ def llamacpp(variant: Variant, run: RunSettings, out: Path) -> Measured:
     s = variant.settings
     cmd = [sys.executable, "-m", "pipeline", "llamacpp", "--gguf", str(s["gguf"]),
            "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len), "--iters", str(run.iters),
-           "--warmup", str(run.warmup), "--threads", str(s["threads"]), "--out", str(out)]
+           "--warmup", str(run.warmup), "--threads", str(s["threads"]), *reference_option(s),
+           "--out", str(out)]
     return phase_rates(run_program(cmd, out, run.timeout))
 
 
@@ -215,7 +238,7 @@ def torch_baseline(variant: Variant, run: RunSettings, out: Path) -> Measured:
     cmd = [sys.executable, "-m", "pipeline", "baseline", "--checkpoint", str(s["checkpoint"]),
            "--dtype", s["dtype"], "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len),
            "--iters", str(run.iters), "--warmup", str(run.warmup), "--threads", str(s["threads"]),
-           "--out", str(out)]
+           *reference_option(s), "--out", str(out)]
     return phase_rates(run_program(cmd, out, run.timeout))
 
 

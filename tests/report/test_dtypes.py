@@ -181,6 +181,23 @@ def test_baselines_per_dtype_paired_ratios_and_skips(tmp_path):
     assert text.index("| float32 | ours float32") < text.index("| int8 | ours int8")
 
 
+def test_baselines_accuracy_columns_show_ours_and_theirs_against_float32(tmp_path):
+    doc = compare_doc("baselines", BASELINES)
+    accuracy = {"ours_int8": (2.4e-3, 3.1e-2, 0.75), "llamacpp_q8_0": (2.2e-4, 2.9e-3, 0.96875)}  # TEST DATA
+    for v in doc["variants"]:
+        if v["name"] in accuracy:
+            nmse, kl, top1 = accuracy[v["name"]]
+            v["accuracy"] = {"steps": 32, "nmse": nmse, "kl_mean": kl, "kl_max": 2 * kl,
+                             "top1_agreement": top1}
+    runs = matrix_runs() + matrix_runs("int8", default=150.0)
+    summary, text, _ = run_report(tmp_path, runs, "--compare", write_json(tmp_path / "b.json", doc))
+    q8 = {r["baseline"]: r for r in summary["dtypes"]["baselines"]}["llamacpp_q8_0"]
+    assert (q8["nmse_ours"], q8["nmse_baseline"], q8["top1_agreement_baseline"]) == (2.4e-3, 2.2e-4, 0.96875)
+    assert "| yes | 2.40e-03 / 2.20e-04 | 3.10e-02 / 2.90e-03 | 75.0% / 96.9% |" in text
+    assert "| yes | — / — | — / — | — / — |" in text  # llama.cpp f32 beside ours float32: not measured
+    assert "every program, ours and theirs, against one float32 run of our engine" in text
+
+
 def test_ranks_and_ceilings_per_dtype(tmp_path):
     one_f32, one_bf16 = "float32_online_softmax_np1", "bf16_online_softmax_np1"
     ranks = compare_doc("ranks", {

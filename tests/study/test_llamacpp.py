@@ -115,6 +115,33 @@ def test_the_runner_generates_the_reference_greedy_tokens(ggufs, reference, tmp_
     assert env["llama_cpp_python"] and "CPU" in env["system_info"] and env["kv_type"] == "f32"
 
 
+def test_the_runner_measures_itself_against_a_reference_run(ggufs, lively, tmp_path):
+    """--reference: llama.cpp teacher-forced on the float64 model's 32 greedy tokens, its NMSE against
+    that run's logits; f32 within float32 rounding, q8_0 within its 8-bit weights and activations."""
+    need_llama_cpp()
+    from model_export.reader import open_export
+    from pipeline.engine.reference import ReferenceModel
+    from pipeline.study import refcache
+    from pipeline.study.lowprec import MIN_STEPS
+
+    prompt = random_prompt(0, PRESETS["tiny"]["vocab_size"], PROMPT)
+    tokens, logits = ReferenceModel(open_export(lively[1])).generate(prompt.tolist(), MIN_STEPS)
+    ref = tmp_path / "run.npz"
+    refcache.store(ref, list(tokens), np.asarray(logits, np.float32), "float64", prompt)
+    nmse = {}
+    for dtype in ("f32", "q8_0"):
+        out = tmp_path / f"{dtype}.json"
+        args = ["--gguf", ggufs[dtype], "--prompt-len", str(PROMPT), "--gen-len", "2", "--iters", "1",
+                "--warmup", "0", "--threads", "1", "--kv-type", "f32", "--flash-attn", "off",
+                "--reference", str(ref), "--out", str(out)]
+        assert llamacpp.main(args) == 0
+        low = json.loads(out.read_text())["low_precision"]
+        assert low["steps"] == MIN_STEPS
+        nmse[dtype] = low["nmse"]
+    assert nmse["f32"] < 1e-9  # float32 in another summation order
+    assert nmse["f32"] < nmse["q8_0"] < 1e-2
+
+
 def test_a_file_llama_cpp_cannot_load_is_one_error(tmp_path, capsys):
     need_llama_cpp()
     bad = tmp_path / "bad.gguf"

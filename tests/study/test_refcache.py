@@ -11,6 +11,8 @@ from mpi4py import MPI
 from pipeline.engine.comm import Comm
 from pipeline.study import refcache
 
+PROMPT = np.arange(4)
+
 
 def test_the_first_cell_runs_the_reference_and_later_cells_read_it(tmp_path):
     calls = []
@@ -21,14 +23,14 @@ def test_the_first_cell_runs_the_reference_and_later_cells_read_it(tmp_path):
         return [4, 2, 6], logits
 
     comm = Comm(MPI.COMM_SELF)
-    first = refcache.reference_run(comm, tmp_path, "k", "headwise_standard_np1", run)
-    second = refcache.reference_run(comm, tmp_path, "k", "sequence_standard_np2", run)
+    first = refcache.reference_run(comm, tmp_path, "k", "headwise_standard_np1", PROMPT, run)
+    second = refcache.reference_run(comm, tmp_path, "k", "sequence_standard_np2", PROMPT, run)
     assert len(calls) == 1
     assert first[2] == {"reference_run": "computed", "reference_cell": "headwise_standard_np1"}
     assert second[2] == {"reference_run": "cached", "reference_cell": "headwise_standard_np1"}
     assert second[0] == [4, 2, 6] and np.array_equal(second[1], logits)
-    refcache.reference_run(comm, tmp_path, "other", "x", run)  # another key: run again
-    refcache.reference_run(comm, None, "k", "x", run)  # no cache: always run
+    refcache.reference_run(comm, tmp_path, "other", "x", PROMPT, run)  # another key: run again
+    refcache.reference_run(comm, None, "k", "x", PROMPT, run)  # no cache: always run
     assert len(calls) == 3
 
 
@@ -36,11 +38,11 @@ def test_a_new_entry_removes_those_of_other_code_versions_only(tmp_path):
     logits = np.zeros((1, 3), np.float32)
     comm = Comm(MPI.COMM_SELF)
     old_code = "aaaaaaaaaaaa-" + "1" * 32
-    refcache.reference_run(comm, tmp_path, old_code, "x", lambda: ([1], logits))
+    refcache.reference_run(comm, tmp_path, old_code, "x", PROMPT, lambda: ([1], logits))
     (tmp_path / "0123abcd.npz").write_bytes(b"an entry of the format before code prefixes")
     same_code = ["bbbbbbbbbbbb-" + c * 32 for c in "23"]
     for key in same_code:
-        refcache.reference_run(comm, tmp_path, key, "x", lambda: ([1], logits))
+        refcache.reference_run(comm, tmp_path, key, "x", PROMPT, lambda: ([1], logits))
     assert sorted(f.name for f in tmp_path.glob("*.npz")) == sorted(f"{k}.npz" for k in same_code)
 
 
