@@ -48,6 +48,7 @@ from model_export.atomic import write_json_atomic
 from pipeline.engine.machine import cpu_model, fold_into_huge_pages, huge_page_share
 from pipeline.engine.prompts import random_prompt
 from pipeline.study.lowprec import describe, load_reference, measures
+from pipeline.study.lowprec import teacher_forced as teacher_forced_rows
 from pipeline.study.stats import add_run_args, check_run_args, logits_digest, timings
 
 SCHEMA_VERSION = 1
@@ -152,14 +153,10 @@ def generate(session: Session, prompt: list[int], gen_len: int) -> dict:
 
 
 def teacher_forced(session: Session, prompt: list[int], tokens: list[int]) -> np.ndarray:
-    """(len(tokens), V) logits after the prompt, then after each of tokens[:-1]: row i is what
-    llama.cpp predicts where the reference predicted tokens[i]."""
+    """lowprec.teacher_forced on llama.cpp: the prompt into an empty cache, then tokens[:-1]."""
     session.reset()
-    out = np.empty((len(tokens), session.n_vocab), np.float32)
-    out[0] = session.decode(prompt)
-    for i in range(1, len(tokens)):
-        out[i] = session.decode([tokens[i - 1]])
-    return out
+    return teacher_forced_rows(lambda ids: session.decode([int(t) for t in ids]),
+                               lambda token: session.decode([token]), prompt, tokens, session.n_vocab)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ computed in float64 whatever the inputs' dtype. The issue asks for >= 32 decode 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +64,22 @@ def measures(low: np.ndarray, ref: np.ndarray, min_steps: int = MIN_STEPS) -> di
             "kl_max": float(kl.max()), "top1_agreement": top1_agreement(low, ref)}
 
 
-def teacher_forced_logits(engine, prompt_ids: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
-    """(len(tokens), V) logits of `engine` (a Qwen3Engine) fed `prompt_ids`, then tokens[:-1]:
-    row i is what it predicts where the reference run predicted tokens[i]. Collective: every
-    rank calls it alike."""
-    engine.reset()
-    out = np.zeros((len(tokens), engine.cfg.vocab_size), np.float32)  # (N, V)
-    out[0] = engine.prefill(np.asarray(prompt_ids, np.int64))
+def teacher_forced(prefill: Callable[[np.ndarray], np.ndarray], decode: Callable[[int], np.ndarray],
+                   prompt_ids: np.ndarray, tokens: Sequence[int], vocab: int) -> np.ndarray:
+    """(len(tokens), vocab) logits of a model that `prefill`s the prompt into an empty cache, then
+    `decode`s tokens[:-1] one at a time: row i is what it predicts where the reference run predicted
+    tokens[i]. Our engine, llama.cpp and the tests feed any model through this one loop."""
+    out = np.zeros((len(tokens), vocab), np.float32)  # (N, V)
+    out[0] = prefill(np.asarray(prompt_ids, np.int64))
     for i in range(1, len(tokens)):
-        out[i] = engine.decode(int(tokens[i - 1]))
+        out[i] = decode(int(tokens[i - 1]))
     return out
+
+
+def teacher_forced_logits(engine, prompt_ids: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+    """teacher_forced on `engine` (a Qwen3Engine). Collective: every rank calls it alike."""
+    engine.reset()
+    return teacher_forced(engine.prefill, engine.decode, prompt_ids, tokens, engine.cfg.vocab_size)
 
 
 def load_reference(path: str | Path, prompt_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
