@@ -5,12 +5,10 @@
 
 #define PF_ROWS 8    /* prefetch distance in K/V rows for the strided (page-per-row) reads */
 /* Decode reads whole K/V rows (all heads of a key, 4 KiB for the 0.6B) in order; prefetched 4 rows
-   ahead into L2: decode attention x0.93 of its time on an Intel Xeon (into L1 x0.95, 8-16 rows no
-   better; docs/design-notes.md#int8-step-split). A prefetch changes no arithmetic. */
+   ahead into L2 (ext/simd.pxd's prefetch_floats_l2): decode attention x0.93 of its time on an Intel
+   Xeon (into L1 x0.95, 8-16 rows no better; not measured on AMD; docs/design-notes.md#int8-step-split).
+   A prefetch changes no arithmetic. */
 #define DECODE_PF_ROWS 4
-static inline void prefetch_floats_l2(const float *p, int n) {
-    for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 2);
-}
 
 /* St[c*lds + r] = Q[r] . K[c] for r < R, c < nk; Q row-major (R, D). Few rows (decode). */
 static void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,

@@ -34,6 +34,10 @@ cdef extern from * nogil:
     static inline void prefetch_floats(const float *p, int n) {
         for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i);
     }
+    /* The same into L2 only (locality 2): decode attention's whole K/V rows, a few keys ahead. */
+    static inline void prefetch_floats_l2(const float *p, int n) {
+        for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 2);
+    }
     /* Sum of the VL lanes by halving (log2 VL shuffle + add steps, not VL - 1 dependent scalar
        adds): decode attention takes one per query head and key. */
     typedef float f32x4 __attribute__((vector_size(16)));
