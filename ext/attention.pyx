@@ -23,6 +23,7 @@ vectorise without -ffast-math.
 """
 
 from cython.parallel cimport parallel, prange
+from openmp cimport omp_get_thread_num
 from libc.math cimport INFINITY, expf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -34,6 +35,8 @@ cdef extern from "attention_tiles.h" nogil:
     void decode_scores(const float *q, const float *K, int H, int Hkv, int D, Py_ssize_t c0,
                        int nk, float scale, float *s, Py_ssize_t lds)
     void softmax_rows(float *s, int H, int nk, Py_ssize_t lds, float *m, float *l)
+    void merge_blocks(const float *parts, Py_ssize_t nb, Py_ssize_t per, int H, int D, int online,
+                      float *out, float *m_out, float *l_out)
     void decode_pv(const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
                    Py_ssize_t c0, int nk, float *o)
     void qk_rows(const float *Q, int R, int D, const float *K, Py_ssize_t ldk, int nk,
@@ -154,113 +157,77 @@ cdef inline Py_ssize_t _decode_blocks(Py_ssize_t kend) noexcept nogil:
     return 2 * ((kend + 2 * DECODE_KEYS - 1) // (2 * DECODE_KEYS))
 
 
-cdef int _attention_decode(const float *q, const float *k, const float *v, float *out,
-                           float *m_out, float *l_out, Py_ssize_t kend, int H, int Hkv, int D,
-                           float scale, bint online, float *scores, int n) noexcept nogil:
+cdef Py_ssize_t _decode_work(Py_ssize_t kend, int H, int D, int n, bint online) noexcept nogil:
+    """Floats of _attention_decode's scratch for kend keys on n threads: the blocks' partials
+    (o_b, m_b, l_b per head) and, online, one block of scores per thread (standard's (H, kend)
+    scores are the caller's)."""
+    return _decode_blocks(kend) * (<Py_ssize_t>H * D + 2 * H) + (n * H * DECODE_KEYS if online else 0)
+
+
+cdef inline int _block_len(Py_ssize_t b, Py_ssize_t bs, Py_ssize_t kend) noexcept nogil:
+    return <int>(bs if (b + 1) * bs <= kend else max(0, kend - b * bs))
+
+
+cdef void _attention_decode(const float *q, const float *k, const float *v, float *out,
+                            float *m_out, float *l_out, Py_ssize_t kend, int H, int Hkv, int D,
+                            float scale, bint online, float *scores, float *work,
+                            int n) noexcept nogil:
     """One query against its kend visible keys, over blocks of DECODE_KEYS keys (all heads).
 
     online: per block, the scores' max m_b, sum l_b and unnormalised output o_b per head, merged
     in block order: out = sum_b o_b e^(m_b - M) / L, M = max_b m_b, L = sum_b l_b e^(m_b - M).
-    standard: the (H, kend) scores in `scores` (NULL: allocated), one softmax per head over all of
-    them, then the blocks' P V partials summed in block order. Returns 1 if out of memory.
+    standard: the (H, kend) scores in `scores`, one softmax per head over all of them, then the
+    blocks' P V partials summed in block order. work: _decode_work(kend, H, D, n, online)
+    floats, the caller's (the decode step allocates nothing per call).
     """
-    cdef Py_ssize_t nb = _decode_blocks(kend), bs = (kend + nb - 1) // nb, b, c0
+    cdef Py_ssize_t nb = _decode_blocks(kend), bs = (kend + nb - 1) // nb, b
     cdef Py_ssize_t per = <Py_ssize_t>H * D + 2 * H   # o_b (H, D), m_b (H), l_b (H)
-    cdef float *parts = <float *>malloc(<size_t>nb * per * sizeof(float))
-    cdef float *owned = NULL
-    cdef float *p = NULL
-    cdef float *ob
-    cdef int h, i, nk, failed = 0
-    cdef float M, L, w, inv
-    if parts == NULL:
-        return 1
-    if not online and scores == NULL:
-        owned = <float *>malloc(<size_t>H * kend * sizeof(float))
-        if owned == NULL:
-            free(parts)
-            return 1
-        scores = owned
+    cdef float *parts = work
+    cdef float *p
     if nb < 2:
         n = 1
-    if n == 1:   # in order on this thread: no OpenMP team (ext/decode.pyx's reason), same bits
-        if online:   # the block's scores (standard's go to `scores`)
-            p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))
-            failed = p == NULL
-        for b in range(nb if not failed else 0):
-            c0 = b * bs
-            nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
-            if online:
-                decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
-                softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
-                             parts + b * per + H * D + H)
-                decode_pv(p, DECODE_KEYS, v, H, Hkv, D, c0, nk, parts + b * per)
-            else:
-                decode_scores(q, k, H, Hkv, D, c0, nk, scale, scores + c0, kend)
-        if not online and not failed:
-            softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
+    if online:
+        if n == 1:   # in order on this thread: no OpenMP team (ext/decode.pyx's reason), same bits
             for b in range(nb):
-                c0 = b * bs
-                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
-                decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
-        free(p)
-        p = NULL
-    elif online:
-        with nogil, parallel(num_threads=n):
-            p = <float *>malloc(<size_t>H * DECODE_KEYS * sizeof(float))   # this thread's scores
-            for b in prange(nb, schedule="static"):
-                c0 = b * bs
-                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
-                if p != NULL:
-                    decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
-                    softmax_rows(p, H, nk, DECODE_KEYS, parts + b * per + H * D,
-                                 parts + b * per + H * D + H)
-                    decode_pv(p, DECODE_KEYS, v, H, Hkv, D, c0, nk, parts + b * per)
-                else:
-                    failed += 1   # no scratch on this thread (a reduction: the only shared write)
-            free(p)
+                _decode_block(q, k, v, H, Hkv, D, b * bs, _block_len(b, bs, kend), scale,
+                              work + nb * per, parts + b * per)
+        else:
+            with nogil, parallel(num_threads=n):
+                p = work + nb * per + omp_get_thread_num() * H * DECODE_KEYS   # this thread's scores
+                for b in prange(nb, schedule="static"):
+                    _decode_block(q, k, v, H, Hkv, D, b * bs, _block_len(b, bs, kend), scale, p,
+                                  parts + b * per)
     else:
-        with nogil, parallel(num_threads=n):
-            for b in prange(nb, schedule="static"):
-                c0 = b * bs
-                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
-                decode_scores(q, k, H, Hkv, D, c0, nk, scale, scores + c0, kend)
+        if n == 1:
+            for b in range(nb):
+                decode_scores(q, k, H, Hkv, D, b * bs, _block_len(b, bs, kend), scale,
+                              scores + b * bs, kend)
+        else:
+            with nogil, parallel(num_threads=n):
+                for b in prange(nb, schedule="static"):
+                    decode_scores(q, k, H, Hkv, D, b * bs, _block_len(b, bs, kend), scale,
+                                  scores + b * bs, kend)
         # The whole row's softmax, H x kend exponentials: microseconds. Its m, l go to block 0.
         softmax_rows(scores, H, <int>kend, kend, parts + H * D, parts + H * D + H)
-        with nogil, parallel(num_threads=n):
-            for b in prange(nb, schedule="static"):
-                c0 = b * bs
-                nk = <int>(bs if c0 + bs <= kend else max(0, kend - c0))
-                decode_pv(scores + c0, kend, v, H, Hkv, D, c0, nk, parts + b * per)
-    if failed:
-        free(parts)
-        free(owned)
-        return 1
-    for h in range(H):
-        if online:
-            M = -INFINITY
+        if n == 1:
             for b in range(nb):
-                if parts[b * per + H * D + h] > M:
-                    M = parts[b * per + H * D + h]
-            L = 0.0
-            for b in range(nb):
-                L = L + parts[b * per + H * D + H + h] * expf(parts[b * per + H * D + h] - M)
+                decode_pv(scores + b * bs, kend, v, H, Hkv, D, b * bs, _block_len(b, bs, kend),
+                          parts + b * per)
         else:
-            M = parts[H * D + h]
-            L = parts[H * D + H + h]
-        inv = 1.0 / L
-        for i in range(D):
-            out[h * D + i] = 0.0
-        for b in range(nb):
-            w = inv * (expf(parts[b * per + H * D + h] - M) if online else 1.0)
-            ob = parts + b * per + h * D
-            for i in range(D):
-                out[h * D + i] += w * ob[i]
-        if m_out != NULL:
-            m_out[h] = M
-            l_out[h] = L
-    free(parts)
-    free(owned)
-    return 0
+            with nogil, parallel(num_threads=n):
+                for b in prange(nb, schedule="static"):
+                    decode_pv(scores + b * bs, kend, v, H, Hkv, D, b * bs,
+                              _block_len(b, bs, kend), parts + b * per)
+    merge_blocks(parts, nb, per, H, D, online, out, m_out, l_out)
+
+
+cdef inline void _decode_block(const float *q, const float *k, const float *v, int H, int Hkv,
+                               int D, Py_ssize_t c0, int nk, float scale, float *p,
+                               float *part) noexcept nogil:
+    """online: one block's scores in p (H, DECODE_KEYS), then its m_b, l_b and o_b in part."""
+    decode_scores(q, k, H, Hkv, D, c0, nk, scale, p, DECODE_KEYS)
+    softmax_rows(p, H, nk, DECODE_KEYS, part + H * D, part + H * D + H)
+    decode_pv(p, DECODE_KEYS, v, H, Hkv, D, c0, nk, part)
 
 
 def scratch_floats(algo, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t D, Py_ssize_t S,
@@ -272,8 +239,7 @@ def scratch_floats(algo, Py_ssize_t T, Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t 
         return 0
     online = algo == "online_softmax"
     if T == 1:   # decode: per-block partials; online: a block of scores per thread; standard: (H, S)
-        nb = _decode_blocks(S)
-        return nb * (H * D + 2 * H) + (num_threads * H * DECODE_KEYS if online else H * S)
+        return _decode_work(S, H, D, num_threads, online) + (0 if online else H * S)
     Rp = _padded_rows(H, Hkv)
     tile = 2 * Rp * D + 4 * Rp + PV_PACK * D   # Q tile, accumulator, row stats, packed V
     if online:
@@ -399,11 +365,8 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
             l[:, :] = 0.0
         return
     if T == 1:
-        if scores is not None and not online and scores.shape[0] >= H * kend:
-            sp = &scores[0]
-        if _attention_decode(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], mp, lp, kend,
-                             H, Hkv, D, scale, online, sp, num_threads):
-            raise MemoryError(f"attention: no memory for the decode scratch ({algo}, S={S})")
+        _decode(&q[0, 0, 0], &k[0, 0, 0], &v[0, 0, 0], &out[0, 0, 0], mp, lp, kend, H, Hkv, D,
+                scale, online, scores, num_threads)
         return
     if scores is not None and not online:
         need = standard_scores_size(T, H, Hkv, S)
@@ -414,6 +377,24 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
     if _attention(q, k, v, out, mp, lp, q_start, k_start, scale, online, block, sp, num_threads):
         raise MemoryError(f"attention: no memory for the scratch ({algo}, T={T}, S={S}, "
                           f"block={block})")
+
+
+cdef void _decode(const float *q, const float *k, const float *v, float *out, float *mp,
+                  float *lp, Py_ssize_t kend, int H, int Hkv, int D, float scale, bint online,
+                  float[::1] scores, int n):
+    """_attention_decode with its scratch allocated for this call (the decode step holds its own);
+    standard's scores in `scores` where it has H * kend floats."""
+    cdef Py_ssize_t need = _decode_work(kend, H, D, n, online)
+    cdef Py_ssize_t nsc = 0 if online or (scores is not None and scores.shape[0] >= H * kend) else H * kend
+    cdef float *work = <float *>malloc(<size_t>(need + nsc) * sizeof(float))
+    cdef float *sp = work + need
+    if work == NULL:
+        raise MemoryError(f"attention: no memory for the decode scratch ({need + nsc} floats, S={kend})")
+    if not online and nsc == 0:
+        sp = &scores[0]
+    with nogil:
+        _attention_decode(q, k, v, out, mp, lp, kend, H, Hkv, D, scale, online, sp, work, n)
+    free(work)
 
 
 cdef void _merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,

@@ -75,20 +75,21 @@ void qk_cols(const float *Qt, int Rp, int D, const float *K, Py_ssize_t ldk, int
     }
 }
 
-/* O[r, :] += sum_c St[c*lds + r] V[c, :] for rows r0, r0+1 and columns i0 .. i0 + VL*NV:
-   the 2 x VL*NV block of O stays in registers over the key loop, and the tile reads VL*NV
-   contiguous floats of each V row (all of a 128-wide row with AVX-512; a quarter with AVX2,
-   so pv_direct passes over the keys D / (VL*PV_NV) times). */
+/* O[r, i0 .. i0 + VL*NV] += sum_c P[c*cs + r*rs] V[c, i0 ..] for rows r < nrow (1 or 2), O rows
+   D floats apart: the 2 x VL*NV block of O stays in registers over the key loop, loaded and
+   stored once, and the tile reads VL*NV contiguous floats of each V row (all of a 128-wide row
+   with AVX-512; a quarter with AVX2, so pv_direct passes over the keys D / (VL*PV_NV) times).
+   P is key-major (cs = lds, rs = 1) in prefill, head-major (cs = 1, rs = lds) in decode. */
 static inline __attribute__((always_inline)) void pv_tile(
-        const float *St, int lds, int r0, int nrow, const float *V, Py_ssize_t ldv, int nk,
-        float *O, int D, int i0, const int NV, const int pf) {
+        const float *P, Py_ssize_t cs, Py_ssize_t rs, int nrow, const float *V, Py_ssize_t ldv,
+        int nk, float *O, int D, int i0, const int NV, const int pf) {
     vf a[8], b[8];
-    float *o0 = O + (Py_ssize_t)r0 * D + i0, *o1 = o0 + D;
+    float *o0 = O + i0, *o1 = o0 + D;
     for (int j = 0; j < NV; j++) { a[j] = vld(o0 + VL * j); b[j] = nrow > 1 ? vld(o1 + VL * j) : a[j]; }
     for (int c = 0; c < nk; c++) {
         const float *v = V + c * ldv + i0;
         if (pf) prefetch_floats(v + PF_ROWS * ldv, VL * NV);
-        float p0 = St[(Py_ssize_t)c * lds + r0], p1 = St[(Py_ssize_t)c * lds + r0 + (nrow > 1)];
+        float p0 = P[c * cs], p1 = P[c * cs + rs * (nrow > 1)];
         for (int j = 0; j < NV; j++) {
             vf x = vld(v + VL * j);
             IN_REG(x);
@@ -110,14 +111,16 @@ static void pv_direct(const float *St, int lds, int R, const float *V, Py_ssize_
         int nv = (D - i0 >= VL * PV_NV ? VL * PV_NV : D - i0) / VL;
         for (int r = 0; r < R; r += 2) {
             int nrow = R - r >= 2 ? 2 : 1;
+            const float *P = St + r;
+            float *Or = O + (Py_ssize_t)r * D;
             switch (nv) {   /* constant NV: the tile is unrolled and kept in registers */
-                case 8: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 8, pf); break;
-                case 4: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 4, pf); break;
-                case 2: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 2, pf); break;
-                case 1: pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0, 1, pf); break;
+                case 8: pv_tile(P, lds, 1, nrow, V, ldv, nk, Or, D, i0, 8, pf); break;
+                case 4: pv_tile(P, lds, 1, nrow, V, ldv, nk, Or, D, i0, 4, pf); break;
+                case 2: pv_tile(P, lds, 1, nrow, V, ldv, nk, Or, D, i0, 2, pf); break;
+                case 1: pv_tile(P, lds, 1, nrow, V, ldv, nk, Or, D, i0, 1, pf); break;
                 default:
                     for (int k = 0; k < nv; k++)
-                        pv_tile(St, lds, r, nrow, V, ldv, nk, O, D, i0 + VL * k, 1, pf);
+                        pv_tile(P, lds, 1, nrow, V, ldv, nk, Or, D, i0 + VL * k, 1, pf);
             }
         }
     }
@@ -232,22 +235,73 @@ static void softmax_rows(float *s, int H, int nk, Py_ssize_t lds, float *m, floa
     }
 }
 
-/* o[h] = sum_c s[h*lds + c] V[c0 + c, h / G] for h < H, c < nk (o is overwritten). */
-static void decode_pv(const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
-                      Py_ssize_t c0, int nk, float *o) {
+/* Keys per P V tile: 8 rows of V (32 KiB for Qwen3-0.6B) stay in L1 while every head pair's
+   tile passes over them (docs/design-notes.md#decode-pv). */
+#define DECODE_PV_KEYS 8
+
+static inline __attribute__((always_inline)) void decode_pv_d(
+        const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
+        Py_ssize_t c0, int nk, float *o) {
     int G = H / Hkv;
     Py_ssize_t ld = (Py_ssize_t)Hkv * D;
     memset(o, 0, (size_t)H * D * sizeof(float));
-    for (int c = 0; c < nk; c++) {
-        const float *vrow = V + (c0 + c) * ld;
-        prefetch_floats_l2(vrow + DECODE_PF_ROWS * ld, (int)ld);
-        for (int h = 0; h < H; h++) {
-            const float *x = vrow + (Py_ssize_t)(h / G) * D;
-            float *y = o + (Py_ssize_t)h * D, a = s[h * lds + c];
-            int i = 0;
-            for (; i + VL <= D; i += VL) vst(y + i, vld(y + i) + vld(x + i) * a);
-            for (; i < D; i++) y[i] += x[i] * a;
+    for (int c = 0; c < nk; c += DECODE_PV_KEYS) {
+        int n = nk - c < DECODE_PV_KEYS ? nk - c : DECODE_PV_KEYS;
+        const float *rows = V + (c0 + c) * ld;
+        for (int j = 0; j < n; j++)
+            prefetch_floats_l2(rows + (DECODE_PF_ROWS + j) * ld, (int)ld);
+        for (int h = 0; h < H;) {
+            int nrow = h + 1 < H && (h + 1) / G == h / G ? 2 : 1;   /* two heads of one KV head */
+            const float *vg = rows + (Py_ssize_t)(h / G) * D, *sh = s + h * lds + c;
+            float *oh = o + (Py_ssize_t)h * D;
+            int i0 = 0;
+            for (; i0 + VL * PV_NV <= D; i0 += VL * PV_NV)
+                pv_tile(sh, 1, lds, nrow, vg, ld, n, oh, D, i0, PV_NV, 0);
+            for (; i0 + VL <= D; i0 += VL)
+                pv_tile(sh, 1, lds, nrow, vg, ld, n, oh, D, i0, 1, 0);
+            for (int r = 0; r < nrow; r++)
+                for (int i = i0; i < D; i++)
+                    for (int k = 0; k < n; k++)
+                        oh[r * D + i] += vg[k * ld + i] * sh[r * lds + k];
+            h += nrow;
         }
+    }
+}
+
+/* o[h] = sum_c s[h*lds + c] V[c0 + c, h / G] for h < H, c < nk (o is overwritten); each element
+   the same fused multiply-adds in key order as one key at a time, so the same bits. */
+static void decode_pv(const float *s, Py_ssize_t lds, const float *V, int H, int Hkv, int D,
+                      Py_ssize_t c0, int nk, float *o) {
+    if (D == 128)   /* Qwen3's head_dim: the tile's loops unrolled at a constant width */
+        decode_pv_d(s, lds, V, H, Hkv, 128, c0, nk, o);
+    else
+        decode_pv_d(s, lds, V, H, Hkv, D, c0, nk, o);
+}
+
+/* out[h] = (sum_b w_b o_b[h]) / L in block order, for the nb blocks' partials of one query (each
+   per floats: o_b (H, D), m_b (H), l_b (H)). online: w_b = e^(m_b - M), M = max_b m_b,
+   L = sum_b l_b e^(m_b - M); standard: one block's m, l, and w_b = 1. m_out, l_out: M, L, or NULL. */
+static void merge_blocks(const float *parts, Py_ssize_t nb, Py_ssize_t per, int H, int D,
+                         int online, float *out, float *m_out, float *l_out) {
+    const float *m = parts + (Py_ssize_t)H * D, *l = m + H;
+    for (int h = 0; h < H; h++) {
+        float M = m[h], L = l[h];
+        if (online) {
+            M = -__builtin_inff();
+            for (Py_ssize_t b = 0; b < nb; b++) M = m[b * per + h] > M ? m[b * per + h] : M;
+            L = 0.f;
+            for (Py_ssize_t b = 0; b < nb; b++) L = L + l[b * per + h] * expf(m[b * per + h] - M);
+        }
+        float inv = (float)(1.0 / L), *o = out + (Py_ssize_t)h * D;
+        memset(o, 0, (size_t)D * sizeof(float));
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            const float *ob = parts + b * per + (Py_ssize_t)h * D;
+            float w = inv * (online ? expf(m[b * per + h] - M) : 1.f);
+            int i = 0;
+            for (; i + VL <= D; i += VL) vst(o + i, vld(o + i) + vld(ob + i) * w);
+            for (; i < D; i++) o[i] += ob[i] * w;
+        }
+        if (m_out) { m_out[h] = M; l_out[h] = L; }
     }
 }
 

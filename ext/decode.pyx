@@ -26,7 +26,7 @@ cimport numpy as cnp
 from libc.stdint cimport int8_t
 from libc.stdlib cimport free, malloc
 
-from ext.attention cimport _attention_decode
+from ext.attention cimport _attention_decode, _decode_work
 from ext.gemv cimport ROW_BLOCK, gemv_rows, gemvt_rows, nchunks_of, reduce_parts
 from ext.linear cimport _gemv_many, _gemvt, _q8_gemv_many, q8_isa
 from ext.mlp cimport _mlp_small, _q8_mlp
@@ -171,6 +171,7 @@ cdef class DecodeStack:
     cdef float *up
     cdef float *parts
     cdef float *scores
+    cdef float *work
     cdef int8_t *xq     # int8: (max(d, H*D, I),) the product's input quantized per token
     cdef int8_t *gq     # int8: (I,) silu(gate) * up quantized
     cdef object keep   # every array a pointer points into, alive as long as this object
@@ -210,6 +211,9 @@ cdef class DecodeStack:
         # standard algorithm's scores (H, S_max); int8: a product's input and silu * up quantized
         bufs = [np.zeros(m, np.float32) for m in (d, H * D, H * D, d, I, I, parts, H * self.S_max)]
         bufs += [np.zeros(max(d, H * D, I), np.int8), np.zeros(I, np.int8)]
+        # attention's partials and per-thread scores, sized for the longest context: the blocks
+        # of keys grow with the length, so no shorter one needs more
+        bufs.append(np.zeros(_decode_work(self.S_max, H, D, num_threads, self.online), np.float32))
         # int8, bf16: o_proj and down_proj as rows, (d, H*D) and (d, I), copies of the export's
         # transposed matrices: read as one sequential stream per thread, 1.7x the transposed
         # kernel's speed for int8, 1.2x the layers' for bf16 (docs/design-notes.md#int8-gemv,
@@ -225,6 +229,7 @@ cdef class DecodeStack:
             <float *>ptr(bufs[3]), <float *>ptr(bufs[4]), <float *>ptr(bufs[5]),
             <float *>ptr(bufs[6]), <float *>ptr(bufs[7]))
         self.xq, self.gq = <int8_t *>ptr(bufs[8]), <int8_t *>ptr(bufs[9])
+        self.work = <float *>ptr(bufs[10])
         self.o_rows = bufs[3].reshape(1, d)
         self.cos, self.sin = <const float *>ptr(cos), <const float *>ptr(sin)
         self.layers = <Layer *>malloc(L * sizeof(Layer))
@@ -271,32 +276,26 @@ cdef class DecodeStack:
             raise ValueError(f"position {pos} outside the cache ({self.S_max}) or the RoPE table "
                              f"({self.max_pos})")
         cdef float *xp = <float *>ptr(x)
-        cdef int failed = 0, l
+        cdef int l
         if reduce is None:
             with nogil:
                 for l in range(self.L):
-                    failed = self._attention(l, xp, pos)
-                    if failed:
-                        break
+                    self._attention(l, xp, pos)
                     self._mlp(l, xp)
                     self._add_o(xp)
         else:
             o = self.o_rows
             for l in range(self.L):
                 with nogil:
-                    failed = self._attention(l, xp, pos)
-                if failed:
-                    break
+                    self._attention(l, xp, pos)
                 reduce(o)
                 with nogil:
                     self._mlp(l, xp)
                 reduce(o)
                 with nogil:
                     self._add_o(xp)
-        if failed:
-            raise MemoryError(f"attention: no memory for the decode scratch (S={pos + 1})")
 
-    cdef int _attention(self, int l, float *x, Py_ssize_t pos) noexcept nogil:
+    cdef void _attention(self, int l, float *x, Py_ssize_t pos) noexcept nogil:
         """o = attention block of layer l at x (o_proj's output; a partial sum under TP)."""
         cdef const void *wp[3]
         cdef float *op[3]
@@ -326,9 +325,8 @@ cdef class DecodeStack:
         for h in range(self.Hkv):
             norm_row(op[1] + h * self.D, w.k_norm, self.eps, op[1] + h * self.D, self.D)
             rope_row(op[1] + h * self.D, cos, sin, half)
-        if _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H,
-                             self.Hkv, self.D, self.scale, self.online, self.scores, self.nt):
-            return 1
+        _attention_decode(self.q, w.kc, w.vc, self.att, NULL, NULL, pos + 1, self.H, self.Hkv,
+                          self.D, self.scale, self.online, self.scores, self.work, self.nt)
         if self.int8:
             sx = q8_quantize(self.att, HD, self.xq)
             wp[0], sp[0], Ns[0], op[0] = w.wo_t, w.so, self.d, self.o   # wo_t holds o_proj's rows
@@ -343,7 +341,6 @@ cdef class DecodeStack:
             _gemvt_serial(self.att, HD, w.wo_t, self.d, self.o, self.parts, self.bf)
         else:
             _gemvt(self.att, 1, HD, w.wo_t, self.d, self.o, self.parts, self.bf, self.nt)
-        return 0
 
     cdef void _mlp(self, int l, float *x) noexcept nogil:
         """x += o; o = MLP of layer l at rms(x) (down_proj's output; a partial sum under TP)."""
