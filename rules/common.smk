@@ -91,6 +91,10 @@ def get_checked_lengths():
         if n + config["gen_len"] > limit:
             raise WorkflowError(f"config prompt_lengths: {n} + gen_len {config['gen_len']} exceeds "
                                 f"the model's max_position_embeddings ({limit})")
+    if COMPARE_PROMPT_LEN + config["comparisons"]["gen_len"] > limit:
+        raise WorkflowError(f"config comparisons.gen_len: {COMPARE_PROMPT_LEN} + "
+                            f"{config['comparisons']['gen_len']} exceeds the model's "
+                            f"max_position_embeddings ({limit})")
     return sorted(config["prompt_lengths"])
 
 

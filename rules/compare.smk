@@ -22,7 +22,7 @@ rule compare:
     params:
         options=get_compare_options,
         prompt_len=COMPARE_PROMPT_LEN,
-        gen_len=config["gen_len"],
+        gen_len=config["comparisons"]["gen_len"],
         iters=config["iters"],
         warmup=config["warmup"],
         rounds=config["comparisons"]["rounds"],

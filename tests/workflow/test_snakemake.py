@@ -164,6 +164,11 @@ def test_dry_run_slurm_profile(tmp_path):
             ["synthetic_preset=tiny", "prompt_lengths=[4096]"],
             "config prompt_lengths: 4096 + gen_len 32 exceeds",
         ),
+        (
+            ["synthetic_preset=tiny", 'comparisons={"gen_len": 5000}'],
+            "config comparisons.gen_len: 128 + 5000 exceeds",
+        ),
+        (['comparisons={"gen_len": 0}'], "0 is less than the minimum of 1"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_field(override, message):
