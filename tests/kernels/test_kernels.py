@@ -109,15 +109,17 @@ def test_attention_matches_float64(case):
     close(got["standard"][0], got["online_softmax"][0])
 
 
+@pytest.mark.parametrize("D", [40, 64, 128])
 @pytest.mark.parametrize("Hkv, G", [(1, 1), (2, 4), (8, 2)])
 @pytest.mark.parametrize("S, q_start", [(1, 0), (2, 1), (3, 2), (127, 126), (128, 127), (129, 128),
                                         (257, 256), (513, 512), (1000, 999), (1000, 700), (300, -1)])
-def test_decode_attention_matches_float64(S, q_start, Hkv, G):
+def test_decode_attention_matches_float64(S, q_start, Hkv, G, D):
     """One query (the split-over-keys decode path: an even number of equal blocks of at most 128
     keys): every block boundary, keys the query does not see (q_start < S - 1: only the first
-    q_start + 1 count), none visible, m and l; the same bits on 1, 2 and 3 threads."""
+    q_start + 1 count), none visible, m and l; the same bits on 1, 2 and 3 threads. D: Qwen3's 128
+    (the P V tile's unrolled width), 64, and 40 (a tail past the last whole vector)."""
     rng = np.random.default_rng(S + q_start + Hkv)
-    H, D = Hkv * G, 64
+    H = Hkv * G
     q, k, v = rand(rng, 1, H, D) * 2, rand(rng, S, Hkv, D) * 2, rand(rng, S, Hkv, D)
     want, wm, wl = ref_attention(q, k, v, q_start, 0, D ** -0.5)
     for algo in ("standard", "online_softmax"):
