@@ -127,7 +127,8 @@ rule build:
     conda:
         "envs/workflow.yaml"
     shell:
-        "python setup.py build_ext --inplace > {log} 2>&1"
+        # --force: setuptools relinks the objects it has when only setup.py (its flags) changed
+        "python setup.py build_ext --inplace --force > {log} 2>&1"
 
 
 rule bench:

@@ -15,8 +15,11 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # -march=native: the kernels use the SIMD width of the CPU that builds them
-# (docs/design-notes.md#vector-width); -ffp-contract=fast: a * b + c may become one FMA.
-COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+# (docs/design-notes.md#vector-width); -ffp-contract=fast: a * b + c may become one FMA;
+# -fno-wrapv undoes the -fwrapv of Python's own CFLAGS (CPython relies on signed wrap-around, the
+# kernels do not), which made every int-indexed loop sign-extend its index: int8 decode x1.05,
+# prefill x1.20 on an Intel Xeon, the same bits (docs/design-notes.md#no-wrapv).
+COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-wrapv"]
 LINK_ARGS = ["-fopenmp"]
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
               "cdivision": True, "initializedcheck": False}
