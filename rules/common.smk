@@ -85,7 +85,8 @@ def get_model_config():
 
 
 def get_checked_lengths():
-    """The prompt lengths, checked against the model's context window."""
+    """The prompt lengths, checked against the model's context window (as is the comparisons'
+    prompt of COMPARE_PROMPT_LEN plus their gen_len)."""
     limit = MODEL.max_position_embeddings
     for n in config["prompt_lengths"]:
         if n + config["gen_len"] > limit:
