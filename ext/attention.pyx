@@ -22,6 +22,10 @@ Cython cannot express a vector register tile, and plain loops with float reducti
 vectorise without -ffast-math.
 """
 
+import threading
+
+import numpy as np
+
 from cython.parallel cimport parallel, prange
 from openmp cimport omp_get_thread_num
 from libc.math cimport INFINITY, expf
@@ -379,22 +383,33 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
                           f"block={block})")
 
 
+_local = threading.local()  # the per-op decode's scratch, reused by each Python thread
+
+
+cdef float[::1] _decode_scratch(Py_ssize_t n):
+    """A float32 buffer of at least n elements, kept by this Python thread across calls: the
+    per-op decode runs once per layer per step (the sequence strategy), so no allocation per call."""
+    buf = getattr(_local, "decode", None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(max(n, 1), np.float32)
+        _local.decode = buf
+    return buf
+
+
 cdef void _decode(const float *q, const float *k, const float *v, float *out, float *mp,
                   float *lp, Py_ssize_t kend, int H, int Hkv, int D, float scale, bint online,
                   float[::1] scores, int n):
-    """_attention_decode with its scratch allocated for this call (the decode step holds its own);
+    """_attention_decode with its scratch from _decode_scratch (the decode stack holds its own);
     standard's scores in `scores` where it has H * kend floats."""
     cdef Py_ssize_t need = _decode_work(kend, H, D, n, online)
     cdef Py_ssize_t nsc = 0 if online or (scores is not None and scores.shape[0] >= H * kend) else H * kend
-    cdef float *work = <float *>malloc(<size_t>(need + nsc) * sizeof(float))
+    cdef float[::1] buf = _decode_scratch(need + nsc)
+    cdef float *work = &buf[0]
     cdef float *sp = work + need
-    if work == NULL:
-        raise MemoryError(f"attention: no memory for the decode scratch ({need + nsc} floats, S={kend})")
     if not online and nsc == 0:
         sp = &scores[0]
     with nogil:
         _attention_decode(q, k, v, out, mp, lp, kend, H, Hkv, D, scale, online, sp, work, n)
-    free(work)
 
 
 cdef void _merge(const float[:, :, :, ::1] o_parts, const float[:, :, ::1] m_parts,
