@@ -138,6 +138,14 @@ def run_text(doc: dict) -> str:
     return text
 
 
+def notes(doc: dict) -> list[str]:
+    """A bullet per program of another project (what it ran as) and per variant left out, then a
+    blank line; nothing when there are none."""
+    lines = [f"- {v['label']}: {v['build']}." for v in doc["variants"] if v.get("build")]
+    lines += [f"- {line}." for line in doc.get("skipped", [])]
+    return [*lines, ""] if lines else []
+
+
 def section(docs: list[dict]) -> list[str]:
     """Markdown lines: an introduction, then per comparison its question, its table, its machine."""
     if not docs:
@@ -162,8 +170,7 @@ def section(docs: list[dict]) -> list[str]:
             *comparison_table(doc, by_name.get(doc["name"], [])),
             "",
             *baselines.beside_pointer(doc),
-            *(f"- {line}." for line in doc.get("skipped", [])),
-            *([""] if doc.get("skipped") else []),
+            *notes(doc),
             f"{run_text(doc)}. Machine: {machine_text(doc)}.",
             "",
         ]

@@ -396,6 +396,9 @@ def variant_result(v: Variant, got: dict[str, list[Measured]], metric: str, file
         entry["ratio_rounds"] = ratios
         entry["ratio"] = {ph: statistics.median(ratios[ph]) for ph in PHASES}
         entry["tokens_agree"] = tokens_agree(got[v.name], got[v.reference])
+    builds = sorted({m.build for m in got[v.name] if m.build})
+    if builds:
+        entry["build"] = "; ".join(builds)
     measured = [m.accuracy for m in got[v.name] if m.accuracy is not None]
     if measured:  # the same measurement each round, up to a program's nondeterminism: the median
         entry["accuracy"] = {k: measured[0][k] if k == "steps" else statistics.median(a[k] for a in measured)

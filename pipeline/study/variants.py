@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shlex
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,6 +68,7 @@ class Measured:
     rates: dict[str, dict[str, float]]  # metric -> phase -> rate, in UNITS[metric][phase]
     tokens: list[int] | None = None  # greedy tokens, where the program generates
     accuracy: dict | None = None  # lowprec.measures against the float32 reference, where asked for
+    build: str | None = None  # what another project's program ran as (its version, ISA, buffers)
 
 
 ACCURACY_KEYS = ("steps", "nmse", "kl_mean", "kl_max", "top1_agreement")
@@ -219,7 +221,24 @@ def llamacpp(variant: Variant, run: RunSettings, out: Path) -> Measured:
            "--prompt-len", str(run.prompt_len), "--gen-len", str(run.gen_len), "--iters", str(run.iters),
            "--warmup", str(run.warmup), "--threads", str(s["threads"]), *reference_option(s),
            "--out", str(out)]
-    return phase_rates(run_program(cmd, out, run.timeout))
+    doc = run_program(cmd, out, run.timeout)
+    return replace(phase_rates(doc), build=llamacpp_build(doc.get("environment") or {}))
+
+
+# llama.cpp's features that decide its speed here (its system info lists SSE3 and the like too)
+LLAMACPP_ISA = ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8", "REPACK")
+BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+ MiB)")
+
+
+def llamacpp_build(env: dict) -> str:
+    """What llama.cpp ran as, from its JSON's environment: "llama-cpp-python 0.3.36, ggml-cpu with
+    AVX2 AVX512 AMX_INT8, weights in AMX (674.95 MiB), CPU_Mapped (604.15 MiB)"."""
+    info = env.get("system_info") or ""
+    built = [f for f in LLAMACPP_ISA if re.search(rf"\b{f} = 1\b", info)]
+    buffers = [f"{m[1]} ({m[2]})" for line in env.get("log") or [] if (m := BUFFER_LINE.search(line))]
+    return ", ".join([f"llama-cpp-python {env.get('llama_cpp_python') or '?'}",
+                      f"ggml-cpu with {' '.join(built) or 'none of ' + ' '.join(LLAMACPP_ISA)}",
+                      *([f"weights in {', '.join(buffers)}"] if buffers else [])])
 
 
 def check_torch(variant: Variant, run: RunSettings) -> None:

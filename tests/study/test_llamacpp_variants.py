@@ -38,10 +38,24 @@ def fake_program(calls: list[list[str]]):
         else:
             dtype = cmd[cmd.index("--dtype") + 1]
             prefill, tokens = OURS[dtype] * FACTOR[rnd], [1, 2, 3]
-        return {"prefill": {"tokens_per_s": prefill}, "decode": {"tokens_per_s": prefill / 10},
-                "roofline": {"prefill_gflops": 1.0, "decode_gb_s": 1.0}, "available": True,
-                "output": {"greedy_tokens": tokens}}
+        doc = {"prefill": {"tokens_per_s": prefill}, "decode": {"tokens_per_s": prefill / 10},
+               "roofline": {"prefill_gflops": 1.0, "decode_gb_s": 1.0}, "available": True,
+               "output": {"greedy_tokens": tokens}}
+        if program == "llamacpp":
+            doc["environment"] = LLAMACPP_ENV
+        return doc
     return run_program
+
+
+# the environment pipeline.study.llamacpp records (as llama-cpp-python 0.3.36 prints it on a Xeon)
+LLAMACPP_ENV = {
+    "llama_cpp_python": "0.3.36",
+    "system_info": "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | "
+                   "AVX512_BF16 = 0 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |",
+    "log": ["print_info: file type   = Q8_0",
+            "load_tensors:          AMX model buffer size =   674.95 MiB",
+            "load_tensors:   CPU_Mapped model buffer size =   604.15 MiB"],
+}
 
 
 @pytest.fixture
@@ -164,3 +178,20 @@ def test_exit_words():
     assert variants.exit_words(2) == "exit status 2"
     assert variants.exit_words(-9) == "killed by SIGKILL (killed)"
     assert variants.exit_words(-200) == "killed by signal 200"
+
+
+def test_what_llamacpp_ran_as_reaches_the_report(inputs, tmp_path, monkeypatch):
+    """Its version, the ISA its ggml-cpu was built with (a feature "= 0" is not), where its
+    weights went: in the comparison's JSON per variant and under the report's table."""
+    monkeypatch.setattr(variants, "run_program", fake_program([]))
+    monkeypatch.setattr(importlib.util, "find_spec", installed(set()))
+    out = tmp_path / "baselines.json"
+    assert compare.main(["baselines", *inputs, "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    build = {v["name"]: v.get("build") for v in doc["variants"]}
+    assert build["llamacpp_q8_0"] == ("llama-cpp-python 0.3.36, ggml-cpu with AVX2 AVX512 AVX512_VNNI "
+                                      "AMX_INT8 REPACK, weights in AMX (674.95 MiB), CPU_Mapped (604.15 MiB)")
+    assert build["torch_float32"] is None and build["ours_float32"] is None
+    assert f"- llama.cpp q8_0, 2 threads: {build['llamacpp_q8_0']}." in comparisons.section([doc])
+    assert variants.llamacpp_build({}) == ("llama-cpp-python ?, ggml-cpu with none of AVX2 AVX512 "
+                                           "AVX512_VNNI AVX512_BF16 AMX_INT8 REPACK")
