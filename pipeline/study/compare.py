@@ -231,7 +231,7 @@ def baselines_plan(args: argparse.Namespace) -> Plan:
     skipped = []
     if "llamacpp" in args.baselines and not args.gguf:  # the workflow writes none without the packages
         skipped.append("llama.cpp: skipped, no GGUF files (llama-cpp-python or gguf is not installed: "
-                       "pip install -e '.[baselines]')")
+                       "bash envs/llama-cpp.sh)")
     variants = []
     for dtype, mine in ours.items():  # each of ours between its baselines: pairs adjacent in time
         theirs = [v for d, v in pairs if d == dtype]

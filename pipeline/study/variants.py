@@ -183,12 +183,17 @@ class Unavailable(Exception):  # noqa: N818  (a state, not an error: the variant
     """A variant whose program cannot run here (its optional package is missing); the message says why."""
 
 
+# how a baseline's package is installed (README, Install)
+INSTALL = {"llama_cpp": "bash envs/llama-cpp.sh", "torch": "pip install -e '.[test]'",
+           "transformers": "pip install -e '.[test]'"}
+
+
 def require(variant: Variant, *modules: str) -> None:
     """Unavailable naming the first of `modules` that is not installed (found without importing it)."""
     for module in modules:
         if importlib.util.find_spec(module) is None:
             raise Unavailable(f"{variant.label}: skipped, the Python package {module!r} is not installed "
-                              "(pip install -e '.[baselines]')")
+                              f"({INSTALL[module]})")
 
 
 def phase_rates(doc: dict) -> Measured:

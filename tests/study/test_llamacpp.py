@@ -35,7 +35,7 @@ TOLERANCE = {"f32": 1e-5, "bf16": 0.05, "q8_0": 0.1}
 def need_llama_cpp():
     lib, reason = llamacpp.import_llama()
     if lib is None:
-        pytest.skip(f"llama-cpp-python is not installed ({reason}); pip install -e '.[baselines]'")
+        pytest.skip(f"llama-cpp-python is not installed ({reason}); bash envs/llama-cpp.sh")
     return lib
 
 
