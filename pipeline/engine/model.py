@@ -8,6 +8,7 @@ All buffers are allocated once here; decode steps only take views of them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -16,6 +17,7 @@ from ext import attention as attention_kernels
 from ext import decode as decode_kernels
 from ext import mlp as mlp_kernels
 from ext import ops
+from ext.hugepages import copies as huge_copies
 from ext.linear import linear, linear_many, linear_t
 from model_export.dtypes import BF16
 from model_export.reader import Export, take_rows
@@ -47,10 +49,17 @@ def check_job(export: Export, layout: str, algo: str, nranks: int, prompt_len: i
     partition.check(cfg, layout, nranks, prompt_len)
 
 
+# where the weights a rank multiplies with live: views of the export's memory map (no copy), or
+# private copies in one anonymous 2 MiB-page mapping (Qwen3Engine._copy_weights)
+WEIGHTS = ("map", "copy")
+
+
 class Qwen3Engine:
     def __init__(self, export: Export, layout: str, algo: str, comm: Comm, threads: int,
                  max_seq: int, block: int = 64, sequence_layout: str = "zigzag",
-                 micro_batch: int | None = None) -> None:
+                 micro_batch: int | None = None, weights: str = "map") -> None:
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights {weights!r}: choose from {list(WEIGHTS)}")
         cfg = self.cfg = export.cfg
         self.comm, self.threads, self.max_seq = comm, threads, max_seq
         attend = functools.partial(self._attend, algo=algo, block=block,
@@ -64,6 +73,8 @@ class Qwen3Engine:
         self.lm_head = export.lm_head()[self.strategy.vocab_rows]  # (V_r, d) rows of this rank
         scale = export.lm_head_scale()  # (V,) in an int8 export, sliced with the rows; else None
         self.lm_head_scale = None if scale is None else scale[self.strategy.vocab_rows]
+        if weights == "copy":
+            self._copy_weights()
         # the weights this rank multiplies with: its layers and lm_head rows (the embedding is a
         # memory-mapped table of which each step reads one row); a decode step reads each once
         self.layer_arrays = [a for w in self.layers.values() for a in vars(w).values()
@@ -83,6 +94,19 @@ class Qwen3Engine:
         rows = [] if self.decode_stack is None else self.decode_stack.row_copies
         self.row_copies = dict(zip(self.strategy.layers, rows, strict=True)) if rows else {}
         self.pos = 0  # tokens in the cache
+
+    def _copy_weights(self) -> None:
+        """This rank's layer weights and lm_head rows (not the embedding, of which a step reads one
+        row) as private copies in one anonymous 2 MiB-page mapping instead of views of the export's
+        map: their resident memory doubles while the page cache holds the files too, and in a slow
+        hour of these VMs the page cache read ~30% slower (docs/design-notes.md#weight-copies)."""
+        fields = [(i, k) for i, w in self.layers.items() for k, a in vars(w).items()
+                  if isinstance(a, np.ndarray)]
+        got = huge_copies([getattr(self.layers[i], k) for i, k in fields] + [self.lm_head])
+        for i in self.layers:
+            mine = {k: c for (j, k), c in zip(fields, got, strict=False) if j == i}
+            self.layers[i] = dataclasses.replace(self.layers[i], **mine)
+        self.lm_head = got[-1]
 
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
         """This rank's layers as one compiled call per decode step, where the strategy does

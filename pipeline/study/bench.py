@@ -35,7 +35,7 @@ from pipeline.engine.machine import (
     shared_cpus,
     topology,
 )
-from pipeline.engine.model import Qwen3Engine, check_job
+from pipeline.engine.model import WEIGHTS, Qwen3Engine, check_job
 from pipeline.engine.prompts import random_prompt
 from pipeline.engine.strategies import ALGORITHMS, STRATEGIES
 from pipeline.engine.strategies.layer import MICRO_BATCH
@@ -70,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="cores for the whole job; each rank gets max(1, threads // P) (default: all)")
     p.add_argument("--block", type=int, default=64, help="online-softmax KV block size")
+    p.add_argument("--weights", choices=WEIGHTS, default="map",
+                   help="map: the export's memory map, no copy; copy: each rank's weights copied "
+                        "into anonymous 2 MiB pages (twice the resident memory; "
+                        "docs/design-notes.md#weight-copies)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt token ids")
     p.add_argument("--out", required=True, help="result JSON (written atomically by rank 0)")
     p.add_argument("--reference-export", default=None, metavar="DIR",
@@ -239,7 +243,8 @@ def run(args: argparse.Namespace) -> dict | None:
     def make_engine(e: Export) -> Qwen3Engine:
         return Qwen3Engine(e, args.parallel_strategy, args.attention_algo, comm, threads,
                            max_seq=args.prompt_len + steps + 1, block=args.block,
-                           sequence_layout=args.sequence_layout, micro_batch=args.micro_batch)
+                           sequence_layout=args.sequence_layout, micro_batch=args.micro_batch,
+                           weights=args.weights)
 
     engine = make_engine(export)
     runs = []
@@ -397,7 +402,8 @@ def summarise(args: argparse.Namespace, comm: Comm, export: Export, threads: int
         "schema_version": SCHEMA_VERSION,
         "cell": {**cell.cell_block(), "gen_len": args.gen_len, "iters": args.iters, "warmup": args.warmup,
                  "threads_per_rank": threads, "block": args.block, "seed": args.seed,
-                 "sequence_layout": args.sequence_layout, "micro_batch": args.micro_batch},
+                 "sequence_layout": args.sequence_layout, "micro_batch": args.micro_batch,
+                 "weights": args.weights},
         "environment": {**environment(comm, threads), "hosts": [r["host"] for r in ranks]},
         "placement": {"topology": topology(), "ranks": ranks, "sharing_cpus": shared_cpus(ranks)},
         "model": model_record(args.export, export),

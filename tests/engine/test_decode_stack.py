@@ -117,6 +117,32 @@ def test_row_copies_are_the_exports_matrices_in_huge_page_memory(synthetic_tiny_
         assert "hg" in vm_flags_of(o_rows.ctypes.data) and "hg" in vm_flags_of(down_rows.ctypes.data)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_copied_weights_are_the_exports_in_huge_page_memory_with_the_same_logits(
+        synthetic_tiny_export, synthetic_tiny_export_int8, dtype):
+    """weights="copy": every layer matrix and lm_head copied out of the export's map into one
+    anonymous mapping advised for 2 MiB pages; the same numbers, so the same logits bit for bit."""
+    path = {"float32": synthetic_tiny_export, "int8": synthetic_tiny_export_int8}[dtype]
+    mapped = engine(path)
+    copied = Qwen3Engine(open_export(path), "headwise", "online_softmax", Comm(MPI.COMM_SELF), 1,
+                         max_seq=160, weights="copy")
+    for w_m, w_c in zip(mapped.layers.values(), copied.layers.values(), strict=True):
+        for k, a in vars(w_m).items():
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(getattr(w_c, k), a)
+                assert not np.shares_memory(getattr(w_c, k), a)
+    assert not np.shares_memory(copied.lm_head, mapped.lm_head)
+    assert "hg" in vm_flags_of(copied.lm_head.ctypes.data)
+    assert "hg" in vm_flags_of(next(iter(copied.layers.values())).wq.ctypes.data)
+    tokens_m, logits_m = mapped.generate(PROMPT, 6, keep_logits=True)
+    tokens_c, logits_c = copied.generate(PROMPT, 6, keep_logits=True)
+    np.testing.assert_array_equal(logits_c, logits_m)
+    assert tokens_c == tokens_m
+    with pytest.raises(ValueError, match="weights 'disk'"):
+        Qwen3Engine(open_export(path), "headwise", "online_softmax", Comm(MPI.COMM_SELF), 1,
+                    max_seq=160, weights="disk")
+
+
 def stack_args(path):
     e = engine(path)
     s = e.strategy
