@@ -22,15 +22,13 @@ Cython cannot express a vector register tile, and plain loops with float reducti
 vectorise without -ffast-math.
 """
 
-import threading
-
-import numpy as np
-
 from cython.parallel cimport parallel, prange
 from openmp cimport omp_get_thread_num
 from libc.math cimport INFINITY, expf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+
+from ext.linear import scratch  # a float32 buffer kept per Python thread across calls
 
 # Not called here: cimporting it brings the shared vector helpers' C code into this module.
 from ext.simd cimport silu_mul_f32
@@ -383,27 +381,15 @@ def attention(const float[:, :, ::1] q, const float[:, :, ::1] k, const float[:,
                           f"block={block})")
 
 
-_local = threading.local()  # the per-op decode's scratch, reused by each Python thread
-
-
-cdef float[::1] _decode_scratch(Py_ssize_t n):
-    """A float32 buffer of at least n elements, kept by this Python thread across calls: the
-    per-op decode runs once per layer per step (the sequence strategy), so no allocation per call."""
-    buf = getattr(_local, "decode", None)
-    if buf is None or buf.shape[0] < n:
-        buf = np.empty(max(n, 1), np.float32)
-        _local.decode = buf
-    return buf
-
-
 cdef void _decode(const float *q, const float *k, const float *v, float *out, float *mp,
                   float *lp, Py_ssize_t kend, int H, int Hkv, int D, float scale, bint online,
                   float[::1] scores, int n):
-    """_attention_decode with its scratch from _decode_scratch (the decode stack holds its own);
+    """_attention_decode with its scratch from ext.linear.scratch, kept across calls: the per-op
+    decode runs once per layer per step (the sequence strategy; the decode stack holds its own).
     standard's scores in `scores` where it has H * kend floats."""
     cdef Py_ssize_t need = _decode_work(kend, H, D, n, online)
     cdef Py_ssize_t nsc = 0 if online or (scores is not None and scores.shape[0] >= H * kend) else H * kend
-    cdef float[::1] buf = _decode_scratch(need + nsc)
+    cdef float[::1] buf = scratch(need + nsc, "decode_attention")
     cdef float *work = &buf[0]
     cdef float *sp = work + need
     if not online and nsc == 0:

@@ -100,13 +100,13 @@ class Qwen3Engine:
         row) as private copies in one anonymous 2 MiB-page mapping instead of views of the export's
         map: their resident memory doubles while the page cache holds the files too, and in a slow
         hour of these VMs the page cache read ~30% slower (docs/design-notes.md#weight-copies)."""
-        fields = [(i, k) for i, w in self.layers.items() for k, a in vars(w).items()
-                  if isinstance(a, np.ndarray)]
-        got = huge_copies([getattr(self.layers[i], k) for i, k in fields] + [self.lm_head])
-        for i in self.layers:
-            mine = {k: c for (j, k), c in zip(fields, got, strict=False) if j == i}
-            self.layers[i] = dataclasses.replace(self.layers[i], **mine)
-        self.lm_head = got[-1]
+        fields = {i: [k for k, a in vars(w).items() if isinstance(a, np.ndarray)]
+                  for i, w in self.layers.items()}
+        got = iter(huge_copies([getattr(self.layers[i], k) for i, ks in fields.items() for k in ks]
+                               + [self.lm_head]))
+        for i, ks in fields.items():  # in the order they were packed
+            self.layers[i] = dataclasses.replace(self.layers[i], **{k: next(got) for k in ks})
+        self.lm_head = next(got)
 
     def _decode_stack(self) -> decode_kernels.DecodeStack | None:
         """This rank's layers as one compiled call per decode step, where the strategy does
