@@ -21,4 +21,6 @@ patch -d "$work/llama_cpp_python-$version" -p1 --forward < "$here/llama-cpp-amx.
 echo "building llama-cpp-python $version (llama.cpp compiles: several minutes on 2 cores)"
 CMAKE_ARGS="-DGGML_NATIVE=ON ${CMAKE_ARGS:-}" \
     python -m pip install --no-deps --force-reinstall "$work/llama_cpp_python-$version"
-python -m pip install gguf
+# --no-deps above keeps pip from reinstalling numpy; this installs what the package needs that is
+# missing (diskcache, jinja2, ...) without replacing the build, and gguf
+python -m pip install "llama-cpp-python==$version" gguf
