@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from pipeline.report import baselines
@@ -32,8 +33,28 @@ def load(paths: list[str]) -> list[dict]:
         missing = [k for k in REQUIRED if k not in doc]
         if missing:
             raise ValueError(f"comparison {path}: not a `pipeline compare` result (no {', '.join(missing)})")
+        for v in doc["variants"]:
+            v["read_fractions"] = read_fractions(v)
         docs.append(doc)
     return docs
+
+
+def read_fractions(variant: dict) -> list[float]:
+    """An engine variant's decode over its own weight reads, one per round: each round's bench JSON
+    (its `files`) reads the weights between decode steps (ext.ops.StreamSet, the goal's streaming
+    ceiling) and keeps the median fraction; [] for other kinds or where a round's file is gone."""
+    if variant.get("kind") != "bench":
+        return []
+    out = []
+    for name in variant.get("files", []):
+        try:
+            fraction = (json.loads(Path(name).read_text()).get("roofline") or {}).get("decode_fraction")
+        except (OSError, json.JSONDecodeError):
+            return []
+        if fraction is None:
+            return []
+        out.append(fraction)
+    return out
 
 
 ACCURACY = ("nmse", "kl_mean", "top1_agreement")  # of a variant's accuracy (compare --reference-cache)
@@ -59,6 +80,9 @@ def records(docs: list[dict]) -> list[dict]:
                 if v["name"] in beside:
                     for key in (f"{phase}_ours_over_baseline", f"{phase}_ours_over_baseline_rounds"):
                         rec[key] = beside[v["name"]][key]
+            fractions = v.get("read_fractions") or []
+            rec["decode_read_fraction"] = statistics.median(fractions) if fractions else None
+            rec["decode_read_fraction_rounds"] = list(fractions)
             rec["tokens_agree"] = v.get("tokens_agree")
             accuracy = v.get("accuracy") or {}  # against the float32 reference run, where measured
             rec.update({k: accuracy.get(k) for k in ACCURACY})

@@ -90,7 +90,9 @@ def paired_rows(comparisons: list[dict], name: str) -> list[dict]:
             rows.append({"dtype": cell[0], "algo": cell[1], "nranks": cell[2], "variant": r["variant"],
                          "reference": r["reference"],
                          **{f"{ph}_ratio": r[f"{ph}_ratio"] for ph in PHASES},
-                         **{f"{ph}_median": r[f"{ph}_median"] for ph in PHASES}})
+                         **{f"{ph}_median": r[f"{ph}_median"] for ph in PHASES},
+                         "decode_read_fraction": r.get("decode_read_fraction"),
+                         "decode_read_fraction_rounds": r.get("decode_read_fraction_rounds", [])})
     return rows
 
 
@@ -207,13 +209,25 @@ def paired_table(rec: dict) -> list[str]:
         rk, cl = ranks.get(key), ceilings.get(key)
         body.append([*key, *(ratio(rk[f"{ph}_ratio"]) if rk else "—" for ph in PHASES),
                      *(f"{fnum(cl[f'{ph}_median'])} ({ratio(cl[f'{ph}_ratio'])})" if cl else "—"
-                       for ph in PHASES)])
+                       for ph in PHASES), read_text(cl)])
     p = next((r["nranks"] for r in rec["ranks"]), "C")
     head = ["dtype", "algorithm", f"{p} ranks x 1 over 1 x {p}: prefill", "decode",
-            "prefill GFLOP/s (over the GEMM ceiling)", "decode GB/s (over the streaming ceiling)"]
-    return ["Back to back on the same cores, per dtype (the ranks and ceilings comparisons below; the "
-            "GEMM ceiling is float32's, the streaming ceiling GB/s of whatever bytes a step reads):", "",
+            "prefill GFLOP/s (over NumPy's GEMM)", "decode GB/s (over NumPy's GEMV)",
+            "decode over its own weight reads"]
+    return ["Back to back on the same cores, per dtype (the ranks and ceilings comparisons below). NumPy's "
+            "GEMM and GEMV (OpenBLAS, float32) are measured once per round beside the cell; the last column "
+            "is the streaming ceiling of the speed goals: the cell's decode rate over the rate at which it "
+            "read its own weights' bytes with its threads between its decode steps (ext.ops.StreamSet, "
+            "nothing but loads), the median of the rounds, then each round's:", "",
             *table(head, body), ""]
+
+
+def read_text(row: dict | None) -> str:
+    """"86% (84 / 86 / 90)": a ceilings row's decode over its own weight reads, median and rounds."""
+    if not row or row.get("decode_read_fraction") is None:
+        return "—"
+    rounds = " / ".join(f"{100 * x:.0f}" for x in row["decode_read_fraction_rounds"])
+    return f"{100 * row['decode_read_fraction']:.0f}% ({rounds})"
 
 
 def lines(rec: dict | None) -> list[str]:
