@@ -16,8 +16,9 @@ cdef extern from * nogil:
     /* Software prefetch distance, in bytes (16 KiB) ahead of the read position. One sequential
        stream per thread plus this prefetch reads bf16 fastest, with AVX-512 and with AVX2:
        several interleaved row streams (a rows x tokens register tile, or 8 rows at once) read it
-       1.5-3x slower (docs/design-notes.md#prefetch). float32 at one token reads 8 rows at once
-       instead (gemv_8rows, axpy_8rows: docs/design-notes.md#gemv-8rows). */
+       1.5-3x slower (docs/design-notes.md#prefetch). float32 at one token reads one row with an
+       L2 prefetch where prefetch.h gives it a distance (AMD with AVX-512: gemv_row_l2) and 8 rows at
+       once elsewhere (gemv_8rows, axpy_8rows: docs/design-notes.md#gemv-8rows, #f32-row-prefetch). */
     #define PF_BYTES 16384
     #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -63,9 +64,9 @@ cdef extern from * nogil:
     /* f rounded to bf16 and back (ext/simd.pxd's bf16_bits, the rounding oneDNN's path makes too) */
     static inline float bf16_round(float f) { return bf16f(bf16_bits(f)); }
 
+    #include "prefetch.h"
     #if defined(__x86_64__) && defined(__GNUC__)
     #include <immintrin.h>
-    #include "prefetch.h"
     /* out[n] = sum_k bf16(x[k]) w[n*K + k] for n0 <= n < n1: x rounded into xb once, then each row
        one sequential stream, 64 weights per step in two accumulators, prefetched pf bytes ahead
        where that helps (prefetch.h: on Intel, into L2 4 KiB ahead). */
@@ -165,6 +166,22 @@ cdef extern from * nogil:
         }
     }
 
+    /* out = sum_k x[k] w[k] for one float32 row (one token): one sequential stream, four
+       accumulators, each 64-byte line prefetched into L2 pf bytes ahead (prefetch.h says where). */
+    ALWAYS_INLINE float gemv_row_l2(const float *x, const float *w, Py_ssize_t K, long pf) {
+        vf acc[4] = {{0}, {0}, {0}, {0}};
+        Py_ssize_t k = 0;
+        for (; k + 4 * VL <= K; k += 4 * VL) {
+            for (int u = 0; u < 4 * VL; u += 16)   /* locality 2: prefetcht1, into L2 */
+                __builtin_prefetch((const char *)(w + k + u) + pf, 0, 2);
+            for (int u = 0; u < 4; u++) acc[u] += vld(x + k + VL * u) * vld(w + k + VL * u);
+        }
+        for (; k + VL <= K; k += VL) acc[0] += vld(x + k) * vld(w + k);
+        float s = hsumv((acc[0] + acc[1]) + (acc[2] + acc[3]));
+        for (; k < K; k++) s += x[k] * w[k];
+        return s;
+    }
+
     #define GEMV_ROWS(TT, U) for (Py_ssize_t n = n0; n < n1; n++) \
         gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, TT, U, bf);
 
@@ -183,6 +200,9 @@ cdef extern from * nogil:
                         break;
                     }
     #endif
+                    const long pf = bf ? 0 : rows_prefetch_bytes(ROWS_PF_F32);
+                    if (!bf && pf)
+                        for (; n < n1; n++) out[n] = gemv_row_l2(x, (const float *)w + n * K, K, pf);
                     if (!bf)
                         for (; n + 8 <= n1; n += 8) gemv_8rows(x, (const float *)w + n * K, K, out + n);
                     for (; n < n1; n++) gemv_row(x, ldx, w_at(w, n * K, bf), K, out + n, ldo, 1, 4, bf);

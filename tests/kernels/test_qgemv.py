@@ -69,6 +69,16 @@ def test_unknown_kernel_is_refused():
         L.set_int8_kernel("avx9")
 
 
+def rng_bf16_rows() -> np.ndarray:
+    """The script's bf16 weights, as the float32 values they hold (its third product's weights)."""
+    rng = np.random.default_rng(3)
+    rng.standard_normal((1, 1030))
+    rng.integers(-128, 128, (70, 1030), dtype=np.int8)
+    rng.random(70)
+    bits = rng.standard_normal((70, 1030)).astype(np.float32).view(np.uint32) >> 16
+    return (bits << 16).astype(np.uint32).view(np.float32)
+
+
 PREFETCH_SCRIPT = """
 import sys, numpy as np
 import pipeline
@@ -79,17 +89,20 @@ x = rng.standard_normal((1, 1030)).astype(np.float32)
 q = rng.integers(-128, 128, (70, 1030), dtype=np.int8)
 scale = rng.random(70).astype(np.float32)
 wb = (rng.standard_normal((70, 1030)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(BF16)
-a, b = np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32)
+a, b, c = np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32)
 L.linear(x, q, a, 2, scale=scale)
 L.linear(x, wb, b, 2)
-np.save(sys.argv[1], np.concatenate([a, b]))
+L.linear(x, np.ascontiguousarray(wb.view(np.uint16).astype(np.uint32) << 16).view(np.float32), c, 2)
+np.save(sys.argv[1], np.concatenate([a, b, c]))
 print(L.gemv_prefetch_bytes(np.int8), L.gemv_prefetch_bytes(BF16), L.gemv_prefetch_bytes(np.float32))
 """
 
 
 def test_the_rows_prefetch_is_set_by_its_variable_and_changes_no_bit(tmp_path):
-    """QWEN3_GEMV_PREFETCH sets how far ahead the int8 and bf16 rows kernels prefetch (ext/prefetch.h);
-    the products are the same bits at every distance, and the int8 one is the exact product."""
+    """QWEN3_GEMV_PREFETCH sets how far ahead the int8, bf16 and float32 rows kernels prefetch
+    (ext/prefetch.h); the int8 and bf16 products are the same bits at every distance, and the int8
+    one is the exact product; float32 reads one row at a time where it prefetches and eight rows at
+    once where not (0): the same bits at every distance above 0, within float32 rounding of 0's."""
     import os
     import subprocess
     import sys
@@ -102,17 +115,26 @@ def test_the_rows_prefetch_is_set_by_its_variable_and_changes_no_bit(tmp_path):
         proc = subprocess.run([sys.executable, "-c", PREFETCH_SCRIPT, str(tmp_path / f"{pf}.npy")], env=env,
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.split()[-3:] == [pf, pf, "0"]
+        assert proc.stdout.split()[-3:] == [pf, pf, pf]
         outs[pf] = np.load(tmp_path / f"{pf}.npy")
-    assert np.array_equal(outs["0"], outs["64"]) and np.array_equal(outs["0"], outs["8192"])
+    assert np.array_equal(outs["0"][:2], outs["64"][:2]) and np.array_equal(outs["0"][:2], outs["8192"][:2])
+    assert np.array_equal(outs["64"][2], outs["8192"][2])
+    w32 = (rng_bf16_rows().astype(np.float64))
+    x64 = np.random.default_rng(3).standard_normal((1, 1030)).astype(np.float32).astype(np.float64)
+    bound = 1e-5 * np.abs(x64) @ np.abs(w32).T  # float32 rounding of a 1030-term sum, with room
+    for pf in ("0", "64"):
+        assert np.all(np.abs(outs[pf][2] - (x64 @ w32.T)[0]) <= bound[0])
     env = {k: v for k, v in os.environ.items() if k != "QWEN3_GEMV_PREFETCH"}  # the defaults
     proc = subprocess.run([sys.executable, "-c", PREFETCH_SCRIPT, str(tmp_path / "default.npy")],
                           env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     with open("/proc/cpuinfo") as f:
-        intel = "GenuineIntel" in f.read()
-    assert proc.stdout.split()[-3:] == (["16384", "4096", "0"] if intel else ["0", "0", "0"])
-    assert np.array_equal(np.load(tmp_path / "default.npy"), outs["0"])
+        info = f.read()
+    intel, amd512 = "GenuineIntel" in info, "AuthenticAMD" in info and " avx512f" in info
+    want = ["16384", "4096", "0"] if intel else ["0", "0", "4096"] if amd512 else ["0", "0", "0"]
+    assert proc.stdout.split()[-3:] == want
+    assert np.array_equal(np.load(tmp_path / "default.npy")[:2], outs["0"][:2])
+    assert np.array_equal(np.load(tmp_path / "default.npy")[2], outs["64" if amd512 else "0"][2])
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 1030)).astype(np.float32)
     q = rng.integers(-128, 128, (70, 1030), dtype=np.int8)
