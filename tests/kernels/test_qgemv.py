@@ -69,16 +69,6 @@ def test_unknown_kernel_is_refused():
         L.set_int8_kernel("avx9")
 
 
-def rng_bf16_rows() -> np.ndarray:
-    """The script's bf16 weights, as the float32 values they hold (its third product's weights)."""
-    rng = np.random.default_rng(3)
-    rng.standard_normal((1, 1030))
-    rng.integers(-128, 128, (70, 1030), dtype=np.int8)
-    rng.random(70)
-    bits = rng.standard_normal((70, 1030)).astype(np.float32).view(np.uint32) >> 16
-    return (bits << 16).astype(np.uint32).view(np.float32)
-
-
 PREFETCH_SCRIPT = """
 import sys, numpy as np
 import pipeline
@@ -92,8 +82,10 @@ wb = (rng.standard_normal((70, 1030)).astype(np.float32).view(np.uint32) >> 16).
 a, b, c = np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32), np.zeros((1, 70), np.float32)
 L.linear(x, q, a, 2, scale=scale)
 L.linear(x, wb, b, 2)
-L.linear(x, np.ascontiguousarray(wb.view(np.uint16).astype(np.uint32) << 16).view(np.float32), c, 2)
+w32 = np.ascontiguousarray(wb.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+L.linear(x, w32, c, 2)
 np.save(sys.argv[1], np.concatenate([a, b, c]))
+np.savez(sys.argv[1] + ".inputs.npz", x=x, w32=w32)
 print(L.gemv_prefetch_bytes(np.int8), L.gemv_prefetch_bytes(BF16), L.gemv_prefetch_bytes(np.float32))
 """
 
@@ -119,8 +111,8 @@ def test_the_rows_prefetch_is_set_by_its_variable_and_changes_no_bit(tmp_path):
         outs[pf] = np.load(tmp_path / f"{pf}.npy")
     assert np.array_equal(outs["0"][:2], outs["64"][:2]) and np.array_equal(outs["0"][:2], outs["8192"][:2])
     assert np.array_equal(outs["64"][2], outs["8192"][2])
-    w32 = (rng_bf16_rows().astype(np.float64))
-    x64 = np.random.default_rng(3).standard_normal((1, 1030)).astype(np.float32).astype(np.float64)
+    inputs = np.load(tmp_path / "0.npy.inputs.npz")  # the float32 product's operands
+    x64, w32 = inputs["x"].astype(np.float64), inputs["w32"].astype(np.float64)
     bound = 1e-5 * np.abs(x64) @ np.abs(w32).T  # float32 rounding of a 1030-term sum, with room
     for pf in ("0", "64"):
         assert np.all(np.abs(outs[pf][2] - (x64 @ w32.T)[0]) <= bound[0])
